@@ -1,0 +1,1 @@
+"""Async SQLAlchemy engines on Vault-issued credentials, a unit of work, a reader engine, bounded retries."""

@@ -1,0 +1,1 @@
+"""Avro codec, transactional outbox and relay, inbox consumer loop with dead-lettering, over confluent-kafka."""

@@ -1,0 +1,1 @@
+"""Money, prices and quantities as Decimal: the project-wide context, assets and their scales."""

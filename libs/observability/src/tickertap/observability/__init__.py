@@ -1,0 +1,1 @@
+"""JSON logs with correlation ids, Prometheus metrics, health and readiness router."""

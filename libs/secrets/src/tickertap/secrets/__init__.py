@@ -1,0 +1,1 @@
+"""Vault (OpenBao) access: AppRole login, dynamic database credentials, lease renewal and rotation, transit."""

@@ -1,0 +1,1 @@
+"""tickerTap auth service: users, tokens, MFA, roles, JWKS."""

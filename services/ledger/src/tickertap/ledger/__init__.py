@@ -1,0 +1,1 @@
+"""tickerTap ledger service: double-entry, multi-asset, idempotent transfers."""

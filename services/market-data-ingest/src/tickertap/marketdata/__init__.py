@@ -1,0 +1,1 @@
+"""tickerTap market-data ingest: ticks to prices and OHLCV bars."""

@@ -1,0 +1,1 @@
+"""tickerTap portfolio calculation: positions, cost basis, P&L, valuations."""
