@@ -1,0 +1,276 @@
+"""The local tickerTap stack: real Postgres, Kafka-compatible broker, OpenBao and the services.
+
+    python deploy/local/stack.py run     start everything in the foreground; Ctrl-C stops it all
+    python deploy/local/stack.py up      the same, detached; returns when everything is ready
+    python deploy/local/stack.py down    stop a detached stack
+    python deploy/local/stack.py status  print what runs and where
+
+Settings are environment variables, listed in config.py and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import parts  # noqa: E402
+from bootstrap import bootstrap_all  # noqa: E402
+from config import ROOT, SERVICES, ServiceSpec, StackConfig, load_topics  # noqa: E402
+from processes import Child, wait_until, write_private  # noqa: E402
+
+SERVICE_READY_TIMEOUT_S = 60
+
+
+def service_env(cfg: StackConfig, svc: ServiceSpec, role_id: str, secret_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKERTAP_")}
+    env.update(
+        TICKERTAP_ENVIRONMENT="development",
+        TICKERTAP_HTTP_HOST="127.0.0.1",
+        TICKERTAP_HTTP_PORT=str(cfg.service_port(svc)),
+        TICKERTAP_DB_HOST=cfg.pg_host,
+        TICKERTAP_DB_PORT=str(cfg.pg_port),
+        TICKERTAP_DB_NAME="tickertap",
+        TICKERTAP_DB_SCHEMA=svc.schema,
+        TICKERTAP_KAFKA_BOOTSTRAP_SERVERS=cfg.bootstrap_servers,
+        TICKERTAP_VAULT_ADDR=cfg.vault_url,
+        TICKERTAP_VAULT_ROLE=svc.schema,
+        TICKERTAP_VAULT_ROLE_ID=role_id,
+        TICKERTAP_VAULT_SECRET_ID_FILE=str(secret_file),
+        TICKERTAP_SCHEMAS_DIR=str(ROOT / "schemas" / "avro"),
+        TICKERTAP_LOG_FILE="",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+class Supervisor:
+    def __init__(self, cfg: StackConfig, with_services: bool) -> None:
+        self.cfg = cfg
+        self.with_services = with_services
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+
+    def start(self) -> dict[str, object]:
+        cfg = self.cfg
+        started = time.monotonic()
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cfg.logs_dir.mkdir(exist_ok=True)
+        pg = None if cfg.pg_admin_url else self._add(parts.start_postgres(cfg))
+        vault = None if cfg.vault_addr else self._add(parts.start_vault(cfg))
+        broker = None if cfg.kafka_bootstrap_servers else self._add(parts.start_broker(cfg))
+        parts.wait_postgres(cfg, pg)
+        parts.wait_vault(cfg, vault)
+        parts.wait_broker(cfg, broker)
+        infra_s = time.monotonic() - started
+        creds = bootstrap_all(cfg, parts.pg_admin_url(cfg), parts.vault_token(cfg), load_topics())
+        bootstrap_s = time.monotonic() - started - infra_s
+
+        services: dict[str, dict[str, object]] = {}
+        if self.with_services:
+            for svc in SERVICES:
+                secret_file = cfg.secrets_dir / f"{svc.schema}.secret_id"
+                write_private(secret_file, creds[svc.schema]["secret_id"])
+                child = Child(
+                    svc.name,
+                    [parts.python(), "-m", svc.module],
+                    cfg.logs_dir / f"{svc.name}.log",
+                    env=service_env(cfg, svc, creds[svc.schema]["role_id"], secret_file),
+                    cwd=ROOT,
+                )
+                self._add(child)
+                services[svc.name] = {"url": cfg.service_url(svc), "pid": child.pid}
+            for svc in SERVICES:
+                child = next(c for c in self.children if c.name == svc.name)
+                url = cfg.service_url(svc)
+                wait_until(lambda u=url: http_ok(f"{u}/readyz"), f"{svc.name} /readyz",
+                           SERVICE_READY_TIMEOUT_S, child)
+        info: dict[str, object] = {
+            "profile": cfg.profile,
+            "supervisor_pid": os.getpid(),
+            "postgres": {"host": cfg.pg_host, "port": cfg.pg_port, "database": "tickertap",
+                         "pid": pg.pid if pg else None},
+            "kafka": {"bootstrap_servers": cfg.bootstrap_servers, "pid": broker.pid if broker else None},
+            "vault": {"addr": cfg.vault_url, "pid": vault.pid if vault else None},
+            "services": services,
+            "secrets_dir": str(cfg.secrets_dir),
+            "approle_role_ids": {k: v["role_id"] for k, v in creds.items()},
+            "startup_s": {"infrastructure": round(infra_s, 2), "bootstrap": round(bootstrap_s, 2),
+                          "total": round(time.monotonic() - started, 2)},
+        }
+        write_private(cfg.stack_file, json.dumps(info, indent=2))
+        return info
+
+    def _add(self, child: Child) -> Child:
+        self.children.append(child)
+        return child
+
+    def watch(self) -> int:
+        """Block until a signal or a child's death; returns the exit code."""
+        while not self.stopping.wait(0.5):
+            for child in self.children:
+                if not child.alive():
+                    print(f"stack: {child.name} exited with {child.proc.returncode}; stopping "
+                          f"(log: {self.cfg.logs_dir / (child.name + '.log')})", flush=True)
+                    return 1
+        return 0
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.cfg.stack_file.unlink(missing_ok=True)
+
+
+def print_urls(info: dict[str, object]) -> None:
+    services = info["services"]
+    assert isinstance(services, dict)
+    print("tickerTap is up.")
+    for name, svc in services.items():
+        url = svc["url"]
+        print(f"  {name:<22} {url}/docs   (metrics {url}/metrics, health {url}/readyz)")
+    kafka = info["kafka"]
+    vault = info["vault"]
+    pg = info["postgres"]
+    assert isinstance(kafka, dict) and isinstance(vault, dict) and isinstance(pg, dict)
+    print(f"  {'Kafka bootstrap':<22} {kafka['bootstrap_servers']}")
+    print(f"  {'Vault (OpenBao)':<22} {vault['addr']}   (root token: {info['secrets_dir']}/vault_root_token)")
+    print(f"  {'Postgres':<22} 127.0.0.1:{pg['port']}/tickertap   "
+          f"(admin password: {info['secrets_dir']}/pg_admin_password)")
+    print(f"  started in {info['startup_s']}", flush=True)
+
+
+def cmd_run(cfg: StackConfig, with_services: bool) -> int:
+    if supervisor_alive(cfg):
+        print(f"stack ({cfg.profile}) already running; `make down` first", file=sys.stderr)
+        return 1
+    sup = Supervisor(cfg, with_services)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(cfg.pid_file, str(os.getpid()))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        sup.stopping.set()
+        if not started.is_set():
+            raise KeyboardInterrupt
+
+    started = threading.Event()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        info = sup.start()
+        started.set()
+        print_urls(info)
+        print("Ctrl-C stops everything.", flush=True)
+        code = sup.watch()
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        print(f"stack: start failed: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        print("stack: stopping...", flush=True)
+        sup.stop()
+        cfg.pid_file.unlink(missing_ok=True)
+        print("stack: stopped.", flush=True)
+    return code
+
+
+def supervisor_alive(cfg: StackConfig) -> int | None:
+    try:
+        pid = int(cfg.pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"stack.py" in cmdline else None
+
+
+def cmd_up(cfg: StackConfig, with_services: bool) -> int:
+    if supervisor_alive(cfg) and cfg.stack_file.exists():
+        print_urls(json.loads(cfg.stack_file.read_text()))
+        return 0
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg.logs_dir.mkdir(exist_ok=True)
+    cfg.stack_file.unlink(missing_ok=True)
+    log = open(cfg.logs_dir / "stack.log", "ab")  # noqa: SIM115 - handed to the child
+    argv = [parts.python(), str(Path(__file__).resolve()), "run"]
+    if not with_services:
+        argv.append("--no-services")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"stack failed to start; see {cfg.logs_dir}/stack.log:", file=sys.stderr)
+            print((cfg.logs_dir / "stack.log").read_text()[-3000:], file=sys.stderr)
+            return 1
+        if cfg.stack_file.exists():
+            print_urls(json.loads(cfg.stack_file.read_text()))
+            return 0
+        time.sleep(0.1)
+    print("stack did not become ready in 120 s", file=sys.stderr)
+    proc.terminate()
+    return 1
+
+
+def cmd_down(cfg: StackConfig) -> int:
+    pid = supervisor_alive(cfg)
+    if pid is None:
+        print(f"stack ({cfg.profile}) is not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            print(f"stack ({cfg.profile}) stopped")
+            return 0
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    print(f"stack ({cfg.profile}) did not stop in 60 s (pid {pid})", file=sys.stderr)
+    return 1
+
+
+def cmd_status(cfg: StackConfig) -> int:
+    if supervisor_alive(cfg) and cfg.stack_file.exists():
+        print_urls(json.loads(cfg.stack_file.read_text()))
+        return 0
+    print(f"stack ({cfg.profile}) is not running")
+    return 3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("command", choices=["run", "up", "down", "status"])
+    parser.add_argument("--no-services", action="store_true",
+                        help="start only Postgres, the broker and OpenBao")
+    args = parser.parse_args()
+    cfg = StackConfig.from_env()
+    if args.command == "run":
+        return cmd_run(cfg, not args.no_services)
+    if args.command == "up":
+        return cmd_up(cfg, not args.no_services)
+    if args.command == "down":
+        return cmd_down(cfg)
+    return cmd_status(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
