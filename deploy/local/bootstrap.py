@@ -21,10 +21,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import hvac
+from config import DATABASE_NAME, SERVICES, ServiceSpec, StackConfig, TopicSpec
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
-
-from config import DATABASE_NAME, SERVICES, ServiceSpec, StackConfig, TopicSpec
 
 DB_CONNECTION = "tickertap"
 CREDENTIAL_TTL = "15m"
@@ -109,8 +108,8 @@ def policy(svc: ServiceSpec) -> str:
     name = svc.schema
     return f"""
 path "database/creds/{name}" {{ capabilities = ["read"] }}
-path "sys/leases/renew" {{ capabilities = ["update"] }}
-path "sys/leases/revoke" {{ capabilities = ["update"] }}
+path "sys/leases/renew/database/creds/{name}/*" {{ capabilities = ["update"] }}
+path "sys/leases/revoke/database/creds/{name}/*" {{ capabilities = ["update"] }}
 path "transit/encrypt/{name}" {{ capabilities = ["update"] }}
 path "transit/decrypt/{name}" {{ capabilities = ["update"] }}
 path "transit/rewrap/{name}" {{ capabilities = ["update"] }}
@@ -192,8 +191,9 @@ def bootstrap_topics(bootstrap_servers: str, topics: list[TopicSpec]) -> None:
                 raise RuntimeError(f"creating topic {name}: {exc}") from exc
 
 
-def bootstrap_all(cfg: StackConfig, pg_admin_url: str, vault_token: str, topics: list[TopicSpec]
-                  ) -> dict[str, dict[str, str]]:
+def bootstrap_all(
+    cfg: StackConfig, pg_admin_url: str, vault_token: str, topics: list[TopicSpec]
+) -> dict[str, dict[str, str]]:
     vault_admin_password = secrets.token_hex(24)
     asyncio.run(bootstrap_postgres(pg_admin_url, vault_admin_password))
     client = hvac.Client(url=cfg.vault_url, token=vault_token)

@@ -27,7 +27,8 @@ PG_SYSTEM_USER = "tickertap"
 def _site_packages_file(module: str, *parts: str) -> Path:
     """A file inside an installed package, found without importing it."""
     spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.submodule_search_locations, f"{module} is not installed"
+    assert spec is not None, f"{module} is not installed"
+    assert spec.submodule_search_locations, f"{module} is not a package"
     return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
 
 
@@ -62,8 +63,14 @@ def _ensure_system_user() -> str | None:
         pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             PG_SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_SYSTEM_USER,
+            ],
             check=True,
         )
     return PG_SYSTEM_USER
@@ -107,12 +114,28 @@ def start_postgres(cfg: StackConfig) -> Child:
         pwfile.chmod(0o600)
         try:
             result = subprocess.run(
-                [str(pg_bin("initdb")), "-D", str(data), "-U", "postgres",
-                 "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8",
-                 "--locale=C", "--no-sync"],
-                check=False, user=user, group=user, extra_groups=[] if user else None,
-                env=env, cwd=cfg.pg_dir,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                [
+                    str(pg_bin("initdb")),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                check=False,
+                user=user,
+                group=user,
+                extra_groups=[] if user else None,
+                env=env,
+                cwd=cfg.pg_dir,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             if result.returncode != 0:
                 raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
@@ -120,15 +143,29 @@ def start_postgres(cfg: StackConfig) -> Child:
             pwfile.unlink(missing_ok=True)
     child = Child(
         "postgres",
-        [str(pg_bin("postgres")), "-D", str(data),
-         "-c", "listen_addresses=127.0.0.1", "-p", str(cfg.pg_port),
-         "-c", f"unix_socket_directories={run_dir}",
-         "-c", "max_connections=300",
-         "-c", "shared_buffers=256MB",
-         "-c", "log_min_messages=warning",
-         "-c", "timezone=UTC"],
+        [
+            str(pg_bin("postgres")),
+            "-D",
+            str(data),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            str(cfg.pg_port),
+            "-c",
+            f"unix_socket_directories={run_dir}",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "log_min_messages=warning",
+            "-c",
+            "timezone=UTC",
+        ],
         cfg.logs_dir / "postgres.log",
-        env=env, cwd=cfg.pg_dir, user=user,
+        env=env,
+        cwd=cfg.pg_dir,
+        user=user,
         stop_signal=__import__("signal").SIGINT,  # fast shutdown
     )
     return child
@@ -166,10 +203,18 @@ def start_vault(cfg: StackConfig) -> Child:
     }
     return Child(
         "openbao",
-        [str(bao_bin()), "server", "-dev", "-dev-no-store-token",
-         f"-dev-listen-address=127.0.0.1:{cfg.vault_port}", "-log-level=warn"],
+        [
+            str(bao_bin()),
+            "server",
+            "-dev",
+            "-dev-no-store-token",
+            f"-dev-listen-address=127.0.0.1:{cfg.vault_port}",
+            "-log-level=warn",
+        ],
         cfg.logs_dir / "openbao.log",
-        env=env, cwd=cfg.state_dir, redact=[token],
+        env=env,
+        cwd=cfg.state_dir,
+        redact=[token],
     )
 
 
@@ -195,10 +240,19 @@ def start_broker(cfg: StackConfig) -> Child:
     url = f"tcp://127.0.0.1:{cfg.kafka_port}"
     return Child(
         "tansu",
-        [str(tansu_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
+        [
+            str(tansu_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
         cfg.logs_dir / "tansu.log",
-        env={"PATH": "/usr/bin:/bin", "RUST_LOG": "warn"}, cwd=cfg.state_dir,
+        env={"PATH": "/usr/bin:/bin", "RUST_LOG": "warn"},
+        cwd=cfg.state_dir,
     )
 
 

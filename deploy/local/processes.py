@@ -76,8 +76,9 @@ class Child:
             user=user,
             group=user,  # the user's own group, and no other: root's group would leak in
             extra_groups=[] if user else None,
-            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
+            # Ctrl-C reaches the supervisor only; it stops the children in order
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self._pump = threading.Thread(target=self._copy_output, name=f"log-{name}", daemon=True)
         self._pump.start()

@@ -24,15 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import parts  # noqa: E402
-from bootstrap import bootstrap_all  # noqa: E402
-from config import ROOT, SERVICES, ServiceSpec, StackConfig, load_topics  # noqa: E402
-from processes import Child, wait_until, write_private  # noqa: E402
+import parts
+from bootstrap import bootstrap_all
+from config import ROOT, SERVICES, ServiceSpec, StackConfig, load_topics
+from processes import Child, wait_until, write_private
 
 SERVICE_READY_TIMEOUT_S = 60
 
 
-def service_env(cfg: StackConfig, svc: ServiceSpec, role_id: str, secret_file: Path) -> dict[str, str]:
+def service_env(
+    cfg: StackConfig, svc: ServiceSpec, role_id: str, secret_file: Path
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKERTAP_")}
     env.update(
         TICKERTAP_ENVIRONMENT="development",
@@ -101,20 +103,34 @@ class Supervisor:
             for svc in SERVICES:
                 child = next(c for c in self.children if c.name == svc.name)
                 url = cfg.service_url(svc)
-                wait_until(lambda u=url: http_ok(f"{u}/readyz"), f"{svc.name} /readyz",
-                           SERVICE_READY_TIMEOUT_S, child)
+                wait_until(
+                    lambda u=url: http_ok(f"{u}/readyz"),
+                    f"{svc.name} /readyz",
+                    SERVICE_READY_TIMEOUT_S,
+                    child,
+                )
         info: dict[str, object] = {
             "profile": cfg.profile,
             "supervisor_pid": os.getpid(),
-            "postgres": {"host": cfg.pg_host, "port": cfg.pg_port, "database": "tickertap",
-                         "pid": pg.pid if pg else None},
-            "kafka": {"bootstrap_servers": cfg.bootstrap_servers, "pid": broker.pid if broker else None},
+            "postgres": {
+                "host": cfg.pg_host,
+                "port": cfg.pg_port,
+                "database": "tickertap",
+                "pid": pg.pid if pg else None,
+            },
+            "kafka": {
+                "bootstrap_servers": cfg.bootstrap_servers,
+                "pid": broker.pid if broker else None,
+            },
             "vault": {"addr": cfg.vault_url, "pid": vault.pid if vault else None},
             "services": services,
             "secrets_dir": str(cfg.secrets_dir),
             "approle_role_ids": {k: v["role_id"] for k, v in creds.items()},
-            "startup_s": {"infrastructure": round(infra_s, 2), "bootstrap": round(bootstrap_s, 2),
-                          "total": round(time.monotonic() - started, 2)},
+            "startup_s": {
+                "infrastructure": round(infra_s, 2),
+                "bootstrap": round(bootstrap_s, 2),
+                "total": round(time.monotonic() - started, 2),
+            },
         }
         write_private(cfg.stack_file, json.dumps(info, indent=2))
         return info
@@ -128,8 +144,11 @@ class Supervisor:
         while not self.stopping.wait(0.5):
             for child in self.children:
                 if not child.alive():
-                    print(f"stack: {child.name} exited with {child.proc.returncode}; stopping "
-                          f"(log: {self.cfg.logs_dir / (child.name + '.log')})", flush=True)
+                    print(
+                        f"stack: {child.name} exited with {child.proc.returncode}; stopping "
+                        f"(log: {self.cfg.logs_dir / (child.name + '.log')})",
+                        flush=True,
+                    )
                     return 1
         return 0
 
@@ -149,11 +168,18 @@ def print_urls(info: dict[str, object]) -> None:
     kafka = info["kafka"]
     vault = info["vault"]
     pg = info["postgres"]
-    assert isinstance(kafka, dict) and isinstance(vault, dict) and isinstance(pg, dict)
+    assert isinstance(kafka, dict)
+    assert isinstance(vault, dict)
+    assert isinstance(pg, dict)
     print(f"  {'Kafka bootstrap':<22} {kafka['bootstrap_servers']}")
-    print(f"  {'Vault (OpenBao)':<22} {vault['addr']}   (root token: {info['secrets_dir']}/vault_root_token)")
-    print(f"  {'Postgres':<22} 127.0.0.1:{pg['port']}/tickertap   "
-          f"(admin password: {info['secrets_dir']}/pg_admin_password)")
+    print(
+        f"  {'Vault (OpenBao)':<22} {vault['addr']}   "
+        f"(root token: {info['secrets_dir']}/vault_root_token)"
+    )
+    print(
+        f"  {'Postgres':<22} 127.0.0.1:{pg['port']}/tickertap   "
+        f"(admin password: {info['secrets_dir']}/pg_admin_password)"
+    )
     print(f"  started in {info['startup_s']}", flush=True)
 
 
@@ -213,8 +239,9 @@ def cmd_up(cfg: StackConfig, with_services: bool) -> int:
     argv = [parts.python(), str(Path(__file__).resolve()), "run"]
     if not with_services:
         argv.append("--no-services")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -257,10 +284,13 @@ def cmd_status(cfg: StackConfig) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("command", choices=["run", "up", "down", "status"])
-    parser.add_argument("--no-services", action="store_true",
-                        help="start only Postgres, the broker and OpenBao")
+    parser.add_argument(
+        "--no-services", action="store_true", help="start only Postgres, the broker and OpenBao"
+    )
     args = parser.parse_args()
     cfg = StackConfig.from_env()
     if args.command == "run":

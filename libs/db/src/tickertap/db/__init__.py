@@ -1,1 +1,19 @@
-"""Async SQLAlchemy engines on Vault-issued credentials, a unit of work, a reader engine, bounded retries."""
+"""Postgres access for tickerTap services: engines on Vault credentials, units of work, retries.
+
+Writer and reader engines share the same rotating credentials; the reader opens
+read-only transactions (and may point at a replica).
+"""
+
+from tickertap.db.engine import DatabaseSettings, create_engine
+from tickertap.db.migrations import upgrade_to_head
+from tickertap.db.uow import RetryPolicy, UnitOfWork, is_retryable, with_retries
+
+__all__ = [
+    "DatabaseSettings",
+    "RetryPolicy",
+    "UnitOfWork",
+    "create_engine",
+    "is_retryable",
+    "upgrade_to_head",
+    "with_retries",
+]

@@ -51,8 +51,8 @@ _EXACT.traps[Inexact] = True
 def install_context() -> None:
     """Make the project context current here and the default for threads started later.
 
-    Call once from a composition root (`main.py`) before starting threads. Decimal
-    contexts are per thread and per asyncio task, which is why the default changes too.
+    Call once from a composition root (`main.py`) before starting threads: each thread
+    has its own context (asyncio tasks copy their creator's), new ones start from the default.
     """
     decimal.setcontext(money_context())
     default = decimal.DefaultContext

@@ -11,10 +11,10 @@ exactly `scale` places, so it fits `NUMERIC(digits_max, scale)`.
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from tickertap.money.assets import Asset, check_scale
-from tickertap.money.context import DIGITS_MAX, exact, library_context
+from tickertap.money.context import DIGITS_MAX, library_context
 from tickertap.money.errors import (
     FloatRefused,
     InvalidAmount,
@@ -36,7 +36,7 @@ Rounding = Literal[
     "ROUND_FLOOR",
     "ROUND_05UP",
 ]
-_ROUNDINGS: Final = frozenset(Rounding.__args__)
+_ROUNDINGS: Final = frozenset(get_args(Rounding))
 
 
 def to_decimal(value: str | Decimal | int) -> Decimal:
@@ -62,26 +62,27 @@ def _from_text(text: str) -> Decimal:
     if _TEXT.fullmatch(text) is not None:
         return Decimal(text)
     try:  # only to tell NaN and Infinity apart from garbage
-        number = Decimal(text)
-    except (InvalidOperation, ValueError):
+        with library_context():
+            number = Decimal(text)
+    except InvalidOperation:
         number = Decimal(0)
     if not number.is_finite():
         raise NotFinite("an amount must be a finite number, not NaN or Infinity")
     raise InvalidAmount("an amount must be written as digits with an optional '-' and '.'")
 
 
-def to_scale(value: Decimal, scale: int, digits_max: int = DIGITS_MAX) -> Decimal:
+def _to_scale(value: Decimal, scale: int, digits_max: int = DIGITS_MAX) -> Decimal:
     """Finite `value` with exactly `scale` places, or ScaleExceeded/OutOfRange; never rounds."""
     if value.is_zero():
         return Decimal((0, (0,), -scale))
     integer_digits_max = digits_max - scale
     if value.adjusted() >= integer_digits_max:
         raise OutOfRange(f"an amount may have at most {integer_digits_max} integer digits")
-    try:
-        with exact():
-            return value.quantize(Decimal((0, (1,), -scale)))
-    except OutOfRange:  # exact() reports Inexact: the value needed rounding
-        raise ScaleExceeded(f"an amount may have at most {scale} decimal places") from None
+    with library_context():
+        scaled = value.quantize(Decimal((0, (1,), -scale)))
+    if scaled != value:
+        raise ScaleExceeded(f"an amount may have at most {scale} decimal places")
+    return scaled
 
 
 def parse_amount(
@@ -95,12 +96,10 @@ def parse_amount(
     check_scale(scale)
     if type(digits_max) is not int or not scale <= digits_max <= DIGITS_MAX:
         raise ValueError(f"digits_max must be an int from the scale to {DIGITS_MAX}")
-    return to_scale(to_decimal(value), scale, digits_max)
+    return _to_scale(to_decimal(value), scale, digits_max)
 
 
-def parse_price(
-    value: str | Decimal | int, scale: int, *, digits_max: int = DIGITS_MAX
-) -> Decimal:
+def parse_price(value: str | Decimal | int, scale: int, *, digits_max: int = DIGITS_MAX) -> Decimal:
     """Like `parse_amount`, for a price or quantity that must be greater than zero."""
     price = parse_amount(value, scale, digits_max=digits_max)
     if price <= 0:

@@ -1,0 +1,99 @@
+"""A unit of work over one database transaction, and bounded retries of whole units.
+
+    async with UnitOfWork(engine) as uow:
+        await uow.connection.execute(...)
+        await uow.commit()        # nothing is written unless commit() is called
+
+Leaving the block without commit(), or by an exception, rolls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self, TypeVar
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+T = TypeVar("T")
+
+# serialization_failure, deadlock_detected, and the server going away
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+
+
+class UnitOfWork:
+    """One transaction on a writer (or reader) engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._committed = False
+
+    @property
+    def connection(self) -> AsyncConnection:
+        assert self._connection is not None, "use the unit of work inside `async with`"
+        return self._connection
+
+    async def __aenter__(self) -> Self:
+        self._connection = await self._engine.connect()
+        await self._connection.begin()
+        self._committed = False
+        return self
+
+    async def commit(self) -> None:
+        await self.connection.commit()
+        self._committed = True
+
+    async def rollback(self) -> None:
+        await self.connection.rollback()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        connection, self._connection = self.connection, None
+        try:
+            if not self._committed and connection.in_transaction():
+                await connection.rollback()
+        finally:
+            await connection.close()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts_max: int = 5
+    backoff_s_base: float = 0.01
+    backoff_s_max: float = 1.0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Serialization failures, deadlocks and lost connections: safe to run the unit again."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if sqlstate in RETRYABLE_SQLSTATES or (sqlstate or "").startswith("08"):
+            return True
+        if isinstance(exc, InterfaceError | OperationalError) and sqlstate is None:
+            return True
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+async def with_retries(unit: Callable[[], Awaitable[T]], policy: RetryPolicy = RetryPolicy()) -> T:
+    """Run `unit` (a whole transaction) again on retryable errors, with jittered backoff."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await unit()
+        except Exception as exc:
+            if attempt >= policy.attempts_max or not is_retryable(exc):
+                raise
+            ceiling_s = min(policy.backoff_s_max, policy.backoff_s_base * 2**attempt)
+            await asyncio.sleep(random.uniform(0, ceiling_s))  # noqa: S311 - jitter, not crypto
