@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import secrets
 import signal
 import socket
@@ -19,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+# what servers print about themselves that must not reach a log file
+_SECRET_LINE = re.compile(rb"(Unseal Key|Root Token|Token|Password)(\s*[:=]\s*)\S+", re.IGNORECASE)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -88,6 +91,7 @@ class Child:
         for line in self.proc.stdout:
             for secret in self._redact:
                 line = line.replace(secret.encode(), b"[redacted]")
+            line = _SECRET_LINE.sub(rb"\1\2[redacted]", line)
             self._log.write(line)
         self._log.close()
 

@@ -1,0 +1,67 @@
+# tickerTap: `make run` starts the whole local stack, `make test` runs every test.
+# Everything is installed into .venv from the hashed lock; state lives in .tickertap/.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := $(PY) deploy/local/stack.py
+PACKAGES := $(wildcard libs/*) $(wildcard services/*)
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run up down status test test-only lint format bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/lock.txt requirements/bootstrap.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tickerTap needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/bootstrap.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes -r requirements/lock.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation $(foreach p,$(PACKAGES),-e $(p))
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the pinned dependencies and our packages
+
+run: install ## start everything in the foreground, print the URLs; Ctrl-C stops it all
+	@$(STACK) run
+
+up: install ## start everything detached; returns when all is ready
+	@$(STACK) up
+
+down: ## stop a detached stack (make up)
+	@if [ -x $(PY) ]; then $(STACK) down; fi
+
+status: ## what runs, and where
+	@$(STACK) status
+
+lint: install ## ruff (lint and format check) and strict mypy on the libraries
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs/money/src libs/secrets/src libs/db/src libs/messaging/src libs/observability/src libs/runtime/src
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint ## lint, start a test stack on its own ports, run every test, stop the stack
+	@TICKERTAP_PROFILE=test $(STACK) up
+	@TICKERTAP_PROFILE=test $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+		TICKERTAP_PROFILE=test $(STACK) down; exit $$rc
+
+test-only: install ## run the tests against an already running test stack
+	TICKERTAP_PROFILE=test $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install ## measure the local stack: cold start of `make up`, idle RSS of each process
+	$(PY) tests/bench/startup.py
+
+lock: ## recompile the hashed lock files (no download addresses are recorded)
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--no-header --no-emit-index-url requirements/requirements.in -o requirements/lock.txt
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--no-header --no-emit-index-url requirements/bootstrap.in -o requirements/bootstrap.txt
+
+clean: down ## stop everything and delete .venv and all local state
+	@if [ -x $(PY) ]; then TICKERTAP_PROFILE=test $(STACK) down; fi
+	rm -rf $(VENV) .tickertap .pytest_cache .mypy_cache .ruff_cache .hypothesis

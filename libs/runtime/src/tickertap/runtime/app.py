@@ -1,0 +1,194 @@
+"""Build a service's FastAPI app: the lifespan wires Vault, Postgres, Kafka and health.
+
+At start-up a service logs in to Vault with its AppRole, takes short-lived
+database credentials (kept alive and rotated in the background), migrates its
+own schema with them, then starts its background workers (outbox relay,
+consumers). `/readyz` answers 200 only while Postgres, the broker and Vault all
+answer with the service's own credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tickertap.db import create_engine, upgrade_to_head
+from tickertap.observability import (
+    Metrics,
+    ObservabilityMiddleware,
+    configure_logging,
+    health_router,
+)
+from tickertap.runtime.errors import install_error_handlers
+from tickertap.runtime.limits import BodySizeLimit
+from tickertap.runtime.settings import ServiceSettings
+from tickertap.secrets import AppRoleLogin, CredentialRotator, TokenKeeper, Vault
+
+log = logging.getLogger(__name__)
+
+StartHook = Callable[["ServiceRuntime"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What makes one service different from another; the rest is shared."""
+
+    name: str
+    title: str
+    version: str
+    migrations: Path | None
+    routers: Sequence[APIRouter] = ()
+    on_start: Sequence[StartHook] = ()  # start relays and consumers through runtime.spawn
+    description: str = ""
+
+
+@dataclass
+class ServiceRuntime:
+    """Everything a running service holds; handed to start hooks and request dependencies."""
+
+    settings: ServiceSettings
+    metrics: Metrics
+    vault: Vault
+    rotator: CredentialRotator
+    writer: AsyncEngine
+    reader: AsyncEngine
+    kafka_admin: AdminClient
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """Run a background worker for the life of the service; its crash stops readiness."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.append(task)
+        return task
+
+    def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
+        self.closers.append(closer)
+
+    def kafka_config(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.settings.kafka_bootstrap_servers}
+
+
+async def _check_postgres(runtime: ServiceRuntime) -> None:
+    async with runtime.writer.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def _check_broker(runtime: ServiceRuntime) -> None:
+    await asyncio.to_thread(runtime.kafka_admin.list_topics, timeout=1.5)
+
+
+async def _check_workers(runtime: ServiceRuntime) -> None:
+    for task in runtime.tasks:
+        if task.done():
+            raise RuntimeError(f"background worker {task.get_name()} stopped")
+
+
+def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
+    configure_logging(definition.name, settings.log_level)
+    metrics = Metrics(definition.name)
+    state: dict[str, ServiceRuntime] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        vault = Vault(settings.vault_addr)
+        await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
+        rotator = CredentialRotator(
+            vault, settings.vault_role, grace_s=settings.db_credential_grace_s
+        )
+        await rotator.start()
+        keeper = TokenKeeper(vault, [rotator])
+        keeper.start()
+        db = settings.database()
+        writer = create_engine(db, rotator, application_name=definition.name)
+        reader = create_engine(
+            db, rotator, application_name=f"{definition.name}-reader", read_only=True
+        )
+        runtime = ServiceRuntime(
+            settings=settings,
+            metrics=metrics,
+            vault=vault,
+            rotator=rotator,
+            writer=writer,
+            reader=reader,
+            kafka_admin=AdminClient(
+                {"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 3}
+            ),
+        )
+        state["runtime"] = runtime
+        app.state.runtime = runtime
+        try:
+            if definition.migrations is not None:
+                await upgrade_to_head(writer, definition.migrations, settings.db_schema)
+            for hook in definition.on_start:
+                await hook(runtime)
+            log.info("service started", extra={"port": settings.http_port})
+            yield
+        finally:
+            for task in runtime.tasks:
+                task.cancel()
+            for task in runtime.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for closer in reversed(runtime.closers):
+                with contextlib.suppress(Exception):
+                    await closer()
+            await writer.dispose()
+            await reader.dispose()
+            await keeper.stop()
+            await rotator.stop(revoke=True)
+            vault.close()
+            log.info("service stopped")
+
+    def runtime() -> ServiceRuntime:
+        return state["runtime"]
+
+    checks = {
+        "postgres": lambda: _check_postgres(runtime()),
+        "kafka": lambda: _check_broker(runtime()),
+        "vault": lambda: runtime().vault.ping(),
+        "workers": lambda: _check_workers(runtime()),
+    }
+    app = FastAPI(
+        title=definition.title,
+        version=definition.version,
+        description=definition.description,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(
+        health_router(checks, metrics, readiness_timeout_s=settings.readiness_timeout_s)
+    )
+    for router in definition.routers:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, body_bytes_max=settings.request_body_bytes_max)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    return app
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run one service process (uvicorn, uvloop, httptools) until SIGTERM/SIGINT."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )

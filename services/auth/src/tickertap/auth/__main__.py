@@ -1,0 +1,3 @@
+from tickertap.auth.main import main
+
+main()

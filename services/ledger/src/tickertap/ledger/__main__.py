@@ -1,0 +1,3 @@
+from tickertap.ledger.main import main
+
+main()

@@ -1,0 +1,3 @@
+from tickertap.marketdata.main import main
+
+main()

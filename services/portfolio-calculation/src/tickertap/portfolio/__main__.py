@@ -1,0 +1,3 @@
+from tickertap.portfolio.main import main
+
+main()

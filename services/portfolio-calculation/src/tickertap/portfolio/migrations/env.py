@@ -1,0 +1,3 @@
+from tickertap.db.migrations import run_env
+
+run_env()
