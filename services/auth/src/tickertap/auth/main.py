@@ -1,4 +1,4 @@
-"""Composition root of the auth service: `create_app(settings)` and the process entry."""
+"""Composition root of the auth service: `create_app(settings)` and `main()`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ DEFINITION = ServiceDefinition(
     name="auth",
     title="tickerTap auth",
     version="0.1.0",
-    description="Users, Argon2id passwords, JWT access tokens, rotating refresh tokens, TOTP MFA, roles and scopes.",
+    description=(
+        "Users, Argon2id passwords, JWT access tokens, rotating "
+        "refresh tokens, TOTP MFA, roles and scopes."
+    ),
     migrations=Path(__file__).parent / "migrations",
 )
 

@@ -1,4 +1,4 @@
-"""Composition root of the ledger service: `create_app(settings)` and the process entry."""
+"""Composition root of the ledger service: `create_app(settings)` and `main()`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ DEFINITION = ServiceDefinition(
     name="ledger",
     title="tickerTap ledger",
     version="0.1.0",
-    description="Double-entry, multi-asset ledger: accounts, idempotent transfers, trades, balances and history.",
+    description=(
+        "Double-entry, multi-asset ledger: accounts, idempotent "
+        "transfers, trades, balances and history."
+    ),
     migrations=Path(__file__).parent / "migrations",
 )
 

@@ -1,4 +1,4 @@
-"""Composition root of the market-data ingest service: `create_app(settings)` and the process entry."""
+"""Composition root of the market-data ingest service: `create_app(settings)` and `main()`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEFINITION = ServiceDefinition(
     name="market-data-ingest",
     title="tickerTap market-data ingest",
     version="0.1.0",
-    description="Validates and normalizes upstream ticks; latest prices and OHLCV bars.",
+    description=("Validates and normalizes upstream ticks; latest prices and OHLCV bars."),
     migrations=Path(__file__).parent / "migrations",
 )
 

@@ -1,4 +1,4 @@
-"""Composition root of the portfolio calculation service: `create_app(settings)` and the process entry."""
+"""Composition root of the portfolio calculation service: `create_app(settings)` and `main()`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEFINITION = ServiceDefinition(
     name="portfolio-calculation",
     title="tickerTap portfolio calculation",
     version="0.1.0",
-    description="Positions, cost basis, realized and unrealized P&L, valuations.",
+    description=("Positions, cost basis, realized and unrealized P&L, valuations."),
     migrations=Path(__file__).parent / "migrations",
 )
 
