@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PROFILE_PORT_BASES = {"dev": 55400, "test": 56400}
+PROFILE_PORT_BASES = {"dev": 55400, "test": 56400, "bench": 57400}
 DATABASE_NAME = "tickertap"
 
 
