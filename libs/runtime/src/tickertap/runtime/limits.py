@@ -7,10 +7,6 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, *, body_bytes_max: int) -> None:
         self.app = app
@@ -30,29 +26,35 @@ class BodySizeLimit:
                 if declared > self.body_bytes_max:
                     await self._reject(send, 413, "body_too_large", self._detail())
                     return
+        if any(name == b"content-length" for name, _ in scope.get("headers", ())):
+            await self.app(scope, receive, send)  # the server enforces the declared length
+            return
+        # no declared length (chunked): read the body here, bounded, then replay it
+        chunks: list[bytes] = []
         received = 0
-        response_started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        more_body = True
+        while more_body:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.body_bytes_max:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not response_started:
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.body_bytes_max:
                 await self._reject(send, 413, "body_too_large", self._detail())
+                return
+            chunks.append(chunk)
+            more_body = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
     def _detail(self) -> str:
         return f"request bodies are limited to {self.body_bytes_max} bytes"
