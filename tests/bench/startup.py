@@ -54,8 +54,10 @@ def stop() -> None:
 
 
 def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<34} median {statistics.median(values):6.2f} s   "
-            f"min {min(values):6.2f}   max {max(values):6.2f}   (n={len(values)})")
+    return (
+        f"{name:<34} median {statistics.median(values):6.2f} s   "
+        f"min {min(values):6.2f}   max {max(values):6.2f}   (n={len(values)})"
+    )
 
 
 def main() -> int:

@@ -27,7 +27,10 @@ def test_each_service_is_alive_ready_and_measured(stack, name):
     ready = httpx.get(f"{url}/readyz")
     assert ready.status_code == 200, ready.text
     assert {check: body["status"] for check, body in ready.json()["checks"].items()} == {
-        "postgres": "ok", "kafka": "ok", "vault": "ok", "workers": "ok"
+        "postgres": "ok",
+        "kafka": "ok",
+        "vault": "ok",
+        "workers": "ok",
     }
     metrics = httpx.get(f"{url}/metrics")
     families = {f.name for f in text_string_to_metric_families(metrics.text)}
@@ -38,8 +41,9 @@ def test_each_service_is_alive_ready_and_measured(stack, name):
 @pytest.mark.parametrize("name", SERVICE_NAMES)
 def test_errors_are_problem_details_with_a_code_and_the_correlation_id(stack, name):
     correlation_id = f"e2e-{uuid.uuid4()}"
-    response = httpx.get(f"{stack.service_url(name)}/no/such/route",
-                         headers={"X-Correlation-ID": correlation_id})
+    response = httpx.get(
+        f"{stack.service_url(name)}/no/such/route", headers={"X-Correlation-ID": correlation_id}
+    )
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["x-correlation-id"] == correlation_id
@@ -54,9 +58,7 @@ def test_every_topic_exists_with_its_partitions_and_configs(stack):
     for topic in load_topics():
         assert topic.name in existing, topic.name
         assert len(existing[topic.name].partitions) == topic.partitions, topic.name
-    (future,) = admin.describe_configs(
-        [ConfigResource("topic", "marketdata.prices.v1")]
-    ).values()
+    (future,) = admin.describe_configs([ConfigResource("topic", "marketdata.prices.v1")]).values()
     assert future.result(timeout=5)["cleanup.policy"].value == "compact"
 
 
@@ -66,14 +68,18 @@ async def test_each_service_migrated_its_own_schema_with_its_owner_role(stack):
         for svc in SERVICES:
             owner = await conn.fetchval(
                 "SELECT tableowner FROM pg_tables WHERE schemaname = $1 "
-                "AND tablename = 'alembic_version'", svc.schema)
+                "AND tablename = 'alembic_version'",
+                svc.schema,
+            )
             assert owner == svc.owner_role, svc.schema
             # the service is connected with a Vault-issued login acting as the owner role
             logins = await conn.fetch(
                 "SELECT DISTINCT usename, pg_has_role(usename, $2, 'MEMBER') AS member, "
                 "(SELECT rolvaliduntil FROM pg_roles WHERE rolname = usename) AS valid_until "
                 "FROM pg_stat_activity WHERE application_name = $1",
-                svc.name, svc.owner_role)
+                svc.name,
+                svc.owner_role,
+            )
             assert logins, f"{svc.name} has no open connection"
             for row in logins:
                 assert row["usename"].startswith("v-approle-"), row["usename"]
@@ -81,11 +87,13 @@ async def test_each_service_migrated_its_own_schema_with_its_owner_role(stack):
                 assert row["valid_until"] is not None  # a short-lived login
         # nobody but its owner may use a schema; public is closed
         public_create = await conn.fetchval(
-            "SELECT has_schema_privilege('public', 'public', 'CREATE')")
+            "SELECT has_schema_privilege('public', 'public', 'CREATE')"
+        )
         assert public_create is False
         vault_admin_rights = await conn.fetch(
             "SELECT table_schema, table_name FROM information_schema.role_table_grants "
-            "WHERE grantee = 'vault_admin'")
+            "WHERE grantee = 'vault_admin'"
+        )
         assert vault_admin_rights == []
     finally:
         await conn.close()
