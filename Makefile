@@ -15,7 +15,8 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/lock.txt requirements/bootstrap.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tickerTap needs Python 3.11 or newer")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tickerTap needs Python 3.11 or newer (try: make run PYTHON=python3.12)")'
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { echo "$(PYTHON) lacks venv/ensurepip (Debian/Ubuntu: apt install python3-venv)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/bootstrap.txt
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes -r requirements/lock.txt
@@ -45,10 +46,12 @@ format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+TEST_MARKER := .tickertap/test-stack-started-by-make
+
 test: lint ## lint, start a test stack on its own ports, run every test, stop the stack
-	@TICKERTAP_PROFILE=test $(STACK) up
-	@TICKERTAP_PROFILE=test $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
-		TICKERTAP_PROFILE=test $(STACK) down; exit $$rc
+	@TICKERTAP_PROFILE=test $(STACK) up --started-marker $(TEST_MARKER) || exit 1; \
+	trap 'if [ -f $(TEST_MARKER) ]; then rm -f $(TEST_MARKER); TICKERTAP_PROFILE=test $(STACK) down; fi' EXIT INT TERM; \
+	TICKERTAP_PROFILE=test $(PY) -m pytest $(PYTEST_ARGS)
 
 test-only: install ## run the tests against an already running test stack
 	TICKERTAP_PROFILE=test $(PY) -m pytest $(PYTEST_ARGS)
@@ -63,5 +66,5 @@ lock: ## recompile the hashed lock files (no download addresses are recorded)
 		--no-header --no-emit-index-url requirements/bootstrap.in -o requirements/bootstrap.txt
 
 clean: down ## stop everything and delete .venv and all local state
-	@if [ -x $(PY) ]; then TICKERTAP_PROFILE=test $(STACK) down; fi
+	@if [ -x $(PY) ]; then for p in test bench; do TICKERTAP_PROFILE=$$p $(STACK) down; done; fi
 	rm -rf $(VENV) .tickertap .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -40,7 +41,7 @@ class Stack:
     def pg_admin_url(self) -> str:
         url = os.environ.get("TICKERTAP_PG_ADMIN_URL")
         if url:
-            return url.rsplit("/", 1)[0] + f"/{self.database}"
+            return urlsplit(url)._replace(path=f"/{self.database}").geturl()
         password = (self.secrets_dir / "pg_admin_password").read_text().strip()
         return f"postgresql://postgres:{password}@{self.pg_host}:{self.pg_port}/{self.database}"
 

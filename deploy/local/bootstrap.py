@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 DB_CONNECTION = "tickertap"
 CREDENTIAL_TTL = "15m"
 CREDENTIAL_TTL_MAX = "1h"
+PG_VERSION_NUM_MIN = 160000
 
 
 def _ident(name: str) -> str:
@@ -39,8 +41,15 @@ async def bootstrap_postgres(admin_url: str, vault_admin_password: str) -> None:
     assert vault_admin_password.isalnum()
     conn = await asyncpg.connect(admin_url)
     try:
+        version = await conn.fetchval("SHOW server_version_num")
+        if int(version) < PG_VERSION_NUM_MIN:
+            raise SystemExit(
+                f"Postgres {version} is too old: the grant options used here need 16 or newer"
+            )
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE_NAME):
             await conn.execute(f"CREATE DATABASE {_ident(DATABASE_NAME)}")
+        # service logins may connect to their own database only
+        await conn.execute("REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC")
     finally:
         await conn.close()
     parts = urlsplit(admin_url)
@@ -65,6 +74,20 @@ async def bootstrap_postgres(admin_url: str, vault_admin_password: str) -> None:
                 f"PASSWORD '{vault_admin_password}'"
             )
             await conn.execute("GRANT pg_signal_backend TO vault_admin")
+            # logins from an earlier Vault (the dev server keeps leases in memory) that
+            # expired without being revoked: they cannot log in, drop them
+            stale = await conn.fetch(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%' "
+                "AND rolvaliduntil < now() - interval '1 minute'"
+            )
+            for row in stale:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                    row["rolname"],
+                )
+                name = row["rolname"]
+                assert re.fullmatch(r"[A-Za-z0-9_.-]+", name), name
+                await conn.execute(f'DROP ROLE IF EXISTS "{name}"')
             await conn.execute(f"GRANT CONNECT ON DATABASE {_ident(DATABASE_NAME)} TO vault_admin")
             for svc in SERVICES:
                 owner = _ident(svc.owner_role)
@@ -79,9 +102,7 @@ async def bootstrap_postgres(admin_url: str, vault_admin_password: str) -> None:
                     f"CREATE SCHEMA IF NOT EXISTS {_ident(svc.schema)} AUTHORIZATION {owner}"
                 )
                 await conn.execute(f"REVOKE ALL ON SCHEMA {_ident(svc.schema)} FROM PUBLIC")
-                await conn.execute(
-                    f"GRANT CONNECT, TEMPORARY ON DATABASE {_ident(DATABASE_NAME)} TO {owner}"
-                )
+                await conn.execute(f"GRANT CONNECT ON DATABASE {_ident(DATABASE_NAME)} TO {owner}")
                 await conn.execute(
                     f"GRANT {owner} TO vault_admin WITH ADMIN TRUE, INHERIT FALSE, SET FALSE"
                 )
@@ -121,7 +142,13 @@ path "transit/keys/{name}" {{ capabilities = ["read"] }}
 
 
 def bootstrap_vault(
-    client: hvac.Client, pg_host: str, pg_port: int, vault_admin_password: str
+    client: hvac.Client,
+    pg_host: str,
+    pg_port: int,
+    vault_admin_password: str,
+    *,
+    sslmode: str,
+    test_roles: bool,
 ) -> dict[str, dict[str, str]]:
     """Configure Vault; returns each service's AppRole role_id and a fresh secret_id."""
     mounts = client.sys.list_mounted_secrets_engines()["data"]
@@ -137,11 +164,12 @@ def bootstrap_vault(
         plugin_name="postgresql-database-plugin",
         connection_url=(
             f"postgresql://{{{{username}}}}:{{{{password}}}}@{pg_host}:{pg_port}/{DATABASE_NAME}"
-            "?sslmode=disable"
+            f"?sslmode={sslmode}"
         ),
         username="vault_admin",
         password=vault_admin_password,
-        allowed_roles=[svc.schema for svc in SERVICES] + ["test-*"],
+        # the test profile lets tests make short-lived roles (rotation under load)
+        allowed_roles=[svc.schema for svc in SERVICES] + (["test-*"] if test_roles else []),
         password_authentication="scram-sha-256",
         verify_connection=True,
     )
@@ -172,9 +200,20 @@ def bootstrap_vault(
             secret_id_ttl="0",
         )
         role_id = client.auth.approle.read_role_id(svc.schema)["data"]["role_id"]
+        # one live secret_id per service: the ones handed out by earlier starts end here
+        _destroy_secret_ids(client, svc.schema)
         secret_id = client.auth.approle.generate_secret_id(svc.schema)["data"]["secret_id"]
         credentials[svc.schema] = {"role_id": role_id, "secret_id": secret_id}
     return credentials
+
+
+def _destroy_secret_ids(client: hvac.Client, role: str) -> None:
+    try:
+        accessors = client.auth.approle.list_secret_id_accessors(role)["data"]["keys"]
+    except hvac.exceptions.InvalidPath:
+        return  # none yet
+    for accessor in accessors:
+        client.auth.approle.destroy_secret_id_accessor(role, accessor)
 
 
 def bootstrap_topics(bootstrap_servers: str, topics: list[TopicSpec]) -> None:
@@ -197,7 +236,14 @@ def bootstrap_all(
     vault_admin_password = secrets.token_hex(24)
     asyncio.run(bootstrap_postgres(pg_admin_url, vault_admin_password))
     client = hvac.Client(url=cfg.vault_url, token=vault_token)
-    creds = bootstrap_vault(client, cfg.pg_host, cfg.pg_port, vault_admin_password)
+    creds = bootstrap_vault(
+        client,
+        cfg.pg_host,
+        cfg.pg_port,
+        vault_admin_password,
+        sslmode=cfg.pg_sslmode,
+        test_roles=cfg.profile == "test",
+    )
     bootstrap_topics(cfg.bootstrap_servers, topics)
     return creds
 

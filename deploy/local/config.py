@@ -4,7 +4,7 @@ Every value comes from the environment with a local default, so `make run`
 needs no configuration and pointing a part at a real cluster is one variable:
 
 - TICKERTAP_PROFILE          dev (default) or test; each has its own state folder and ports
-- TICKERTAP_PORT_BASE        first port of the profile (dev 55400, test 56400)
+- TICKERTAP_PORT_BASE        first port of the profile (dev 25400, test 26400, bench 27400)
 - TICKERTAP_PG_ADMIN_URL     an existing Postgres (superuser URL); then none is started
 - TICKERTAP_KAFKA_BOOTSTRAP_SERVERS  an existing Kafka cluster; then no broker is started
 - TICKERTAP_VAULT_ADDR + TICKERTAP_VAULT_TOKEN  an existing Vault/OpenBao; then none is started
@@ -16,11 +16,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 
-PROFILE_PORT_BASES = {"dev": 55400, "test": 56400, "bench": 57400}
+# below Linux's ephemeral range (32768-60999), so an outgoing connection never holds one
+PROFILE_PORT_BASES = {"dev": 25400, "test": 26400, "bench": 27400}
 DATABASE_NAME = "tickertap"
 
 
@@ -103,6 +104,14 @@ class StackConfig:
         if self.pg_admin_url:
             return urlsplit(self.pg_admin_url).hostname or "127.0.0.1"
         return "127.0.0.1"
+
+    @property
+    def pg_sslmode(self) -> str:
+        """TLS from Vault to Postgres: off on loopback, else as the admin URL asks (require)."""
+        if not self.pg_admin_url:
+            return "disable"
+        query = dict(parse_qsl(urlsplit(self.pg_admin_url).query))
+        return query.get("sslmode", "require")
 
     @property
     def kafka_port(self) -> int:

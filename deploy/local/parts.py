@@ -12,6 +12,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from config import StackConfig
-from processes import Child, port_free, read_or_create_secret, wait_until
+from processes import Child, port_free, read_or_create_secret, wait_until, write_private
 
 PG_SYSTEM_USER = "tickertap"
 
@@ -55,13 +56,18 @@ def _require_free(port: int, what: str) -> None:
 # -- Postgres --------------------------------------------------------------------------
 
 
-def _ensure_system_user() -> str | None:
+def _ensure_system_user() -> pwd.struct_passwd | None:
     """As root, the unprivileged user that runs Postgres (initdb refuses root)."""
     if os.geteuid() != 0:
         return None
     try:
-        pwd.getpwnam(PG_SYSTEM_USER)
+        return pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
+        if shutil.which("useradd") is None:
+            raise SystemExit(
+                "running as root, Postgres needs an unprivileged user and `useradd` is missing: "
+                f"create a user named {PG_SYSTEM_USER}, or run `make run` as a normal user"
+            ) from None
         subprocess.run(
             [
                 "useradd",
@@ -97,10 +103,11 @@ def start_postgres(cfg: StackConfig) -> Child:
     password = read_or_create_secret(cfg.secrets_dir / "pg_admin_password")
     cfg.pg_dir.mkdir(parents=True, exist_ok=True)
     run_dir.mkdir(exist_ok=True)
+    uid = user.pw_uid if user else None
+    gid = user.pw_gid if user else None
     if user:
-        entry = pwd.getpwnam(user)
         for p in (cfg.pg_dir, run_dir):
-            os.chown(p, entry.pw_uid, entry.pw_gid)
+            os.chown(p, user.pw_uid, user.pw_gid)
         _open_traversal(cfg.pg_dir)
         _open_traversal(pg_bin("postgres").parent)
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "TZ": "UTC"}
@@ -108,10 +115,7 @@ def start_postgres(cfg: StackConfig) -> Child:
         if data.exists():
             shutil.rmtree(data)  # a half-made folder from an interrupted initdb
         pwfile = cfg.pg_dir / ".pwfile"
-        pwfile.write_text(password)
-        if user:
-            os.chown(pwfile, pwd.getpwnam(user).pw_uid, -1)
-        pwfile.chmod(0o600)
+        write_private(pwfile, password, owner_uid=uid)
         try:
             result = subprocess.run(
                 [
@@ -128,8 +132,8 @@ def start_postgres(cfg: StackConfig) -> Child:
                     "--no-sync",
                 ],
                 check=False,
-                user=user,
-                group=user,
+                user=uid,
+                group=gid,
                 extra_groups=[] if user else None,
                 env=env,
                 cwd=cfg.pg_dir,
@@ -165,8 +169,9 @@ def start_postgres(cfg: StackConfig) -> Child:
         cfg.logs_dir / "postgres.log",
         env=env,
         cwd=cfg.pg_dir,
-        user=user,
-        stop_signal=__import__("signal").SIGINT,  # fast shutdown
+        user=uid,
+        group=gid,
+        stop_signal=signal.SIGINT,  # fast shutdown, also when the supervisor dies
     )
     return child
 

@@ -25,8 +25,11 @@ _SECRET_LINE = re.compile(rb"(Unseal Key|Root Token|Token|Password)(\s*[:=]\s*)\
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent() -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent(signum: int) -> Callable[[], None]:
+    def set_pdeathsig() -> None:
+        _libc.prctl(PR_SET_PDEATHSIG, signum)
+
+    return set_pdeathsig
 
 
 def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
@@ -41,11 +44,16 @@ def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
     return value
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str, *, owner_uid: int | None = None) -> None:
+    """Write a 0600 file atomically: readers see the old content or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    if owner_uid is not None:
+        os.chown(tmp, owner_uid, -1)
+    os.replace(tmp, path)
 
 
 class Child:
@@ -59,7 +67,8 @@ class Child:
         *,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
-        user: str | None = None,
+        user: int | None = None,
+        group: int | None = None,
         redact: Sequence[str] = (),
         stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
@@ -77,11 +86,11 @@ class Child:
             env=env,
             cwd=cwd,
             user=user,
-            group=user,  # the user's own group, and no other: root's group would leak in
-            extra_groups=[] if user else None,
+            group=group,  # the user's own group, and no other: root's group would leak in
+            extra_groups=[] if user is not None else None,
             # Ctrl-C reaches the supervisor only; it stops the children in order
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent(stop_signal),
         )
         self._pump = threading.Thread(target=self._copy_output, name=f"log-{name}", daemon=True)
         self._pump.start()

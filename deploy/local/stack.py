@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -184,11 +185,16 @@ def print_urls(info: dict[str, object]) -> None:
 
 
 def cmd_run(cfg: StackConfig, with_services: bool) -> int:
-    if supervisor_alive(cfg):
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # one supervisor per profile: the lock is held for the life of this process
+    lock = open(cfg.state_dir / "supervisor.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         print(f"stack ({cfg.profile}) already running; `make down` first", file=sys.stderr)
         return 1
     sup = Supervisor(cfg, with_services)
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg.stack_file.unlink(missing_ok=True)  # a stale one from a killed supervisor
     write_private(cfg.pid_file, str(os.getpid()))
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -228,9 +234,18 @@ def supervisor_alive(cfg: StackConfig) -> int | None:
     return pid if b"stack.py" in cmdline else None
 
 
-def cmd_up(cfg: StackConfig, with_services: bool) -> int:
+def cmd_up(cfg: StackConfig, with_services: bool, started_marker: Path | None) -> int:
+    """Start detached and wait until ready. With `--started-marker F`, F is created only
+    when this call started the stack (so a caller stops only what it started)."""
+    if started_marker is not None:
+        started_marker.unlink(missing_ok=True)
     if supervisor_alive(cfg) and cfg.stack_file.exists():
-        print_urls(json.loads(cfg.stack_file.read_text()))
+        info = json.loads(cfg.stack_file.read_text())
+        if with_services and not info["services"]:
+            print(f"stack ({cfg.profile}) runs without services; stop it first", file=sys.stderr)
+            return 1
+        print(f"stack ({cfg.profile}) is already running; using it")
+        print_urls(info)
         return 0
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cfg.logs_dir.mkdir(exist_ok=True)
@@ -249,6 +264,8 @@ def cmd_up(cfg: StackConfig, with_services: bool) -> int:
             print((cfg.logs_dir / "stack.log").read_text()[-3000:], file=sys.stderr)
             return 1
         if cfg.stack_file.exists():
+            if started_marker is not None:
+                started_marker.write_text(str(proc.pid))
             print_urls(json.loads(cfg.stack_file.read_text()))
             return 0
         time.sleep(0.1)
@@ -289,6 +306,11 @@ def main() -> int:
     )
     parser.add_argument("command", choices=["run", "up", "down", "status"])
     parser.add_argument(
+        "--started-marker",
+        type=Path,
+        help="with up: create this file only if this call started the stack",
+    )
+    parser.add_argument(
         "--no-services", action="store_true", help="start only Postgres, the broker and OpenBao"
     )
     args = parser.parse_args()
@@ -296,7 +318,7 @@ def main() -> int:
     if args.command == "run":
         return cmd_run(cfg, not args.no_services)
     if args.command == "up":
-        return cmd_up(cfg, not args.no_services)
+        return cmd_up(cfg, not args.no_services, args.started_marker)
     if args.command == "down":
         return cmd_down(cfg)
     return cmd_status(cfg)

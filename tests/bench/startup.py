@@ -1,6 +1,6 @@
 """Cold start of the local stack and the idle memory of each process.
 
-Runs `stack.py up` several times on its own profile (`bench`, ports 574xx), with
+Runs `stack.py up` several times on its own profile (`bench`, ports 274xx), with
 dependencies already installed: the stack with the four services, and in the
 same run the baseline of the infrastructure alone (`--no-services`). Prints the
 median, min and max of each, then the resident memory (RSS) of every process

@@ -97,9 +97,20 @@ async def test_unknown_route_and_method_have_codes(client):
 
 
 def test_settings_need_exactly_one_secret_id(tmp_path):
-    base = {"http_port": 1, "db_schema": "x", "vault_role": "x", "vault_role_id": "r"}
+    base = {
+        "http_port": 1,
+        "db_host": "db",
+        "db_port": 5432,
+        "kafka_bootstrap_servers": "kafka:9092",
+        "vault_addr": "https://vault:8200",
+        "db_schema": "x",
+        "vault_role": "x",
+        "vault_role_id": "r",
+    }
     with pytest.raises(ValidationError):
         ServiceSettings(**base)
+    with pytest.raises(ValidationError):  # no default address for a dependency
+        ServiceSettings(**{**base, "vault_secret_id": "s"} | {"db_host": None})
     secret = tmp_path / "sid"
     secret.write_text("s3cret\n")
     settings = ServiceSettings(**base, vault_secret_id_file=secret)

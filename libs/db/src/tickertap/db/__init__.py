@@ -6,9 +6,16 @@ read-only transactions (and may point at a replica).
 
 from tickertap.db.engine import DatabaseSettings, create_engine
 from tickertap.db.migrations import upgrade_to_head
-from tickertap.db.uow import RetryPolicy, UnitOfWork, is_retryable, with_retries
+from tickertap.db.uow import (
+    CommitOutcomeUnknown,
+    RetryPolicy,
+    UnitOfWork,
+    is_retryable,
+    with_retries,
+)
 
 __all__ = [
+    "CommitOutcomeUnknown",
     "DatabaseSettings",
     "RetryPolicy",
     "UnitOfWork",

@@ -30,6 +30,7 @@ class DatabaseSettings:
     pool_overflow_max: int = 10
     pool_timeout_s: float = 10.0
     statement_timeout_ms: int = 15_000
+    idle_in_transaction_timeout_ms: int = 20_000  # below the credential grace period
     connect_timeout_s: float = 5.0
     reader_host: str | None = None  # a read replica; defaults to the writer
     reader_port: int | None = None
@@ -54,6 +55,7 @@ def create_engine(
         "application_name": application_name,
         "search_path": settings.schema,
         "statement_timeout": str(settings.statement_timeout_ms),
+        "idle_in_transaction_session_timeout": str(settings.idle_in_transaction_timeout_ms),
         "timezone": "UTC",
     }
     if read_only:
@@ -82,6 +84,7 @@ def create_engine(
         max_overflow=settings.pool_overflow_max,
         pool_timeout=settings.pool_timeout_s,
         pool_pre_ping=False,
+        hide_parameters=True,  # bound values (emails, token hashes) never reach error messages
     )
 
     @event.listens_for(engine.sync_engine, "checkout")

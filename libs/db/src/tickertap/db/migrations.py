@@ -15,6 +15,8 @@ from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+MIGRATION_TIMEOUT_S = 600
+
 
 def _config(script_location: Path, schema: str) -> Config:
     cfg = Config()
@@ -27,6 +29,9 @@ async def upgrade_to_head(engine: AsyncEngine, script_location: Path, schema: st
     """Bring `schema` to the newest revision; replicas starting together take turns."""
 
     def upgrade(connection: Connection) -> None:
+        # migrations may wait for another replica's and build indexes: not the request bound
+        connection.execute(text(f"SET LOCAL statement_timeout = '{MIGRATION_TIMEOUT_S}s'"))
+        connection.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
         cfg = _config(script_location, schema)
         cfg.attributes["connection"] = connection

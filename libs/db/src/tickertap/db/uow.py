@@ -5,6 +5,12 @@
         await uow.commit()        # nothing is written unless commit() is called
 
 Leaving the block without commit(), or by an exception, rolls back.
+
+`with_retries` runs a whole unit again on serialization failures, deadlocks and
+connections lost *before* COMMIT was sent. A connection lost during COMMIT
+leaves the outcome unknown (the transaction may be durable): that raises
+`CommitOutcomeUnknown`, which is never retried blindly; units that must
+survive it carry a caller-chosen id and treat its unique violation as success.
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ T = TypeVar("T")
 
 # serialization_failure, deadlock_detected, and the server going away
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection failed while COMMIT was in flight: the work may or may not be durable."""
 
 
 class UnitOfWork:
@@ -45,7 +55,12 @@ class UnitOfWork:
         return self
 
     async def commit(self) -> None:
-        await self.connection.commit()
+        try:
+            await self.connection.commit()
+        except Exception as exc:
+            if is_retryable(exc) and not _is_serialization_failure(exc):
+                raise CommitOutcomeUnknown(type(exc).__name__) from exc
+            raise
         self._committed = True
 
     async def rollback(self) -> None:
@@ -72,12 +87,24 @@ class RetryPolicy:
     backoff_s_max: float = 1.0
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return None
+
+
+def _is_serialization_failure(exc: BaseException) -> bool:
+    # raised by the server at COMMIT under SERIALIZABLE: the transaction did not commit
+    return _sqlstate(exc) in {"40001", "40P01"}
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Serialization failures, deadlocks and lost connections: safe to run the unit again."""
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        sqlstate = _sqlstate(exc)
         if sqlstate in RETRYABLE_SQLSTATES or (sqlstate or "").startswith("08"):
             return True
         if isinstance(exc, InterfaceError | OperationalError) and sqlstate is None:

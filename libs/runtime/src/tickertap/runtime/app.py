@@ -60,6 +60,7 @@ class ServiceRuntime:
     metrics: Metrics
     vault: Vault
     rotator: CredentialRotator
+    token_keeper: TokenKeeper
     writer: AsyncEngine
     reader: AsyncEngine
     kafka_admin: AdminClient
@@ -90,9 +91,26 @@ async def _check_broker(runtime: ServiceRuntime) -> None:
 
 
 async def _check_workers(runtime: ServiceRuntime) -> None:
+    if not runtime.rotator.running:
+        raise RuntimeError("database credential rotation stopped")
+    if not runtime.token_keeper.running:
+        raise RuntimeError("vault token renewal stopped")
     for task in runtime.tasks:
         if task.done():
             raise RuntimeError(f"background worker {task.get_name()} stopped")
+
+
+async def _stop_workers(runtime: ServiceRuntime) -> None:
+    for task in runtime.tasks:
+        task.cancel()
+    for task in runtime.tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for closer in reversed(runtime.closers):
+        try:
+            await closer()
+        except Exception:
+            log.exception("error while stopping a worker")
 
 
 def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
@@ -102,54 +120,47 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        vault = Vault(settings.vault_addr)
-        await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
-        rotator = CredentialRotator(
-            vault, settings.vault_role, grace_s=settings.db_credential_grace_s
-        )
-        await rotator.start()
-        keeper = TokenKeeper(vault, [rotator])
-        keeper.start()
-        db = settings.database()
-        writer = create_engine(db, rotator, application_name=definition.name)
-        reader = create_engine(
-            db, rotator, application_name=f"{definition.name}-reader", read_only=True
-        )
-        runtime = ServiceRuntime(
-            settings=settings,
-            metrics=metrics,
-            vault=vault,
-            rotator=rotator,
-            writer=writer,
-            reader=reader,
-            kafka_admin=AdminClient(
-                {"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 3}
-            ),
-        )
-        state["runtime"] = runtime
-        app.state.runtime = runtime
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            vault = Vault(settings.vault_addr)
+            stack.callback(vault.close)
+            await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
+            rotator = CredentialRotator(
+                vault, settings.vault_role, grace_s=settings.db_credential_grace_s
+            )
+            await rotator.start()
+            stack.push_async_callback(rotator.stop)  # after the pools are disposed
+            keeper = TokenKeeper(vault, [rotator])
+            keeper.start()
+            stack.push_async_callback(keeper.stop)
+            db = settings.database()
+            writer = create_engine(db, rotator, application_name=definition.name)
+            stack.push_async_callback(writer.dispose)
+            reader = create_engine(
+                db, rotator, application_name=f"{definition.name}-reader", read_only=True
+            )
+            stack.push_async_callback(reader.dispose)
+            runtime = ServiceRuntime(
+                settings=settings,
+                metrics=metrics,
+                vault=vault,
+                rotator=rotator,
+                token_keeper=keeper,
+                writer=writer,
+                reader=reader,
+                kafka_admin=AdminClient(
+                    {"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 3}
+                ),
+            )
+            stack.push_async_callback(_stop_workers, runtime)
+            state["runtime"] = runtime
+            app.state.runtime = runtime
             if definition.migrations is not None:
                 await upgrade_to_head(writer, definition.migrations, settings.db_schema)
             for hook in definition.on_start:
                 await hook(runtime)
             log.info("service started", extra={"port": settings.http_port})
             yield
-        finally:
-            for task in runtime.tasks:
-                task.cancel()
-            for task in runtime.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for closer in reversed(runtime.closers):
-                with contextlib.suppress(Exception):
-                    await closer()
-            await writer.dispose()
-            await reader.dispose()
-            await keeper.stop()
-            await rotator.stop(revoke=True)
-            vault.close()
-            log.info("service stopped")
+        log.info("service stopped")
 
     def runtime() -> ServiceRuntime:
         return state["runtime"]

@@ -1,8 +1,9 @@
 """Settings every service shares, read from `TICKERTAP_*` environment variables.
 
 Nothing is read at import: a service builds its settings in `main()` and tests
-pass their own. Outside development, settings refuse to start without a real
-AppRole secret.
+pass their own. Where the database, the broker and Vault are has no default:
+a deployment that forgets one fails at start instead of reaching for localhost.
+Secrets (the AppRole secret_id) come from a file or the environment, never a default.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(ge=1, le=65535)
     request_body_bytes_max: int = Field(default=1_048_576, ge=1024)
 
-    db_host: str = "127.0.0.1"
-    db_port: int = 55432
+    db_host: str
+    db_port: int = Field(ge=1, le=65535)
     db_name: str = "tickertap"
     db_schema: str
     db_reader_host: str | None = None
@@ -36,10 +37,10 @@ class ServiceSettings(BaseSettings):
     db_pool_overflow_max: int = Field(default=10, ge=0, le=100)
     db_statement_timeout_ms: int = Field(default=15_000, ge=100)
 
-    kafka_bootstrap_servers: str = "127.0.0.1:55492"
+    kafka_bootstrap_servers: str
     kafka_schema_registry_url: str | None = None
 
-    vault_addr: str = "http://127.0.0.1:55420"
+    vault_addr: str
     vault_role: str  # the database/creds role and transit key, e.g. "ledger"
     vault_role_id: str
     vault_secret_id: SecretStr | None = None

@@ -49,6 +49,8 @@ class CredentialRotator:
         self._listeners: list[RotationListener] = []
         self._task: asyncio.Task[None] | None = None
         self._revocations: set[asyncio.Task[None]] = set()
+        self._pending_revocation: list[DatabaseCredentials] = []
+        self._rotation_requested = False
         self._wake = asyncio.Event()
 
     @property
@@ -65,21 +67,34 @@ class CredentialRotator:
 
     def rotate_soon(self) -> None:
         """Take new credentials now (for example after the Vault token was replaced)."""
-        self._expires_at_s = 0.0
+        self._rotation_requested = True
         self._wake.set()
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def stop(self, *, revoke: bool = True) -> None:
+        """Stop renewing; revoke the current lease and any still in their grace period.
+
+        Call it after the pools using these credentials are disposed.
+        """
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for task in list(self._revocations):
             task.cancel()
-        if revoke and self._current is not None:
+        if not revoke:
+            return
+        pending = [*self._pending_revocation, *([self._current] if self._current else [])]
+        for credentials in pending:
             with contextlib.suppress(VaultError):
-                await self._vault.revoke_lease(self._current.lease.lease_id)
+                await self._vault.revoke_lease(credentials.lease.lease_id)
+        self._pending_revocation.clear()
 
     async def _issue(self) -> None:
+        self._rotation_requested = False
         old = self._current
         fresh = await self._vault.database_credentials(self.role)
         self._current = fresh
@@ -96,10 +111,14 @@ class CredentialRotator:
             listener(fresh)
 
     def _schedule_revocation(self, old: DatabaseCredentials) -> None:
+        self._pending_revocation.append(old)
+
         async def revoke_later() -> None:
             await asyncio.sleep(self._grace_s)
             with contextlib.suppress(VaultError):  # already expired is fine
                 await self._vault.revoke_lease(old.lease.lease_id)
+            with contextlib.suppress(ValueError):
+                self._pending_revocation.remove(old)
 
         task = asyncio.create_task(revoke_later(), name=f"revoke-{self.role}")
         self._revocations.add(task)
@@ -108,17 +127,19 @@ class CredentialRotator:
     async def _run(self) -> None:
         failures = 0
         while True:
-            remaining_s = self._expires_at_s - time.monotonic()
-            wait_s = max(0.0, remaining_s * self._renew_at_fraction)
-            if failures:
-                wait_s = min(wait_s, random.uniform(0, min(self._retry_backoff_s_max, 2**failures)))  # noqa: S311
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+            if not self._rotation_requested:
+                remaining_s = self._expires_at_s - time.monotonic()
+                wait_s = max(0.0, remaining_s * self._renew_at_fraction)
+                if failures:  # back off after a failure, however little time is left
+                    ceiling_s = min(self._retry_backoff_s_max, 0.1 * 2**failures)
+                    wait_s = max(ceiling_s / 2, min(wait_s, random.uniform(0, ceiling_s)))  # noqa: S311
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
             try:
                 await self._refresh()
                 failures = 0
-            except VaultError as exc:
+            except Exception as exc:  # keep the login alive whatever went wrong once
                 failures += 1
                 log.warning(
                     "credential refresh failed",
@@ -128,7 +149,7 @@ class CredentialRotator:
     async def _refresh(self) -> None:
         current = self.current
         remaining_s = self._expires_at_s - time.monotonic()
-        if remaining_s <= 0 or not current.lease.renewable:
+        if self._rotation_requested or remaining_s <= 0 or not current.lease.renewable:
             await self._issue()
             return
         requested_s = current.lease.duration_s
@@ -141,22 +162,39 @@ class CredentialRotator:
 
 
 class TokenKeeper:
-    """Keeps the Vault token alive: renews it, logs in again near its max TTL.
+    """Keeps the Vault token alive: renews it, logs in again before its max TTL.
 
-    Database leases belong to the token that made them, so after a new login
-    every rotator is asked to take new credentials at once.
+    Database leases belong to the token that made them and die with it, so the
+    keeper logs in again as soon as a renewal comes back capped by the max TTL
+    (while the old token still has most of its life) and asks every rotator to
+    take new credentials under the new token.
     """
 
     def __init__(
-        self, vault: Vault, rotators: list[CredentialRotator], *, renew_at_fraction: float = 0.5
+        self,
+        vault: Vault,
+        rotators: list[CredentialRotator],
+        *,
+        renew_at_fraction: float = 0.5,
+        retry_backoff_s_max: float = 5.0,
     ) -> None:
         self._vault = vault
         self._rotators = rotators
         self._renew_at_fraction = renew_at_fraction
+        self._retry_backoff_s_max = retry_backoff_s_max
         self._task: asyncio.Task[None] | None = None
+        self._ttl_s_full: int | None = None
+        self.relogins = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="vault-token")
+
+    @property
+    def running(self) -> bool:
+        """False only when it stopped unexpectedly (a token without expiry needs no keeper)."""
+        if self._task is None or not self._task.done():
+            return True
+        return not self._task.cancelled() and self._task.exception() is None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -164,24 +202,32 @@ class TokenKeeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def _relogin(self) -> None:
+        await self._vault.relogin()
+        self.relogins += 1
+        self._ttl_s_full = None
+        for rotator in self._rotators:
+            rotator.rotate_soon()
+
     async def _run(self) -> None:
+        failures = 0
         while True:
             expires = self._vault.token_expires_at_s
             if expires is None:
                 return  # a token without expiry (root, tests): nothing to do
-            await asyncio.sleep(max(0.5, (expires - time.monotonic()) * self._renew_at_fraction))
+            wait_s = max(0.5, (expires - time.monotonic()) * self._renew_at_fraction)
+            if failures:
+                wait_s = min(wait_s, min(self._retry_backoff_s_max, 0.1 * 2**failures))
+            await asyncio.sleep(wait_s)
             try:
-                before = self._vault.token_expires_at_s or 0.0
                 ttl_s = await self._vault.renew_token()
-                if ttl_s <= 2 or (self._vault.token_expires_at_s or 0.0) <= before:
-                    await self._vault.relogin()
-                    for rotator in self._rotators:
-                        rotator.rotate_soon()
-            except VaultError as exc:
+                self._ttl_s_full = max(self._ttl_s_full or 0, ttl_s)
+                if ttl_s < self._ttl_s_full * self._renew_at_fraction:
+                    await self._relogin()  # capped by the max TTL: start a new token now
+                failures = 0
+            except Exception as exc:
+                failures += 1
                 log.warning("vault token renewal failed", extra={"error": type(exc).__name__})
-                try:
-                    await self._vault.relogin()
-                    for rotator in self._rotators:
-                        rotator.rotate_soon()
-                except VaultError:
-                    await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await self._relogin()
+                    failures = 0

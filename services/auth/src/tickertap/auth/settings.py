@@ -8,6 +8,6 @@ from tickertap.runtime import ServiceSettings
 
 
 class AuthSettings(ServiceSettings):
-    http_port: int = Field(default=55401, ge=1, le=65535)
+    http_port: int = Field(default=25401, ge=1, le=65535)
     db_schema: str = "auth"
     vault_role: str = "auth"

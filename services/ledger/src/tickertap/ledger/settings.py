@@ -8,6 +8,6 @@ from tickertap.runtime import ServiceSettings
 
 
 class LedgerSettings(ServiceSettings):
-    http_port: int = Field(default=55402, ge=1, le=65535)
+    http_port: int = Field(default=25402, ge=1, le=65535)
     db_schema: str = "ledger"
     vault_role: str = "ledger"

@@ -8,6 +8,6 @@ from tickertap.runtime import ServiceSettings
 
 
 class MarketDataSettings(ServiceSettings):
-    http_port: int = Field(default=55403, ge=1, le=65535)
+    http_port: int = Field(default=25403, ge=1, le=65535)
     db_schema: str = "market"
     vault_role: str = "market"

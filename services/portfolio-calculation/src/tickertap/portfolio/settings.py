@@ -8,6 +8,6 @@ from tickertap.runtime import ServiceSettings
 
 
 class PortfolioSettings(ServiceSettings):
-    http_port: int = Field(default=55404, ge=1, le=65535)
+    http_port: int = Field(default=25404, ge=1, le=65535)
     db_schema: str = "portfolio"
     vault_role: str = "portfolio"
