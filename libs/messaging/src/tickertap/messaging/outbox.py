@@ -1,0 +1,222 @@
+"""The transactional outbox: an event is a row written in the same transaction as the
+state change it reports; `OutboxRelay` (relay.py) publishes committed rows in order.
+
+    outbox_table(metadata, schema)      the Table, for the service's tables.py and migration
+    create_statements(table)            its DDL, for an Alembic migration (`op.execute`)
+    add_event(conn, table, codec, ...)  encode a record and add it: the usual entry point
+    add_to_outbox(conn, table, ...)     add already-encoded bytes
+
+Order: the relay publishes rows by `id`. Rows of one key get ids in commit order because
+`add_to_outbox` takes a transaction-scoped advisory lock on (outbox, key) before it inserts:
+a second transaction adding an event for the same key waits until the first one ends.
+Events of different keys are not ordered against each other (Kafka does not order them
+either: they may sit on different partitions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.schema import CreateIndex, CreateTable, ExecutableDDLElement
+
+from tickertap.messaging import headers as h
+
+__all__ = [
+    "EVENT_KEY_BYTES_MAX",
+    "Encoder",
+    "add_event",
+    "add_to_outbox",
+    "create_statements",
+    "lock_key",
+    "notify_channel",
+    "outbox_table",
+]
+
+EVENT_KEY_BYTES_MAX = 1024
+EVENT_VALUE_BYTES_MAX = 900_000  # under the broker's default 1 MiB message limit
+HEADERS_MAX = 32
+
+
+class Encoder(Protocol):
+    """What `add_event` needs of a codec (tickertap.messaging.codec.AvroCodec fits)."""
+
+    def encode(self, schema_name: str, record: Mapping[str, Any], /) -> bytes: ...
+
+
+def outbox_table(metadata: MetaData, schema: str, name: str = "outbox") -> Table:
+    """The outbox table `<schema>.<name>`:
+
+    id          bigint identity, primary key: the publishing order
+    event_id    uuid, unique
+    topic       text
+    key         bytea: the Kafka key, the aggregate id
+    value       bytea, null for a tombstone: the encoded event
+    headers     jsonb: {header: text}, with x-event-id, x-schema, x-correlation-id
+    created_at  timestamptz, default now()
+    sent_at     timestamptz, null until the broker acknowledged the row
+    attempts    int: publish attempts so far
+    last_error  text, null: why the last attempt failed
+
+    Indexes: unsent rows by id (partial), sent rows by sent_at (partial, for retention).
+    """
+    assert schema, "an outbox lives in its service's schema"
+    return Table(
+        name,
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("event_id", Uuid(as_uuid=True), nullable=False, unique=True),
+        Column("topic", Text, nullable=False),
+        Column("key", LargeBinary, nullable=False),
+        Column("value", LargeBinary, nullable=True),
+        Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("sent_at", DateTime(timezone=True), nullable=True),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("last_error", Text, nullable=True),
+        Index(f"ix_{name}_unsent", "id", postgresql_where=text("sent_at IS NULL")),
+        Index(f"ix_{name}_sent_at", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),
+        schema=schema,
+    )
+
+
+def create_statements(table: Table) -> list[ExecutableDDLElement]:
+    """CREATE TABLE and CREATE INDEX statements of `table`, in order, for a migration:
+    `for stmt in create_statements(outbox_table(sa.MetaData(), "ledger")): op.execute(stmt)`.
+    Works for `inbox_table` too."""
+    statements: list[ExecutableDDLElement] = [CreateTable(table)]
+    statements.extend(CreateIndex(index) for index in sorted(table.indexes, key=_index_name))
+    return statements
+
+
+def _index_name(index: Index) -> str:
+    return str(index.name)
+
+
+def _hash_int(data: str, nbytes: int) -> int:
+    digest = hashlib.blake2b(data.encode(), digest_size=nbytes).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_key(table: Table) -> int:
+    """The bigint advisory lock key that makes one relay at a time the publisher of `table`."""
+    return _hash_int(f"tickertap.outbox.relay:{table.fullname}", 8)
+
+
+def notify_channel(table: Table) -> str:
+    """The LISTEN/NOTIFY channel on which new rows of `table` are announced."""
+    return f"outbox_{_hash_int(table.fullname, 8) & (2**64 - 1):016x}"
+
+
+def _key_bytes(key: str | bytes | uuid.UUID) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    return str(key).encode()
+
+
+async def add_to_outbox(
+    conn: AsyncConnection | AsyncSession,
+    table: Table,
+    *,
+    topic: str,
+    key: str | bytes | uuid.UUID,
+    value: bytes | None,
+    event_id: uuid.UUID,
+    schema_name: str | None = None,
+    correlation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    notify: bool = False,
+) -> int:
+    """Add one encoded event to the outbox inside the caller's open transaction; returns
+    the row id. Nothing is published unless that transaction commits.
+
+    The correlation id defaults to the current one (`headers.correlation_id_var`).
+    `notify=True` wakes a relay that listens (`OutboxRelay(listen=True)`) at commit.
+    """
+    key_bytes = _key_bytes(key)
+    assert 0 < len(key_bytes) <= EVENT_KEY_BYTES_MAX, "the key is the aggregate id"
+    assert value is None or len(value) <= EVENT_VALUE_BYTES_MAX, "event too large"
+    assert topic, "topic"
+    all_headers: dict[str, str] = dict(headers or {})
+    all_headers[h.EVENT_ID] = str(event_id)
+    if schema_name is not None:
+        all_headers[h.SCHEMA] = schema_name
+    correlation_id = correlation_id or h.correlation_id_var.get()
+    if correlation_id:
+        all_headers[h.CORRELATION_ID] = correlation_id
+    assert len(all_headers) <= HEADERS_MAX, "too many headers"
+
+    # Serialize writers of one key: the ids of one key's rows then follow commit order.
+    table_lock = _hash_int(f"tickertap.outbox.key:{table.fullname}", 4)
+    await conn.execute(
+        select(func.pg_advisory_xact_lock(table_lock, _hash_int(key_bytes.hex(), 4)))
+    )
+    result = await conn.execute(
+        table.insert()
+        .values(
+            event_id=event_id,
+            topic=topic,
+            key=key_bytes,
+            value=value,
+            headers=all_headers,
+        )
+        .returning(table.c.id)
+    )
+    row_id = int(result.scalar_one())
+    if notify:
+        await conn.execute(select(func.pg_notify(notify_channel(table), "")))
+    return row_id
+
+
+async def add_event(
+    conn: AsyncConnection | AsyncSession,
+    table: Table,
+    codec: Encoder,
+    *,
+    schema_name: str,
+    record: Mapping[str, Any],
+    key: str | bytes | uuid.UUID,
+    topic: str | None = None,
+    correlation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    notify: bool = False,
+) -> int:
+    """Encode `record` with the writer schema `schema_name` and add it to the outbox in the
+    caller's transaction; the event id is the record's `event_id`, the topic defaults to
+    the schema name (`ledger.transfers.v1` is published on `ledger.transfers.v1`).
+    Returns the row id."""
+    event_id = record["event_id"]
+    if not isinstance(event_id, uuid.UUID):
+        event_id = uuid.UUID(str(event_id))
+    return await add_to_outbox(
+        conn,
+        table,
+        topic=topic or schema_name,
+        key=key,
+        value=codec.encode(schema_name, record),
+        event_id=event_id,
+        schema_name=schema_name,
+        correlation_id=correlation_id,
+        headers=headers,
+        notify=notify,
+    )
