@@ -66,12 +66,14 @@ async def test_each_service_migrated_its_own_schema_with_its_owner_role(stack):
     conn = await asyncpg.connect(stack.pg_admin_url)
     try:
         for svc in SERVICES:
-            owner = await conn.fetchval(
-                "SELECT tableowner FROM pg_tables WHERE schemaname = $1 "
-                "AND tablename = 'alembic_version'",
-                svc.schema,
+            owners = dict(
+                await conn.fetch(
+                    "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = $1",
+                    svc.schema,
+                )
             )
-            assert owner == svc.owner_role, svc.schema
+            for table in ("alembic_version", "outbox", "inbox"):
+                assert owners.get(table) == svc.owner_role, (svc.schema, table, owners)
             # the service is connected with a Vault-issued login acting as the owner role
             logins = await conn.fetch(
                 "SELECT DISTINCT usename, pg_has_role(usename, $2, 'MEMBER') AS member, "

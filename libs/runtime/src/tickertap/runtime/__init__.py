@@ -6,7 +6,13 @@ schema and starts its background workers; `/healthz`, `/readyz` and `/metrics`,
 problem-details errors and a request-body bound come with it.
 """
 
-from tickertap.runtime.app import ServiceDefinition, ServiceRuntime, create_service_app, serve
+from tickertap.runtime.app import (
+    ServiceDefinition,
+    ServiceRuntime,
+    create_service_app,
+    messaging_tables,
+    serve,
+)
 from tickertap.runtime.errors import (
     Conflict,
     Forbidden,
@@ -31,6 +37,7 @@ __all__ = [
     "Unprocessable",
     "create_service_app",
     "install_error_handlers",
+    "messaging_tables",
     "problem",
     "serve",
 ]

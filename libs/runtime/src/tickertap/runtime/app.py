@@ -19,10 +19,19 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from fastapi import APIRouter, FastAPI
-from sqlalchemy import text
+from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tickertap.db import create_engine, upgrade_to_head
+from tickertap.messaging import (
+    AvroCodec,
+    OutboxRelay,
+    find_schemas_dir,
+    inbox_table,
+    load_schemas,
+    outbox_table,
+)
+from tickertap.messaging.codec import ConfluentSchemaRegistry
 from tickertap.observability import (
     Metrics,
     ObservabilityMiddleware,
@@ -41,15 +50,37 @@ StartHook = Callable[["ServiceRuntime"], Awaitable[None]]
 
 @dataclass(frozen=True)
 class ServiceDefinition:
-    """What makes one service different from another; the rest is shared."""
+    """What makes one service different from another; the rest is shared.
+
+    Every service has an outbox and an inbox table in its schema (its first
+    migration creates them) and runs an outbox relay.
+    """
 
     name: str
     title: str
     version: str
     migrations: Path | None
     routers: Sequence[APIRouter] = ()
-    on_start: Sequence[StartHook] = ()  # start relays and consumers through runtime.spawn
+    on_start: Sequence[StartHook] = ()  # start consumers through runtime.spawn
     description: str = ""
+
+
+def messaging_tables(schema: str) -> tuple[Table, Table]:
+    """The service's outbox and inbox tables (also used by its first migration)."""
+    metadata = MetaData()
+    return outbox_table(metadata, schema), inbox_table(metadata, schema)
+
+
+def load_codec(settings: ServiceSettings) -> AvroCodec:
+    schemas = load_schemas(settings.schemas_dir or find_schemas_dir())
+    if not settings.kafka_schema_registry_url:
+        return AvroCodec(schemas)
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    registry = ConfluentSchemaRegistry(
+        SchemaRegistryClient({"url": settings.kafka_schema_registry_url})
+    )
+    return AvroCodec(schemas, registry)
 
 
 @dataclass
@@ -64,6 +95,10 @@ class ServiceRuntime:
     writer: AsyncEngine
     reader: AsyncEngine
     kafka_admin: AdminClient
+    codec: AvroCodec
+    outbox: Table
+    inbox: Table
+    relay: OutboxRelay
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -100,17 +135,36 @@ async def _check_workers(runtime: ServiceRuntime) -> None:
             raise RuntimeError(f"background worker {task.get_name()} stopped")
 
 
-async def _stop_workers(runtime: ServiceRuntime) -> None:
-    for task in runtime.tasks:
-        task.cancel()
-    for task in runtime.tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+async def _stop_workers(runtime: ServiceRuntime, timeout_s: float = 10.0) -> None:
+    """Ask workers to finish what is in flight, then cancel what is left."""
     for closer in reversed(runtime.closers):
         try:
             await closer()
         except Exception:
             log.exception("error while stopping a worker")
+    if runtime.tasks:
+        _, pending = await asyncio.wait(runtime.tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        for task in runtime.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _stopper(stop: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        stop()
+
+    return close
+
+
+async def _report_backlog(runtime: ServiceRuntime, interval_s: float = 5.0) -> None:
+    while True:
+        try:
+            runtime.metrics.set_outbox_backlog(await runtime.relay.backlog())
+        except Exception as exc:  # a metric must never take the service down
+            log.warning("outbox backlog unavailable", extra={"error": type(exc).__name__})
+        await asyncio.sleep(interval_s)
 
 
 def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
@@ -139,6 +193,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
                 db, rotator, application_name=f"{definition.name}-reader", read_only=True
             )
             stack.push_async_callback(reader.dispose)
+            outbox, inbox = messaging_tables(settings.db_schema)
             runtime = ServiceRuntime(
                 settings=settings,
                 metrics=metrics,
@@ -150,12 +205,19 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
                 kafka_admin=AdminClient(
                     {"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 3}
                 ),
+                codec=load_codec(settings),
+                outbox=outbox,
+                inbox=inbox,
+                relay=OutboxRelay(writer, outbox, settings.kafka_bootstrap_servers, listen=True),
             )
             stack.push_async_callback(_stop_workers, runtime)
             state["runtime"] = runtime
             app.state.runtime = runtime
             if definition.migrations is not None:
                 await upgrade_to_head(writer, definition.migrations, settings.db_schema)
+            runtime.spawn(runtime.relay.run(), "outbox-relay")
+            runtime.on_stop(_stopper(runtime.relay.stop))
+            runtime.spawn(_report_backlog(runtime), "outbox-backlog")
             for hook in definition.on_start:
                 await hook(runtime)
             log.info("service started", extra={"port": settings.http_port})
