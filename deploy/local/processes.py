@@ -75,6 +75,7 @@ class Child:
         self.name = name
         self.stop_signal = stop_signal
         self._redact = [s for s in redact if s]
+        self._signalled = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed by the pump
         os.chmod(log_path, 0o600)
@@ -111,10 +112,16 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.alive():
+    def signal(self) -> None:
+        """Ask the process to stop, once (a second SIGTERM makes uvicorn skip draining)."""
+        if self.alive() and not self._signalled:
+            self._signalled = True
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(self.stop_signal)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.alive():
+            self.signal()
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -1,6 +1,6 @@
 """A live pool survives credential rotation under load: zero failed queries.
 
-A test role with a 2 s lease and a 4 s max TTL forces a rotation every few
+A test role with a 3 s lease and a 6 s max TTL forces a rotation every few
 seconds; 16 workers run transactions through one engine the whole time.
 """
 
@@ -20,7 +20,7 @@ from tickertap.secrets import AppRoleLogin, CredentialRotator, TokenKeeper, Vaul
 ROLE = "test-ledger-rotation"
 WORKERS = 16
 ROTATIONS_MIN = 3
-DURATION_S_MAX = 40.0
+DURATION_S_MAX = 60.0
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def rotation_role(vault_root, stack):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
             'DROP ROLE IF EXISTS "{{name}}";',
         ],
-        default_ttl="2s",
-        max_ttl="4s",
+        default_ttl="3s",
+        max_ttl="6s",
     )
     vault_root.sys.create_or_update_policy(
         name=ROLE,

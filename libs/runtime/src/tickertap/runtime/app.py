@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +26,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tickertap.db import create_engine, upgrade_to_head
 from tickertap.messaging import (
     AvroCodec,
+    InboxConsumer,
     OutboxRelay,
+    avro_decoder,
     find_schemas_dir,
     inbox_table,
     load_schemas,
     outbox_table,
 )
 from tickertap.messaging.codec import ConfluentSchemaRegistry
+from tickertap.messaging.consumer import Handler, Outcome
 from tickertap.observability import (
     Metrics,
     ObservabilityMiddleware,
@@ -46,6 +50,7 @@ from tickertap.secrets import AppRoleLogin, CredentialRotator, TokenKeeper, Vaul
 log = logging.getLogger(__name__)
 
 StartHook = Callable[["ServiceRuntime"], Awaitable[None]]
+KAFKA_STATS_INTERVAL_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -100,13 +105,18 @@ class ServiceRuntime:
     inbox: Table
     relay: OutboxRelay
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    helpers: list[asyncio.Task[Any]] = field(default_factory=list)  # cancelled at once on stop
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        """Run a background worker for the life of the service; its crash stops readiness."""
+    def spawn(self, coro: Awaitable[Any], name: str, *, graceful: bool = True) -> asyncio.Task[Any]:
+        """Run a background worker for the life of the service; its crash stops readiness.
+
+        A graceful worker is asked to stop (`on_stop`) and finishes what is in flight;
+        others (periodic reporters) are cancelled at once.
+        """
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
-        self.tasks.append(task)
+        (self.tasks if graceful else self.helpers).append(task)
         return task
 
     def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
@@ -114,6 +124,51 @@ class ServiceRuntime:
 
     def kafka_config(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.settings.kafka_bootstrap_servers}
+
+    def start_consumer(
+        self, *, name: str, topics: Sequence[str], handler: Handler, batch_max: int = 500
+    ) -> InboxConsumer:
+        """Consume `topics` into `handler` (inbox, dead-lettering, metrics) for the service's life.
+
+        The group id is `<service>.<name>`; outcomes, dead letters and the consumer
+        lag that librdkafka reports from the broker's watermarks feed `/metrics`.
+        """
+        consumer = InboxConsumer(
+            self.writer,
+            self.inbox,
+            avro_decoder(self.codec),
+            handler,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=f"{self.metrics.service}.{name}",
+            topics=topics,
+            name=name,
+            batch_max=batch_max,
+            consumer_overrides={
+                "statistics.interval.ms": KAFKA_STATS_INTERVAL_MS,
+                "stats_cb": self._on_kafka_stats,
+            },
+            on_outcome=self._on_outcome,
+        )
+        self.spawn(consumer.run(), f"consumer-{name}")
+        self.on_stop(_stopper(consumer.stop))
+        return consumer
+
+    def _on_outcome(self, topic: str, outcome: Outcome, reason: str | None) -> None:
+        self.metrics.consumer_processed(topic, outcome)
+        if outcome == "dead_lettered":
+            self.metrics.dead_lettered(topic, reason or "unknown")
+
+    def _on_kafka_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics: lag per assigned partition, where the broker reports it."""
+        try:
+            stats = json.loads(stats_json)
+            for topic, info in stats.get("topics", {}).items():
+                for partition, p in info.get("partitions", {}).items():
+                    lag = int(p.get("consumer_lag", -1))
+                    if int(partition) >= 0 and lag >= 0:
+                        self.metrics.set_consumer_lag(topic, int(partition), lag)
+        except (ValueError, TypeError, AttributeError):
+            log.warning("unreadable kafka statistics")
 
 
 async def _check_postgres(runtime: ServiceRuntime) -> None:
@@ -130,13 +185,15 @@ async def _check_workers(runtime: ServiceRuntime) -> None:
         raise RuntimeError("database credential rotation stopped")
     if not runtime.token_keeper.running:
         raise RuntimeError("vault token renewal stopped")
-    for task in runtime.tasks:
+    for task in [*runtime.tasks, *runtime.helpers]:
         if task.done():
             raise RuntimeError(f"background worker {task.get_name()} stopped")
 
 
 async def _stop_workers(runtime: ServiceRuntime, timeout_s: float = 10.0) -> None:
     """Ask workers to finish what is in flight, then cancel what is left."""
+    for helper in runtime.helpers:
+        helper.cancel()
     for closer in reversed(runtime.closers):
         try:
             await closer()
@@ -146,9 +203,9 @@ async def _stop_workers(runtime: ServiceRuntime, timeout_s: float = 10.0) -> Non
         _, pending = await asyncio.wait(runtime.tasks, timeout=timeout_s)
         for task in pending:
             task.cancel()
-        for task in runtime.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    for task in [*runtime.tasks, *runtime.helpers]:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def _stopper(stop: Callable[[], None]) -> Callable[[], Awaitable[None]]:
@@ -217,7 +274,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
                 await upgrade_to_head(writer, definition.migrations, settings.db_schema)
             runtime.spawn(runtime.relay.run(), "outbox-relay")
             runtime.on_stop(_stopper(runtime.relay.stop))
-            runtime.spawn(_report_backlog(runtime), "outbox-backlog")
+            runtime.spawn(_report_backlog(runtime), "outbox-backlog", graceful=False)
             for hook in definition.on_start:
                 await hook(runtime)
             log.info("service started", extra={"port": settings.http_port})

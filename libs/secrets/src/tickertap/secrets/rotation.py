@@ -142,8 +142,10 @@ class CredentialRotator:
             except Exception as exc:  # keep the login alive whatever went wrong once
                 failures += 1
                 log.warning(
-                    "credential refresh failed",
-                    extra={"role": self.role, "error": type(exc).__name__},
+                    "credential refresh failed: %s: %s",
+                    type(exc).__name__,
+                    str(exc)[:200],  # Vault's message: a reason, never a credential
+                    extra={"role": self.role, "failures": failures},
                 )
 
     async def _refresh(self) -> None:
