@@ -5,6 +5,7 @@ needs no configuration and pointing a part at a real cluster is one variable:
 
 - TICKERTAP_PROFILE          dev (default) or test; each has its own state folder and ports
 - TICKERTAP_PORT_BASE        first port of the profile (dev 25400, test 26400, bench 27400)
+- TICKERTAP_STATE_DIR        where state and logs go (default .tickertap/<profile>)
 - TICKERTAP_PG_ADMIN_URL     an existing Postgres (superuser URL); then none is started
 - TICKERTAP_KAFKA_BOOTSTRAP_SERVERS  an existing Kafka cluster; then no broker is started
 - TICKERTAP_VAULT_ADDR + TICKERTAP_VAULT_TOKEN  an existing Vault/OpenBao; then none is started
@@ -84,7 +85,7 @@ class StackConfig:
             raise SystemExit("set both TICKERTAP_VAULT_ADDR and TICKERTAP_VAULT_TOKEN, or neither")
         return cls(
             profile=profile,
-            state_dir=ROOT / ".tickertap" / profile,
+            state_dir=Path(os.environ.get("TICKERTAP_STATE_DIR") or ROOT / ".tickertap" / profile),
             port_base=port_base,
             pg_admin_url=os.environ.get("TICKERTAP_PG_ADMIN_URL") or None,
             kafka_bootstrap_servers=os.environ.get("TICKERTAP_KAFKA_BOOTSTRAP_SERVERS") or None,
