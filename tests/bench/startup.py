@@ -26,21 +26,30 @@ ENV = {**os.environ, "TICKERTAP_PROFILE": "bench"}
 STATE = ROOT / ".tickertap" / "bench"
 
 
-def rss_kib(pid: int) -> int:
-    """RSS of a process and all its descendants (Postgres forks a process per backend)."""
-    total = 0
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS of the process, PSS of it and all its descendants).
+
+    Postgres forks a process per backend that all map the same shared buffers:
+    summing their RSS would count those pages many times; PSS shares them out.
+    """
+    rss = 0
+    pss = 0
     pids = [pid]
     while pids:
         p = pids.pop()
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            if p == pid:
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1])
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss += int(line.split()[1])
             children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
             pids.extend(int(c) for c in children)
         except OSError:
             continue
-    return total
+    return rss, pss
 
 
 def start(extra: list[str]) -> float:
@@ -67,7 +76,7 @@ def main() -> int:
     args = parser.parse_args()
     full: list[float] = []
     infra: list[float] = []
-    rss: dict[str, int] = {}
+    memory: dict[str, tuple[int, int]] = {}
     stop()
     for run in range(args.runs):
         infra.append(start(["--no-services"]))
@@ -78,17 +87,18 @@ def main() -> int:
             info = json.loads((STATE / "stack.json").read_text())
             for part in ("postgres", "kafka", "vault"):
                 if info[part]["pid"]:
-                    rss[part] = rss_kib(info[part]["pid"])
+                    memory[part] = memory_kib(info[part]["pid"])
             for name, svc in info["services"].items():
-                rss[name] = rss_kib(svc["pid"])
+                memory[name] = memory_kib(svc["pid"])
         stop()
     print(f"cold start of `make up` (dependencies installed), {os.cpu_count()} cores:")
     print(summary("  whole stack with 4 services", full))
     print(summary("  baseline: infrastructure only", infra))
-    print(f"idle RSS after {args.idle_s:.0f} s:")
-    for name, kib in rss.items():
-        print(f"  {name:<24} {kib / 1024:8.1f} MiB")
-    print(f"  {'total':<24} {sum(rss.values()) / 1024:8.1f} MiB")
+    print(f"idle memory after {args.idle_s:.0f} s (RSS of the process; PSS with its children):")
+    for name, (rss_kib, pss_kib) in memory.items():
+        print(f"  {name:<24} RSS {rss_kib / 1024:7.1f} MiB   PSS {pss_kib / 1024:7.1f} MiB")
+    total = sum(pss for _, pss in memory.values())
+    print(f"  {'total PSS':<24} {total / 1024:7.1f} MiB")
     return 0
 
 
