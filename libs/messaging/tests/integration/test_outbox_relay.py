@@ -23,7 +23,14 @@ from messaging_testkit import (
 from sqlalchemy import select
 
 from tickertap.messaging import headers as h
-from tickertap.messaging.outbox import add_event, add_to_outbox, create_statements, outbox_table
+from tickertap.messaging.outbox import (
+    OutboxEvent,
+    add_event,
+    add_to_outbox,
+    create_statements,
+    outbox_table,
+)
+from tickertap.messaging.outbox import add_events as add_many
 from tickertap.messaging.relay import OutboxRelay, replay
 
 pytestmark = pytest.mark.stack
@@ -285,3 +292,29 @@ async def _add(conn: Any, outbox: Any, key: str) -> int:
     return await add_to_outbox(
         conn, outbox, topic="msgtest.any.v1", key=key, value=b"x", event_id=uuid.uuid4()
     )
+
+
+async def test_many_events_added_in_one_statement_publish_in_order_per_key(
+    stack: Any, database: Any, tables: Any, topic: Callable[..., str]
+) -> None:
+    name = topic("bulk", partitions=2)
+    keys = [f"acct-{i}" for i in range(5)]
+    batches = [[event(key, round_) for key in keys] for round_ in range(10)]
+    for batch in batches:
+        async with database.engine.begin() as conn:
+            await add_many(
+                conn,
+                tables.outbox,
+                codec,
+                [OutboxEvent(SCHEMA_NAME, e, e["key"], topic=name) for e in batch],
+            )
+    relay = relay_for(stack, database, tables)
+    async with running(relay):
+        await wait_for(lambda: _backlog_is(relay, 0), 20, "the relay to publish everything")
+    messages = await read_topic_async(stack.kafka_bootstrap, name, 50, 5.0)
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for message in messages:
+        record = body(message)
+        by_key[record["key"]].append(record["seq"])
+        assert header_map(message)[h.SCHEMA] == SCHEMA_NAME.encode()
+    assert by_key == {key: list(range(10)) for key in keys}

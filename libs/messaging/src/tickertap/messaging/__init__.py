@@ -19,7 +19,14 @@ from tickertap.messaging.consumer import (
     purge_inbox,
 )
 from tickertap.messaging.headers import dead_letter_topic
-from tickertap.messaging.outbox import add_event, add_to_outbox, create_statements, outbox_table
+from tickertap.messaging.outbox import (
+    OutboxEvent,
+    add_event,
+    add_events,
+    add_to_outbox,
+    create_statements,
+    outbox_table,
+)
 from tickertap.messaging.relay import OutboxRelay, outbox_backlog, replay
 from tickertap.messaging.schemas import SchemaSet, find_schemas_dir, load_schemas
 
@@ -31,9 +38,11 @@ __all__ = [
     "EncodeError",
     "InboxConsumer",
     "InvalidEvent",
+    "OutboxEvent",
     "OutboxRelay",
     "SchemaSet",
     "add_event",
+    "add_events",
     "add_to_outbox",
     "avro_decoder",
     "create_statements",
