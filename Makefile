@@ -40,7 +40,7 @@ status: ## what runs, and where
 lint: install ## ruff (lint and format check) and strict mypy on the libraries
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs/money/src libs/secrets/src libs/db/src libs/messaging/src libs/observability/src libs/runtime/src
+	$(VENV)/bin/mypy libs/money/src libs/secrets/src libs/db/src libs/messaging/src libs/observability/src libs/runtime/src libs/authn/src services/ledger/src
 
 format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -89,6 +89,22 @@ def vault_root(stack: Stack) -> Iterator[Any]:
     client.adapter.close()
 
 
+@pytest.fixture(scope="session")
+def mint_token(stack: Stack) -> Any:
+    """Access tokens signed with the stack's dev key, as the auth service will sign them."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "deploy" / "local"))
+    from devkeys import mint
+
+    key_path = stack.secrets_dir / "dev-signing-key.json"
+
+    def make(subject: str, roles: tuple[str, ...] = ("customer",), **claims: Any) -> str:
+        return str(mint(key_path, subject, roles, **claims))
+
+    return make
+
+
 @pytest.fixture
 def approle_secret_id(vault_root: Any) -> Any:
     """A fresh AppRole secret_id for a service's role, as its deployment would hand it."""

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import devkeys
 import parts
 from bootstrap import bootstrap_all
 from config import ROOT, SERVICES, ServiceSpec, StackConfig, load_topics
@@ -52,6 +53,9 @@ def service_env(
         TICKERTAP_VAULT_ROLE_ID=role_id,
         TICKERTAP_VAULT_SECRET_ID_FILE=str(secret_file),
         TICKERTAP_SCHEMAS_DIR=str(ROOT / "schemas" / "avro"),
+        TICKERTAP_AUTH_JWKS_FILE=str(devkeys.jwks_path(cfg)),
+        TICKERTAP_AUTH_ISSUER=devkeys.ISSUER,
+        TICKERTAP_AUTH_AUDIENCE=devkeys.AUDIENCE,
         TICKERTAP_LOG_FILE="",
         PYTHONUNBUFFERED="1",
     )
@@ -89,6 +93,7 @@ class Supervisor:
         bootstrap_s = time.monotonic() - started - infra_s
 
         services: dict[str, dict[str, object]] = {}
+        devkeys.ensure_keys(cfg)
         if self.with_services:
             for svc in SERVICES:
                 secret_file = cfg.secrets_dir / f"{svc.schema}.secret_id"

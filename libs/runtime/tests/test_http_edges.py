@@ -7,12 +7,20 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, ValidationError
 
-from tickertap.runtime import Conflict, ServiceSettings, install_error_handlers
+from tickertap.runtime import Conflict, ServiceSettings, Unauthorized, install_error_handlers
 from tickertap.runtime.limits import BodySizeLimit
 
 
 class InsufficientFunds(Conflict):
     code = "insufficient_funds"
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
+
+    def __init__(self) -> None:
+        super().__init__("the token has expired")
+        self.headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 class Order(BaseModel):
@@ -34,6 +42,10 @@ def make_app() -> FastAPI:
     async def boom() -> None:
         raise RuntimeError("secret detail that must not leak")
 
+    @app.get("/me")
+    async def me() -> None:
+        raise TokenExpired()
+
     app.add_middleware(BodySizeLimit, body_bytes_max=2048)
     return app
 
@@ -51,6 +63,16 @@ async def test_typed_error_maps_to_its_status_and_code(client):
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["code"] == "insufficient_funds"
     assert r.json()["available"] == "10.00"
+
+
+async def test_error_headers_go_into_the_response_not_the_body(client):
+    r = await client.get("/me")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert r.json()["code"] == "token_expired"
+    assert "headers" not in r.json()
+    r = await client.post("/orders", json={"password": "x", "quantity": 11})
+    assert "www-authenticate" not in r.headers
 
 
 async def test_validation_error_is_422_and_never_echoes_the_input(client):

@@ -106,6 +106,7 @@ class ServiceRuntime:
     relay: OutboxRelay
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     helpers: list[asyncio.Task[Any]] = field(default_factory=list)  # cancelled at once on stop
+    state: dict[str, Any] = field(default_factory=dict)  # what start hooks build (use cases)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def spawn(self, coro: Awaitable[Any], name: str, *, graceful: bool = True) -> asyncio.Task[Any]:

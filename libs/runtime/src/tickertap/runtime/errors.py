@@ -10,6 +10,8 @@ extra `code` member that clients switch on:
     └── Unauthorized (401 unauthorized), Forbidden (403 forbidden)
 
 Services subclass these: `class InsufficientFunds(Conflict): code = "insufficient_funds"`.
+An error's `headers` (for example `WWW-Authenticate` on a 401) go into the
+response headers, never into the body.
 Request validation failures are 422 `validation_error`; bodies over the bound
 are 413 `body_too_large`; anything unexpected is 500 `internal_error`, logged
 with the correlation id and never detailed to the client.
@@ -18,6 +20,8 @@ with the correlation id and never detailed to the client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -47,6 +51,7 @@ _HTTP_CODES = {
 class ServiceError(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
+    headers: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -105,7 +110,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return problem(exc.status, exc.code, exc.detail, **exc.extra)
+        response = problem(exc.status, exc.code, exc.detail, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

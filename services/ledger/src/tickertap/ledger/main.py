@@ -2,27 +2,71 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
+from tickertap.authn import AccessTokenVerifier, BearerAuth, HttpJwks, JwksSource, StaticJwks
+from tickertap.ledger import api
+from tickertap.ledger.domain import LedgerError
+from tickertap.ledger.handlers import Ledger
 from tickertap.ledger.settings import LedgerSettings
-from tickertap.runtime import ServiceDefinition, create_service_app, serve
+from tickertap.money import install_context
+from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, problem, serve
 
-DEFINITION = ServiceDefinition(
-    name="ledger",
-    title="tickerTap ledger",
-    version="0.1.0",
-    description=(
-        "Double-entry, multi-asset ledger: accounts, idempotent "
-        "transfers, trades, balances and history."
-    ),
-    migrations=Path(__file__).parent / "migrations",
-)
+
+def key_source(settings: LedgerSettings) -> JwksSource:
+    if settings.auth_jwks_url is not None:
+        return HttpJwks(settings.auth_jwks_url)
+    assert settings.auth_jwks_file is not None
+    return StaticJwks(json.loads(settings.auth_jwks_file.read_text()))
 
 
 def create_app(settings: LedgerSettings) -> FastAPI:
-    return create_service_app(DEFINITION, settings)
+    install_context()
+    auth = BearerAuth(
+        AccessTokenVerifier(
+            key_source(settings),
+            issuer=settings.auth_issuer,
+            audience=settings.auth_audience,
+            algorithms=settings.auth_algorithms,
+        )
+    )
+
+    async def start_ledger(runtime: ServiceRuntime) -> None:
+        ledger = Ledger(
+            runtime.writer,
+            runtime.reader,
+            runtime.outbox,
+            runtime.codec,
+            batch_max=settings.transfer_batch_max,
+            queue_max=settings.transfer_queue_max,
+        )
+        runtime.state["ledger"] = ledger
+        runtime.spawn(ledger.run(), "transfer-batcher", graceful=False)
+
+    definition = ServiceDefinition(
+        name="ledger",
+        title="tickerTap ledger",
+        version="0.1.0",
+        description=(
+            "Double-entry, multi-asset ledger: accounts, idempotent transfers, "
+            "deposits, withdrawals, reversals, balances and history."
+        ),
+        migrations=Path(__file__).parent / "migrations",
+        routers=[api.build_router(auth)],
+        on_start=[start_ledger],
+    )
+    app = create_service_app(definition, settings)
+
+    async def on_ledger_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LedgerError)
+        return problem(exc.status, exc.code, exc.detail, **exc.extra)
+
+    app.add_exception_handler(LedgerError, on_ledger_error)
+    return app
 
 
 def main() -> None:

@@ -1,0 +1,85 @@
+"""FastAPI dependencies that turn `Authorization: Bearer <token>` into a `Principal`.
+
+    auth = BearerAuth(verifier)
+    PrincipalDep = Annotated[Principal, Depends(auth.require())]
+    TraderDep = Annotated[Principal, Depends(auth.require(scopes_all=["ledger:write"]))]
+
+Each dependency also declares an HTTP bearer security scheme, so the OpenAPI
+document (and its /docs "Authorize" button) shows which routes need a token.
+Errors render as problem details through the runtime's error handlers.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the annotations of
+# the dependency built in `require`, and one of them names a local variable.
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tickertap.authn.errors import SCOPE_TOKEN, InsufficientScope, InvalidToken, MissingToken
+from tickertap.authn.principal import Principal
+from tickertap.authn.verifier import TokenVerifier
+
+__all__ = ["BearerAuth", "bearer_token"]
+
+
+class BearerAuth:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        *,
+        scheme_name: str = "bearer",
+        description: str = "An access token from the auth service.",
+    ) -> None:
+        self._verifier = verifier
+        self._scheme = HTTPBearer(
+            bearerFormat="JWT", scheme_name=scheme_name, description=description, auto_error=False
+        )
+
+    def require(
+        self, *, roles_any: Iterable[str] = (), scopes_all: Iterable[str] = ()
+    ) -> Callable[..., Awaitable[Principal]]:
+        """A dependency giving the request's principal, which must hold at least one of
+        `roles_any` (when given) and every scope of `scopes_all`.
+
+        401 `invalid_token` without a single valid bearer token, 403
+        `insufficient_scope` when a role or scope is missing.
+        """
+        roles = frozenset(roles_any)
+        scopes = frozenset(scopes_all)
+        for scope in scopes:
+            if not SCOPE_TOKEN.fullmatch(scope):
+                raise ValueError(f"not an RFC 6749 scope token: {scope!r}")
+        verifier = self._verifier
+        scheme = self._scheme
+
+        async def principal(
+            request: Request,
+            _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
+        ) -> Principal:
+            found = await verifier.verify(bearer_token(request.headers.getlist("authorization")))
+            if (roles and roles.isdisjoint(found.roles)) or not scopes <= found.scopes:
+                raise InsufficientScope(scopes)
+            return found
+
+        return principal
+
+
+def bearer_token(authorization: Sequence[str]) -> str:
+    """The one bearer token among the values of the `Authorization` headers.
+
+    `MissingToken` when there are no bearer credentials (no header, or another
+    scheme), `InvalidToken` when there are several headers or not exactly one token.
+    """
+    if not authorization:
+        raise MissingToken()
+    if len(authorization) > 1:
+        raise InvalidToken("several Authorization headers")
+    parts = authorization[0].split()
+    if not parts or parts[0].lower() != "bearer":
+        raise MissingToken()
+    if len(parts) != 2:
+        raise InvalidToken("not exactly one bearer token")
+    return parts[1]

@@ -1,0 +1,369 @@
+"""The ledger's HTTP API: routes translate requests into handler calls and results back.
+
+Who may do what (roles from the access token):
+- `customer`: own accounts only: open, read, transfer from (every debited account must
+  be theirs), withdraw from.
+- `support`: read every account and transfer.
+- `ops`, `admin`: everything, including deposits, reversals, assets and overdrafts.
+Row-level security in Postgres holds the same line for reads.
+"""
+
+# No `from __future__ import annotations`: FastAPI must read the annotations of the
+# routes built inside `build_router`, and they name local aliases (Anyone, Operator).
+
+import hashlib
+import json
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from tickertap.authn import BearerAuth, Principal
+from tickertap.ledger import domain as d
+from tickertap.ledger import repository as repo
+from tickertap.ledger import schemas as s
+from tickertap.ledger.handlers import Ledger, Posted, TransferRequest
+from tickertap.money import Asset, AssetKind
+from tickertap.runtime import Forbidden, Unprocessable
+
+READ_ALL = frozenset({"support", "ops", "admin"})
+WRITE_ALL = frozenset({"ops", "admin"})
+PAGE_SIZE_MAX = 500
+ACCOUNTS_PAGE_MAX = 200
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:\-]{8,128}$"
+
+
+class IdempotencyKeyRequired(Unprocessable):
+    code = "idempotency_key_required"
+
+
+def get_ledger(request: Request) -> Ledger:
+    ledger = request.app.state.runtime.state["ledger"]
+    assert isinstance(ledger, Ledger)
+    return ledger
+
+
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN),
+]
+
+
+def can_read_all(p: Principal) -> bool:
+    return not READ_ALL.isdisjoint(p.roles)
+
+
+def can_write_all(p: Principal) -> bool:
+    return not WRITE_ALL.isdisjoint(p.roles)
+
+
+def subject_id(p: Principal) -> uuid.UUID:
+    try:
+        return uuid.UUID(p.subject)
+    except ValueError:
+        raise Forbidden("this token's subject owns no accounts") from None
+
+
+def request_hash(route: str, body: Any) -> bytes:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{route}\n{canonical}".encode()).digest()
+
+
+def owner_key(p: Principal, key: str | None) -> str | None:
+    return None if key is None else f"{p.subject}:{key}"
+
+
+async def _scales(ledger: Ledger) -> dict[str, int]:
+    return {code: row.asset.scale for code, row in (await ledger.assets()).items()}
+
+
+async def _transfer_response(ledger: Ledger, posted: Posted) -> JSONResponse:
+    body = s.TransferPublic.of(posted.transfer, posted.created_at, await _scales(ledger))
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if posted.replayed else 201)
+
+
+def _amount(text: str) -> Decimal:
+    return Decimal(text)
+
+
+def build_router(auth: BearerAuth) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["ledger"])
+    Anyone = Annotated[Principal, Depends(auth.require())]
+    Operator = Annotated[Principal, Depends(auth.require(roles_any=WRITE_ALL))]
+
+    # -- assets ------------------------------------------------------------------------
+
+    @router.get("/assets")
+    async def list_assets(ledger: LedgerDep, _: Anyone) -> list[s.AssetPublic]:
+        return [s.AssetPublic.of(row) for row in (await ledger.assets(refresh=True)).values()]
+
+    @router.post("/assets", status_code=201)
+    async def create_asset(body: s.AssetCreate, ledger: LedgerDep, _: Operator) -> s.AssetPublic:
+        if (body.kind == "share") != (body.quote_currency is not None):
+            raise Unprocessable("a share has a quote currency; nothing else has one")
+        row = repo.AssetRow(Asset(body.code, body.scale, AssetKind(body.kind)), body.quote_currency)
+        return s.AssetPublic.of(await ledger.create_asset(row))
+
+    # -- accounts ----------------------------------------------------------------------
+
+    @router.post("/accounts", status_code=201)
+    async def open_account(
+        body: s.AccountCreate, ledger: LedgerDep, principal: Anyone, response: Response
+    ) -> s.AccountPublic:
+        owner = body.owner_id or subject_id(principal)
+        if not can_write_all(principal):
+            if owner != subject_id(principal):
+                raise Forbidden("customers open accounts for themselves only")
+            if Decimal(body.overdraft_limit) != 0:
+                raise Forbidden("an overdraft is granted by operations")
+        row, created = await ledger.open_account(owner, body.asset, _amount(body.overdraft_limit))
+        if not created:
+            response.status_code = 200
+        scale = (await ledger.asset(row.account.asset)).asset.scale
+        return s.AccountPublic.of(row, scale)
+
+    @router.get("/accounts")
+    async def list_accounts(
+        ledger: LedgerDep,
+        principal: Anyone,
+        owner: Annotated[uuid.UUID | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=ACCOUNTS_PAGE_MAX)] = 100,
+    ) -> s.AccountList:
+        owner = owner or subject_id(principal)
+        if owner != subject_id(principal) and not can_read_all(principal):
+            raise Forbidden("customers see their own accounts only")
+        scales = await _scales(ledger)
+        async with ledger.reading(None if can_read_all(principal) else owner) as conn:
+            rows = await repo.list_accounts(conn, owner, limit)
+        return s.AccountList(items=[s.AccountPublic.of(r, scales[r.account.asset]) for r in rows])
+
+    async def visible_account(
+        ledger: Ledger, principal: Principal, account_id: uuid.UUID
+    ) -> repo.AccountRow:
+        """The account if the caller may see it; 404 otherwise (no existence leak)."""
+        owner = None if can_read_all(principal) else subject_id(principal)
+        async with ledger.reading(owner) as conn:
+            rows = await repo.get_accounts(conn, [account_id])
+        if account_id not in rows:
+            raise d.AccountNotFound(f"no account {account_id}")
+        return rows[account_id]
+
+    @router.get("/accounts/{account_id}")
+    async def get_account(
+        account_id: uuid.UUID, ledger: LedgerDep, principal: Anyone
+    ) -> s.AccountPublic:
+        row = await visible_account(ledger, principal, account_id)
+        return s.AccountPublic.of(row, (await _scales(ledger))[row.account.asset])
+
+    @router.get("/accounts/{account_id}/balance")
+    async def get_balance(
+        account_id: uuid.UUID,
+        ledger: LedgerDep,
+        principal: Anyone,
+        as_of: Annotated[datetime | None, Query()] = None,
+    ) -> s.BalancePublic:
+        row = await visible_account(ledger, principal, account_id)
+        scale = (await _scales(ledger))[row.account.asset]
+        balance = row.balance
+        if as_of is not None:
+            if as_of.tzinfo is None:
+                raise Unprocessable("as_of needs a time zone (for example 2026-01-01T00:00:00Z)")
+            async with ledger.reading(None) as conn:
+                found = await repo.balance_as_of(conn, account_id, as_of)
+            balance = found if found is not None else Decimal(0)
+        return s.BalancePublic(
+            account_id=account_id,
+            asset=row.account.asset,
+            balance=s._fmt(balance, scale),
+            as_of=as_of,
+        )
+
+    @router.get("/accounts/{account_id}/postings")
+    async def list_postings(
+        account_id: uuid.UUID,
+        ledger: LedgerDep,
+        principal: Anyone,
+        cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 100,
+    ) -> s.PostingPage:
+        row = await visible_account(ledger, principal, account_id)
+        scale = (await _scales(ledger))[row.account.asset]
+        async with ledger.reading(None) as conn:
+            rows = await repo.list_postings(conn, account_id, int(cursor or 0), limit)
+        items = [
+            s.PostingPublic(
+                id=r.id,
+                transfer_id=r.transfer_id,
+                amount=s._fmt(r.amount, scale),
+                balance_after=s._fmt(r.balance_after, scale),
+                posted_at=r.posted_at,
+            )
+            for r in rows
+        ]
+        return s.PostingPage(
+            items=items, next_cursor=str(rows[-1].id) if len(rows) == limit else None
+        )
+
+    # -- transfers ---------------------------------------------------------------------
+
+    async def check_debits(ledger: Ledger, principal: Principal, cmd: d.PostTransfer) -> None:
+        """Customers may only take money out of their own accounts."""
+        if can_write_all(principal):
+            return
+        me = subject_id(principal)
+        debited = [leg.account_id for leg in cmd.legs if Decimal(leg.amount) < 0]
+        owners = await ledger.account_owners(debited)
+        for account_id in debited:
+            account = owners.get(account_id)
+            if account is not None and account.owner_id != me:
+                raise Forbidden("a transfer may only debit the caller's own accounts")
+
+    def transfer_command(body: s.TransferCreate) -> d.PostTransfer:
+        return d.PostTransfer(
+            transfer_id=body.transfer_id,
+            legs=tuple(d.Leg(leg.account_id, _amount(leg.amount)) for leg in body.legs),
+            metadata=dict(body.metadata),
+        )
+
+    @router.post(
+        "/transfers",
+        status_code=201,
+        responses={200: {"description": "an idempotent retry: the original transfer"}},
+    )
+    async def post_transfer(
+        body: s.TransferCreate,
+        ledger: LedgerDep,
+        principal: Anyone,
+        idempotency_key: IdempotencyKey = None,
+    ) -> s.TransferPublic:
+        if idempotency_key is None:
+            raise IdempotencyKeyRequired("send an Idempotency-Key header (8-128 characters)")
+        cmd = transfer_command(body)
+        await check_debits(ledger, principal, cmd)
+        posted = await ledger.post(
+            TransferRequest(
+                cmd,
+                owner_key(principal, idempotency_key),
+                request_hash("POST /v1/transfers", body.model_dump(mode="json")),
+            )
+        )
+        return await _transfer_response(ledger, posted)  # type: ignore[return-value]
+
+    @router.post("/transfers/batch")
+    async def post_batch(
+        body: s.BatchCreate, ledger: LedgerDep, principal: Anyone
+    ) -> s.BatchResult:
+        """Up to 1,000 transfers; each succeeds or fails on its own (its result says which)."""
+        results: list[s.BatchItemResult | None] = [None] * len(body.transfers)
+        requests: list[tuple[int, TransferRequest]] = []
+        for index, item in enumerate(body.transfers):
+            cmd = transfer_command(item)
+            try:
+                await check_debits(ledger, principal, cmd)
+            except Forbidden as exc:
+                results[index] = s.BatchItemResult(
+                    index=index, status=exc.status, code=exc.code, detail=exc.detail
+                )
+                continue
+            requests.append((index, TransferRequest(cmd, None, b"")))
+        outcomes = await ledger.post_many([r for _, r in requests])
+        scales = await _scales(ledger)
+        for (index, _), outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, d.LedgerError):
+                results[index] = s.BatchItemResult(
+                    index=index, status=outcome.status, code=outcome.code, detail=outcome.detail
+                )
+            else:
+                results[index] = s.BatchItemResult(
+                    index=index,
+                    status=201,
+                    transfer=s.TransferPublic.of(outcome.transfer, outcome.created_at, scales),
+                )
+        return s.BatchResult(results=[r for r in results if r is not None])
+
+    @router.get("/transfers/{transfer_id}")
+    async def get_transfer(
+        transfer_id: uuid.UUID, ledger: LedgerDep, principal: Anyone
+    ) -> s.TransferPublic:
+        owner = None if can_read_all(principal) else subject_id(principal)
+        async with ledger.reading(owner) as conn:
+            found = await repo.get_transfers(conn, [transfer_id])
+        if transfer_id not in found:
+            raise d.TransferNotFound(f"no transfer {transfer_id}")
+        stored = found[transfer_id]
+        return s.TransferPublic.of(stored.transfer, stored.created_at, await _scales(ledger))
+
+    @router.post("/transfers/{transfer_id}/reversal", status_code=201)
+    async def reverse(
+        transfer_id: uuid.UUID,
+        body: s.ReversalCreate,
+        ledger: LedgerDep,
+        principal: Operator,
+        idempotency_key: IdempotencyKey = None,
+    ) -> s.TransferPublic:
+        cmd = await ledger.reversal_command(transfer_id, body.reversal_id, body.metadata)
+        posted = await ledger.post(
+            TransferRequest(
+                cmd,
+                owner_key(principal, idempotency_key),
+                request_hash(
+                    f"POST /v1/transfers/{transfer_id}/reversal", body.model_dump(mode="json")
+                ),
+            )
+        )
+        return await _transfer_response(ledger, posted)  # type: ignore[return-value]
+
+    async def cash(
+        route: str,
+        body: s.CashMovement,
+        ledger: Ledger,
+        principal: Principal,
+        key: str | None,
+        *,
+        withdraw: bool,
+    ) -> JSONResponse:
+        if not can_write_all(principal):
+            account = await visible_account(ledger, principal, body.account_id)
+            if not withdraw or account.account.owner_id != subject_id(principal):
+                raise Forbidden("deposits are made by operations")
+        cmd = await ledger.deposit_command(
+            body.transfer_id,
+            body.account_id,
+            _amount(body.amount),
+            body.metadata,
+            withdraw=withdraw,
+        )
+        posted = await ledger.post(
+            TransferRequest(
+                cmd, owner_key(principal, key), request_hash(route, body.model_dump(mode="json"))
+            )
+        )
+        return await _transfer_response(ledger, posted)
+
+    @router.post("/deposits", status_code=201)
+    async def deposit(
+        body: s.CashMovement,
+        ledger: LedgerDep,
+        principal: Operator,
+        idempotency_key: IdempotencyKey = None,
+    ) -> s.TransferPublic:
+        return await cash(  # type: ignore[return-value]
+            "POST /v1/deposits", body, ledger, principal, idempotency_key, withdraw=False
+        )
+
+    @router.post("/withdrawals", status_code=201)
+    async def withdraw(
+        body: s.CashMovement,
+        ledger: LedgerDep,
+        principal: Anyone,
+        idempotency_key: IdempotencyKey = None,
+    ) -> s.TransferPublic:
+        return await cash(  # type: ignore[return-value]
+            "POST /v1/withdrawals", body, ledger, principal, idempotency_key, withdraw=True
+        )
+
+    return router

@@ -1,0 +1,426 @@
+"""The ledger's use cases; HTTP routes only translate to and from these.
+
+Transfers go through a group commit: requests that arrive while a database
+transaction is in flight are gathered (up to `batch_max`) and posted together in
+the next one. Each keeps its own outcome: one failing transfer fails alone, and
+its idempotency key, balance checks and event are its own. Accounts are locked in
+one global order, so concurrent batches never deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.schema import Table
+
+from tickertap.db import RetryPolicy, UnitOfWork, with_retries
+from tickertap.ledger import domain as d
+from tickertap.ledger import repository as repo
+from tickertap.messaging import AvroCodec, OutboxEvent, add_events
+from tickertap.money import Asset
+
+log = logging.getLogger(__name__)
+
+TOPIC = "ledger.transfers.v1"
+DEFAULT_RETRY = RetryPolicy(attempts_max=5)
+MANY_CHUNK = 250  # transfers of the batch endpoint per database transaction
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    cmd: d.PostTransfer
+    idempotency_key: str | None  # scoped to the caller: "<subject>:<key>"
+    request_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    transfer: d.Transfer
+    created_at: datetime
+    replayed: bool  # the original result of an idempotent retry
+
+
+Outcome = Posted | d.LedgerError
+
+
+class Batcher:
+    """Gathers concurrent requests into batches for one `process` call at a time."""
+
+    def __init__(
+        self,
+        process: Callable[[list[TransferRequest]], Awaitable[list[Outcome]]],
+        *,
+        batch_max: int,
+        queue_max: int,
+    ) -> None:
+        self._process = process
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[tuple[TransferRequest, asyncio.Future[Outcome]]] = asyncio.Queue(
+            queue_max
+        )
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, request: TransferRequest) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            requests = [r for r, _ in batch]
+            try:
+                outcomes = await self._process(requests)
+            except Exception as exc:  # the batch failed as a whole: every caller hears it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.items += len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
+
+class Ledger:
+    def __init__(
+        self,
+        writer: AsyncEngine,
+        reader: AsyncEngine,
+        outbox: Table,
+        codec: AvroCodec,
+        *,
+        batch_max: int = 64,
+        queue_max: int = 10_000,
+        legs_max: int = d.LEGS_MAX,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self.writer = writer
+        self.reader = reader
+        self._outbox = outbox
+        self._codec = codec
+        self._legs_max = legs_max
+        self._retry = retry
+        self._assets: dict[str, repo.AssetRow] = {}
+        self._system: dict[tuple[d.AccountKind, str], d.Account] = {}
+        self.batcher = Batcher(self._post_batch, batch_max=batch_max, queue_max=queue_max)
+
+    # -- assets and system accounts -------------------------------------------------------
+
+    async def assets(self, refresh: bool = False) -> dict[str, repo.AssetRow]:
+        if refresh or not self._assets:
+            async with self.reader.connect() as conn:
+                self._assets = await repo.load_assets(conn)
+        return self._assets
+
+    async def asset(self, code: str) -> repo.AssetRow:
+        assets = await self.assets()
+        if code not in assets:
+            assets = await self.assets(refresh=True)
+        if code not in assets:
+            raise d.UnknownAsset(f"no asset {code}", asset=code)
+        return assets[code]
+
+    async def _asset_map(self) -> Mapping[str, Asset]:
+        return {code: row.asset for code, row in (await self.assets()).items()}
+
+    async def create_asset(self, row: repo.AssetRow) -> repo.AssetRow:
+        if row.quote_currency is not None:
+            await self.asset(row.quote_currency)
+        async with UnitOfWork(self.writer) as uow:
+            await repo.insert_asset(uow.connection, row)
+            await uow.commit()
+        return await self.asset(row.asset.code)
+
+    async def system_account(self, kind: d.AccountKind, asset: str) -> d.Account:
+        """The system account of `kind` for `asset`, made on first use."""
+        cached = self._system.get((kind, asset))
+        if cached is not None:
+            return cached
+        scale = (await self.asset(asset)).asset.scale
+        async with UnitOfWork(self.writer) as uow:
+            await repo.see_all(uow.connection)
+            row = await repo.insert_account(
+                uow.connection, d.Account(uuid.uuid4(), None, asset, kind), scale
+            )
+            await uow.commit()
+        self._system[(kind, asset)] = row.account
+        return row.account
+
+    # -- accounts -------------------------------------------------------------------------
+
+    async def open_account(
+        self, owner_id: uuid.UUID, asset: str, overdraft_limit: Decimal = d.ZERO
+    ) -> tuple[repo.AccountRow, bool]:
+        """The owner's account in `asset`: (account, created). One per owner and asset."""
+        row = await self.asset(asset)
+        limit = d.check_amount(overdraft_limit, row.asset)
+        if limit < 0:
+            raise d.AmountNotPositive("the overdraft limit cannot be negative")
+        account = d.Account(uuid.uuid4(), owner_id, asset, d.AccountKind.CUSTOMER, limit)
+        async with UnitOfWork(self.writer) as uow:
+            await repo.see_all(uow.connection)
+            stored = await repo.insert_account(uow.connection, account, row.asset.scale)
+            await uow.commit()
+        return stored, stored.account.id == account.id
+
+    async def get_account(self, account_id: uuid.UUID) -> repo.AccountRow:
+        async with self.reader.connect() as conn:
+            await repo.see_all(conn)
+            rows = await repo.get_accounts(conn, [account_id])
+        if account_id not in rows:
+            raise d.AccountNotFound(f"no account {account_id}")
+        return rows[account_id]
+
+    # -- transfers ------------------------------------------------------------------------
+
+    async def post(self, request: TransferRequest) -> Posted:
+        outcome = await self.batcher.submit(request)
+        if isinstance(outcome, d.LedgerError):
+            raise outcome
+        return outcome
+
+    async def post_many(self, requests: Sequence[TransferRequest]) -> list[Outcome]:
+        """Up to thousands of transfers, each succeeding or failing on its own."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(requests), MANY_CHUNK):
+            outcomes.extend(await self._post_batch(list(requests[start : start + MANY_CHUNK])))
+        return outcomes
+
+    async def get_transfer(self, transfer_id: uuid.UUID) -> repo.StoredTransfer:
+        async with self.reader.connect() as conn:
+            await repo.see_all(conn)
+            found = await repo.get_transfers(conn, [transfer_id])
+        if transfer_id not in found:
+            raise d.TransferNotFound(f"no transfer {transfer_id}")
+        return found[transfer_id]
+
+    async def account_owners(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, d.Account]:
+        async with self.reader.connect() as conn:
+            await repo.see_all(conn)
+            rows = await repo.get_accounts(conn, ids)
+        return {i: r.account for i, r in rows.items()}
+
+    async def _post_batch(self, requests: list[TransferRequest]) -> list[Outcome]:
+        async def once() -> list[Outcome]:
+            return await self._post_batch_once(requests)
+
+        try:
+            return await with_retries(once, self._retry)
+        except Exception:
+            if len(requests) == 1:
+                raise
+            log.warning("batch failed; posting its transfers one by one", exc_info=True)
+        outcomes: list[Outcome] = []
+        for request in requests:  # isolate the one that broke the batch
+            outcomes.extend(await self._post_batch([request]))
+        return outcomes
+
+    async def _post_batch_once(self, requests: list[TransferRequest]) -> list[Outcome]:
+        assets = await self._asset_map()
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        async with UnitOfWork(self.writer) as uow:
+            conn = uow.connection
+            await repo.see_all(conn)
+            keys = [r.idempotency_key for r in requests if r.idempotency_key]
+            known = await repo.get_idempotency(conn, keys)
+            replays: dict[int, uuid.UUID] = {}
+            first_with_key: dict[str, int] = {}
+            same_key_as: dict[int, int] = {}
+            pending: list[int] = []
+            for i, request in enumerate(requests):
+                key = request.idempotency_key
+                if key is not None:
+                    record = known.get(key)
+                    if record is not None:
+                        if record.request_hash != request.request_hash:
+                            outcomes[i] = _key_reused()
+                        else:
+                            replays[i] = record.transfer_id
+                        continue
+                    if key in first_with_key:
+                        same_key_as[i] = first_with_key[key]
+                        continue
+                    first_with_key[key] = i
+                pending.append(i)
+
+            commands = [requests[i].cmd for i in pending]
+            exists = await repo.existing_transfer_ids(conn, [c.transfer_id for c in commands])
+            reversed_ = await repo.reversed_ids(
+                conn, [c.reverses for c in commands if c.reverses is not None]
+            )
+            rows = await repo.get_accounts(
+                conn, {leg.account_id for c in commands for leg in c.legs}, lock=True
+            )
+            accounts = {i: r.account for i, r in rows.items()}
+            balances = {i: r.balance for i, r in rows.items()}
+            posted: list[tuple[int, d.Transfer]] = []
+            for i in pending:
+                cmd = requests[i].cmd
+                try:
+                    if cmd.transfer_id in exists:
+                        raise d.TransferExists(f"transfer {cmd.transfer_id} exists")
+                    if cmd.reverses is not None and cmd.reverses in reversed_:
+                        raise d.AlreadyReversed(f"transfer {cmd.reverses} is already reversed")
+                    transfer = d.post(cmd, accounts, assets, balances, legs_max=self._legs_max)
+                except d.LedgerError as error:
+                    outcomes[i] = error
+                    continue
+                for p in transfer.postings:
+                    balances[p.account_id] = p.balance_after
+                exists.add(cmd.transfer_id)
+                if cmd.reverses is not None:
+                    reversed_.add(cmd.reverses)
+                posted.append((i, transfer))
+
+            new = [
+                repo.NewTransfer(
+                    transfer,
+                    uuid.uuid4(),
+                    _owners(transfer, accounts),
+                    {p.account_id: assets[p.asset].scale for p in transfer.postings},
+                )
+                for _, transfer in posted
+            ]
+            created_at = await repo.insert_transfers(conn, new, accounts)
+            await repo.insert_idempotency(
+                conn,
+                {
+                    key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
+                    for i, transfer in posted
+                    if (key := requests[i].idempotency_key) is not None
+                },
+            )
+            await add_events(
+                conn,
+                self._outbox,
+                self._codec,
+                [
+                    OutboxEvent(
+                        TOPIC,
+                        transfer_event(n, created_at[n.transfer.id], accounts),
+                        d.event_key(n.transfer, accounts),
+                    )
+                    for n in new
+                ],
+                notify=bool(new),
+            )
+            stored = await repo.get_transfers(conn, list(set(replays.values())))
+            await uow.commit()
+
+        for i, transfer in posted:
+            outcomes[i] = Posted(transfer, created_at[transfer.id], replayed=False)
+        for i, transfer_id in replays.items():
+            original = stored[transfer_id]
+            outcomes[i] = Posted(original.transfer, original.created_at, replayed=True)
+        for i, first in same_key_as.items():
+            outcomes[i] = _as_retry_of(requests[i], requests[first], outcomes[first])
+        assert all(o is not None for o in outcomes)
+        return [o for o in outcomes if o is not None]
+
+    # -- deposits, withdrawals, reversals ------------------------------------------------
+
+    async def deposit_command(
+        self,
+        transfer_id: uuid.UUID,
+        account_id: uuid.UUID,
+        amount: Decimal,
+        metadata: Mapping[str, str],
+        *,
+        withdraw: bool = False,
+    ) -> d.PostTransfer:
+        customer = (await self.get_account(account_id)).account
+        omnibus = await self.system_account(d.AccountKind.OMNIBUS, customer.asset)
+        make = d.withdrawal if withdraw else d.deposit
+        return make(transfer_id, customer, omnibus, amount, metadata)
+
+    async def reversal_command(
+        self, original_id: uuid.UUID, reversal_id: uuid.UUID, metadata: Mapping[str, str]
+    ) -> d.PostTransfer:
+        original = await self.get_transfer(original_id)
+        return d.reversal(original.transfer, reversal_id, metadata)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.batcher.run()
+
+    @contextlib.asynccontextmanager
+    async def reading(self, owner_id: uuid.UUID | None) -> Any:
+        """A read-only connection that sees one owner's rows, or all with owner None."""
+        async with self.reader.connect() as conn:
+            if owner_id is None:
+                await repo.see_all(conn)
+            else:
+                await repo.see_owner(conn, owner_id)
+            yield conn
+
+
+def _key_reused() -> d.IdempotencyKeyReused:
+    return d.IdempotencyKeyReused(
+        "this Idempotency-Key was used with a different request; use a new key"
+    )
+
+
+def _as_retry_of(
+    request: TransferRequest, first: TransferRequest, outcome: Outcome | None
+) -> Outcome:
+    """A second request with the same key in one batch: the first one's result, or a 409."""
+    assert outcome is not None
+    if request.request_hash != first.request_hash:
+        return _key_reused()
+    if isinstance(outcome, Posted):
+        return Posted(outcome.transfer, outcome.created_at, replayed=True)
+    return outcome
+
+
+def _owners(transfer: d.Transfer, accounts: Mapping[uuid.UUID, d.Account]) -> tuple[uuid.UUID, ...]:
+    owners = {accounts[p.account_id].owner_id for p in transfer.postings}
+    return tuple(sorted(o for o in owners if o is not None))
+
+
+def transfer_event(
+    new: repo.NewTransfer, occurred_at: datetime, accounts: Mapping[uuid.UUID, d.Account]
+) -> dict[str, Any]:
+    t = new.transfer
+    return {
+        "event_id": str(new.event_id),
+        "occurred_at": occurred_at,
+        "transfer_id": str(t.id),
+        "kind": t.kind.value,
+        "legs": [
+            {
+                "account_id": str(p.account_id),
+                "owner_id": str(accounts[p.account_id].wire_owner),
+                "asset": p.asset,
+                "amount": p.amount,
+            }
+            for p in t.postings
+        ],
+        "trade": None
+        if t.trade is None
+        else {
+            "symbol": t.trade.symbol,
+            "side": t.trade.side.value,
+            "quantity": t.trade.quantity,
+            "price": t.trade.price,
+            "notional": t.trade.notional,
+            "fee": t.trade.fee,
+            "currency": t.trade.currency,
+        },
+        "reverses_transfer_id": str(t.reverses) if t.reverses else None,
+        "metadata": dict(t.metadata),
+    }

@@ -1,0 +1,431 @@
+"""SQL for the ledger: accounts, assets, transfers and postings, many at a time.
+
+Every function takes the caller's `AsyncConnection` inside an open transaction;
+row-level security needs `see_all` or `see_owner` first in that transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tickertap.ledger import domain as d
+from tickertap.money import Asset, AssetKind
+
+ACCOUNT_COLUMNS = "id, owner_id, asset, kind, overdraft_limit, balance, created_at"
+
+
+async def see_all(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT set_config('tickertap.scope', 'all', true)"))
+
+
+async def see_owner(conn: AsyncConnection, owner_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("SELECT set_config('tickertap.owner_id', :owner, true)"), {"owner": str(owner_id)}
+    )
+
+
+# -- assets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRow:
+    asset: Asset
+    quote_currency: str | None
+
+
+async def load_assets(conn: AsyncConnection) -> dict[str, AssetRow]:
+    rows = await conn.execute(text("SELECT code, scale, kind, quote_currency FROM ledger.assets"))
+    return {
+        r.code: AssetRow(Asset(r.code, r.scale, AssetKind(r.kind)), r.quote_currency) for r in rows
+    }
+
+
+async def insert_asset(conn: AsyncConnection, row: AssetRow) -> bool:
+    result = await conn.execute(
+        text(
+            "INSERT INTO ledger.assets (code, scale, kind, quote_currency) "
+            "VALUES (:code, :scale, :kind, :quote) ON CONFLICT (code) DO NOTHING"
+        ),
+        {
+            "code": row.asset.code,
+            "scale": row.asset.scale,
+            "kind": row.asset.kind.value,
+            "quote": row.quote_currency,
+        },
+    )
+    return bool(result.rowcount)
+
+
+# -- accounts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    account: d.Account
+    balance: Decimal
+    created_at: datetime
+
+
+def _account_row(r: Any) -> AccountRow:
+    return AccountRow(
+        d.Account(r.id, r.owner_id, r.asset, d.AccountKind(r.kind), r.overdraft_limit),
+        r.balance,
+        r.created_at,
+    )
+
+
+async def insert_account(conn: AsyncConnection, account: d.Account, scale: int) -> AccountRow:
+    """Insert, or return the existing account of this owner and asset (or system kind)."""
+    conflict = (
+        "(owner_id, asset) WHERE kind = 'customer'"
+        if account.is_customer
+        else "(kind, asset) WHERE kind <> 'customer'"
+    )
+    await conn.execute(
+        text(
+            "INSERT INTO ledger.accounts (id, owner_id, asset, scale, kind, overdraft_limit) "
+            "VALUES (:id, :owner, :asset, :scale, :kind, :overdraft) "
+            f"ON CONFLICT {conflict} DO NOTHING"
+        ),
+        {
+            "id": account.id,
+            "owner": account.owner_id,
+            "asset": account.asset,
+            "scale": scale,
+            "kind": account.kind.value,
+            "overdraft": account.overdraft_limit,
+        },
+    )
+    if account.is_customer:
+        found = await find_customer_account(conn, account.owner_id, account.asset)
+    else:
+        found = await find_system_account(conn, account.kind, account.asset)
+    assert found is not None
+    return found
+
+
+async def find_customer_account(
+    conn: AsyncConnection, owner_id: uuid.UUID | None, asset: str
+) -> AccountRow | None:
+    row = (
+        await conn.execute(
+            text(
+                f"SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts "
+                "WHERE owner_id = :owner AND asset = :asset AND kind = 'customer'"
+            ),
+            {"owner": owner_id, "asset": asset},
+        )
+    ).first()
+    return _account_row(row) if row else None
+
+
+async def find_system_account(
+    conn: AsyncConnection, kind: d.AccountKind, asset: str
+) -> AccountRow | None:
+    row = (
+        await conn.execute(
+            text(
+                f"SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts "
+                "WHERE kind = :kind AND asset = :asset"
+            ),
+            {"kind": kind.value, "asset": asset},
+        )
+    ).first()
+    return _account_row(row) if row else None
+
+
+async def get_accounts(
+    conn: AsyncConnection, ids: Iterable[uuid.UUID], *, lock: bool = False
+) -> dict[uuid.UUID, AccountRow]:
+    """Accounts by id; with `lock`, FOR UPDATE in the one global order (no deadlocks)."""
+    ordered = list(d.lock_order(ids))
+    if not ordered:
+        return {}
+    rows = await conn.execute(
+        text(
+            f"SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts WHERE id = ANY(:ids) ORDER BY id"
+            + (" FOR UPDATE" if lock else "")
+        ),
+        {"ids": ordered},
+    )
+    return {r.id: _account_row(r) for r in rows}
+
+
+async def list_accounts(conn: AsyncConnection, owner_id: uuid.UUID, limit: int) -> list[AccountRow]:
+    rows = await conn.execute(
+        text(
+            f"SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts WHERE owner_id = :owner "
+            "ORDER BY created_at, id LIMIT :limit"
+        ),
+        {"owner": owner_id, "limit": limit},
+    )
+    return [_account_row(r) for r in rows]
+
+
+async def balance_as_of(
+    conn: AsyncConnection, account_id: uuid.UUID, as_of: datetime
+) -> Decimal | None:
+    """The balance after the last posting at or before `as_of` (0 before the first)."""
+    value = (
+        await conn.execute(
+            text(
+                "SELECT balance_after FROM ledger.postings WHERE account_id = :id "
+                "AND posted_at <= :as_of ORDER BY id DESC LIMIT 1"
+            ),
+            {"id": account_id, "as_of": as_of},
+        )
+    ).scalar()
+    return value if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class PostingRow:
+    id: int
+    transfer_id: uuid.UUID
+    amount: Decimal
+    balance_after: Decimal
+    posted_at: datetime
+
+
+async def list_postings(
+    conn: AsyncConnection, account_id: uuid.UUID, after_id: int | None, limit: int
+) -> list[PostingRow]:
+    rows = await conn.execute(
+        text(
+            "SELECT id, transfer_id, amount, balance_after, posted_at FROM ledger.postings "
+            "WHERE account_id = :account AND id > :after ORDER BY id LIMIT :limit"
+        ),
+        {"account": account_id, "after": after_id or 0, "limit": limit},
+    )
+    return [PostingRow(r.id, r.transfer_id, r.amount, r.balance_after, r.posted_at) for r in rows]
+
+
+# -- transfers ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTransfer:
+    transfer: d.Transfer
+    created_at: datetime
+
+
+def _trade_json(trade: d.Trade | None) -> str | None:
+    if trade is None:
+        return None
+    return json.dumps(
+        {
+            "symbol": trade.symbol,
+            "side": trade.side.value,
+            "quantity": str(trade.quantity),
+            "price": str(trade.price),
+            "notional": str(trade.notional),
+            "fee": str(trade.fee),
+            "currency": trade.currency,
+        }
+    )
+
+
+def _trade_from(data: Mapping[str, str] | None) -> d.Trade | None:
+    if data is None:
+        return None
+    return d.Trade(
+        data["symbol"],
+        d.Side(data["side"]),
+        Decimal(data["quantity"]),
+        Decimal(data["price"]),
+        Decimal(data["notional"]),
+        Decimal(data["fee"]),
+        data["currency"],
+    )
+
+
+async def get_transfers(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, StoredTransfer]:
+    if not ids:
+        return {}
+    rows = (
+        await conn.execute(
+            text(
+                "SELECT id, kind, reverses, trade, metadata, created_at FROM ledger.transfers "
+                "WHERE id = ANY(:ids)"
+            ),
+            {"ids": list(ids)},
+        )
+    ).all()
+    postings = (
+        await conn.execute(
+            text(
+                "SELECT transfer_id, account_id, asset, amount, balance_after "
+                "FROM ledger.postings WHERE transfer_id = ANY(:ids) ORDER BY id"
+            ),
+            {"ids": [r.id for r in rows]},
+        )
+    ).all()
+    by_transfer: dict[uuid.UUID, list[d.Posting]] = {r.id: [] for r in rows}
+    for p in postings:
+        by_transfer[p.transfer_id].append(
+            d.Posting(p.transfer_id, p.account_id, p.asset, p.amount, p.balance_after)
+        )
+    return {
+        r.id: StoredTransfer(
+            d.Transfer(
+                r.id,
+                d.TransferKind(r.kind),
+                tuple(by_transfer[r.id]),
+                dict(r.metadata),
+                _trade_from(r.trade),
+                r.reverses,
+            ),
+            r.created_at,
+        )
+        for r in rows
+    }
+
+
+async def existing_transfer_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await conn.execute(
+        text("SELECT id FROM ledger.transfers WHERE id = ANY(:ids)"), {"ids": list(ids)}
+    )
+    return {r.id for r in rows}
+
+
+async def reversed_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    if not ids:
+        return set()
+    rows = await conn.execute(
+        text("SELECT reverses FROM ledger.transfers WHERE reverses = ANY(:ids)"),
+        {"ids": list(ids)},
+    )
+    return {r.reverses for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class NewTransfer:
+    transfer: d.Transfer
+    event_id: uuid.UUID
+    owners: tuple[uuid.UUID, ...]
+    scales: Mapping[uuid.UUID, int]  # account id -> its asset's scale
+
+
+async def insert_transfers(
+    conn: AsyncConnection, new: Sequence[NewTransfer], accounts: Mapping[uuid.UUID, d.Account]
+) -> dict[uuid.UUID, datetime]:
+    """Transfers, their postings, and each touched account's new balance: 3 statements."""
+    if not new:
+        return {}
+    created = await conn.execute(
+        text(
+            "INSERT INTO ledger.transfers "
+            "(id, kind, reverses, owner_ids, trade, metadata, event_id) "
+            "SELECT t.id, t.kind, t.reverses, CAST(t.owners AS uuid[]), "
+            "  CAST(t.trade AS jsonb), CAST(t.metadata AS jsonb), t.event "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS text[]), "
+            "  CAST(:reverses AS uuid[]), CAST(:owners AS text[]), CAST(:trades AS text[]), "
+            "  CAST(:metadata AS text[]), CAST(:events AS uuid[])) "
+            "AS t(id, kind, reverses, owners, trade, metadata, event) "
+            "RETURNING id, created_at"
+        ),
+        {
+            "ids": [n.transfer.id for n in new],
+            "kinds": [n.transfer.kind.value for n in new],
+            "reverses": [n.transfer.reverses for n in new],
+            "owners": ["{" + ",".join(str(o) for o in n.owners) + "}" for n in new],
+            "trades": [_trade_json(n.transfer.trade) for n in new],
+            "metadata": [json.dumps(dict(n.transfer.metadata)) for n in new],
+            "events": [n.event_id for n in new],
+        },
+    )
+    created_at = {r.id: r.created_at for r in created}
+    postings = [(n, p) for n in new for p in n.transfer.postings]
+    await conn.execute(
+        text(
+            "INSERT INTO ledger.postings "
+            "(transfer_id, account_id, owner_id, asset, scale, amount, balance_after) "
+            "SELECT * FROM unnest(CAST(:transfers AS uuid[]), CAST(:accounts AS uuid[]), "
+            "  CAST(:owners AS uuid[]), CAST(:assets AS text[]), CAST(:scales AS smallint[]), "
+            "  CAST(:amounts AS numeric[]), CAST(:balances AS numeric[]))"
+        ),
+        {
+            "transfers": [p.transfer_id for _, p in postings],
+            "accounts": [p.account_id for _, p in postings],
+            "owners": [accounts[p.account_id].owner_id for _, p in postings],
+            "assets": [p.asset for _, p in postings],
+            "scales": [n.scales[p.account_id] for n, p in postings],
+            "amounts": [p.amount for _, p in postings],
+            "balances": [p.balance_after for _, p in postings],
+        },
+    )
+    final: dict[uuid.UUID, Decimal] = {}
+    counts: dict[uuid.UUID, int] = {}
+    for _, p in postings:  # in posting order: the last one holds the final balance
+        final[p.account_id] = p.balance_after
+        counts[p.account_id] = counts.get(p.account_id, 0) + 1
+    await conn.execute(
+        text(
+            "UPDATE ledger.accounts a SET balance = v.balance, "
+            "  postings_count = a.postings_count + v.n "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:balances AS numeric[]), "
+            "  CAST(:counts AS bigint[])) AS v(id, balance, n) WHERE a.id = v.id"
+        ),
+        {
+            "ids": list(final),
+            "balances": list(final.values()),
+            "counts": [counts[i] for i in final],
+        },
+    )
+    return created_at
+
+
+# -- idempotency ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    request_hash: bytes
+    transfer_id: uuid.UUID
+    status: int
+
+
+async def get_idempotency(
+    conn: AsyncConnection, keys: Sequence[str]
+) -> dict[str, IdempotencyRecord]:
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT owner_key, request_hash, transfer_id, status FROM ledger.idempotency_keys "
+            "WHERE owner_key = ANY(:keys)"
+        ),
+        {"keys": list(keys)},
+    )
+    return {r.owner_key: IdempotencyRecord(r.request_hash, r.transfer_id, r.status) for r in rows}
+
+
+async def insert_idempotency(
+    conn: AsyncConnection, records: Mapping[str, IdempotencyRecord]
+) -> None:
+    if not records:
+        return
+    await conn.execute(
+        text(
+            "INSERT INTO ledger.idempotency_keys (owner_key, request_hash, transfer_id, status) "
+            "SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:hashes AS bytea[]), "
+            "  CAST(:transfers AS uuid[]), CAST(:statuses AS smallint[]))"
+        ),
+        {
+            "keys": list(records),
+            "hashes": [r.request_hash for r in records.values()],
+            "transfers": [r.transfer_id for r in records.values()],
+            "statuses": [r.status for r in records.values()],
+        },
+    )
