@@ -38,6 +38,10 @@ def make_app() -> FastAPI:
             raise InsufficientFunds("not enough cash", available="10.00")
         return {"quantity": order.quantity}
 
+    @app.get("/db-away")
+    async def db_away() -> None:
+        raise ConnectionError("connection refused")
+
     @app.get("/boom")
     async def boom() -> None:
         raise RuntimeError("secret detail that must not leak")
@@ -138,3 +142,10 @@ def test_settings_need_exactly_one_secret_id(tmp_path):
     settings = ServiceSettings(**base, vault_secret_id_file=secret)
     assert settings.secret_id() == "s3cret"
     assert "s3cret" not in repr(ServiceSettings(**base, vault_secret_id="s3cret"))
+
+
+async def test_a_dependency_that_is_away_is_503_with_retry_after(client):
+    r = await client.get("/db-away")
+    assert r.status_code == 503
+    assert r.json()["code"] == "unavailable"
+    assert r.headers["retry-after"] == "1"

@@ -13,8 +13,10 @@ Services subclass these: `class InsufficientFunds(Conflict): code = "insufficien
 An error's `headers` (for example `WWW-Authenticate` on a 401) go into the
 response headers, never into the body.
 Request validation failures are 422 `validation_error`; bodies over the bound
-are 413 `body_too_large`; anything unexpected is 500 `internal_error`, logged
-with the correlation id and never detailed to the client.
+are 413 `body_too_large`; a database that is away for a moment (connection lost,
+serialization failure after the retries) is 503 `unavailable` with Retry-After;
+anything else unexpected is 500 `internal_error`, logged with the correlation id
+and never detailed to the client.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tickertap.db import is_retryable
 from tickertap.observability import get_correlation_id
 
 log = logging.getLogger(__name__)
@@ -129,6 +132,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return response
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_retryable(exc):  # the database is away for a moment: say so, and when to retry
+            log.warning("dependency unavailable", extra={"error": type(exc).__name__})
+            response = problem(503, "unavailable", "a dependency is unavailable; retry shortly")
+            response.headers["Retry-After"] = "1"
+            return response
         log.exception("unhandled error", exc_info=exc)
         return problem(500, "internal_error", "an unexpected error occurred")
 
