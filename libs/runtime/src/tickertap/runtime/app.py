@@ -33,6 +33,7 @@ from tickertap.messaging import (
     inbox_table,
     load_schemas,
     outbox_table,
+    purge_inbox,
 )
 from tickertap.messaging.codec import ConfluentSchemaRegistry
 from tickertap.messaging.consumer import Handler, Outcome
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 StartHook = Callable[["ServiceRuntime"], Awaitable[None]]
 KAFKA_STATS_INTERVAL_MS = 5_000
+INBOX_PURGE_BATCH_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,26 @@ def _stopper(stop: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     return close
 
 
+async def _purge_inbox(runtime: ServiceRuntime) -> None:
+    """Forget inbox claims older than the retention (redeliveries come much sooner)."""
+    settings = runtime.settings
+    while True:
+        await asyncio.sleep(settings.inbox_purge_interval_s)
+        try:
+            while True:
+                async with runtime.writer.begin() as conn:
+                    purged = await purge_inbox(
+                        conn,
+                        runtime.inbox,
+                        older_than_s=settings.inbox_retention_s,
+                        batch_max=INBOX_PURGE_BATCH_MAX,
+                    )
+                if purged < INBOX_PURGE_BATCH_MAX:
+                    break
+        except Exception as exc:  # housekeeping must never take the service down
+            log.warning("inbox purge failed", extra={"error": type(exc).__name__})
+
+
 async def _report_backlog(runtime: ServiceRuntime, interval_s: float = 5.0) -> None:
     while True:
         try:
@@ -276,6 +298,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
             runtime.spawn(runtime.relay.run(), "outbox-relay")
             runtime.on_stop(_stopper(runtime.relay.stop))
             runtime.spawn(_report_backlog(runtime), "outbox-backlog", graceful=False)
+            runtime.spawn(_purge_inbox(runtime), "inbox-purge", graceful=False)
             for hook in definition.on_start:
                 await hook(runtime)
             log.info("service started", extra={"port": settings.http_port})

@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
 
     readiness_timeout_s: float = Field(default=2.0, gt=0)
 
+    # consumed event ids are kept this long to drop redeliveries, then forgotten
+    inbox_retention_s: float = Field(default=7 * 24 * 3600, ge=3600)
+    inbox_purge_interval_s: float = Field(default=3600, gt=0)
+
     @model_validator(mode="after")
     def _one_secret_id(self) -> Self:
         if (self.vault_secret_id is None) == (self.vault_secret_id_file is None):
