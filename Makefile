@@ -9,7 +9,7 @@ PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run up down status test test-only lint format bench lock clean
+.PHONY: help install run up down status reconcile test test-only lint format bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ down: ## stop a detached stack (make up)
 
 status: ## what runs, and where
 	@$(STACK) status
+
+reconcile: install ## check the running ledger agrees with itself (JSON report; exit 1 on drift)
+	@$(STACK) exec ledger -- python -m tickertap.ledger.reconcile $(RECONCILE_ARGS)
 
 lint: install ## ruff (lint and format check) and strict mypy on the libraries
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,10 @@
     python deploy/local/stack.py up      the same, detached; returns when everything is ready
     python deploy/local/stack.py down    stop a detached stack
     python deploy/local/stack.py status  print what runs and where
+    python deploy/local/stack.py exec SERVICE -- COMMAND...
+                                         run COMMAND with the environment the running stack
+                                         gives SERVICE, for example (`make reconcile`):
+                                         exec ledger -- python -m tickertap.ledger.reconcile
 
 Settings are environment variables, listed in config.py and the README.
 """
@@ -312,11 +316,53 @@ def cmd_status(cfg: StackConfig) -> int:
     return 3
 
 
+def cmd_exec(cfg: StackConfig, service: str | None, argv: list[str]) -> int:
+    """Replace this process with `argv`, in the environment the launcher gives `service`.
+
+    The addresses, the AppRole role_id and secret_id file come from the running stack's
+    stack.json; `python` and the other tools of this virtualenv come first on PATH.
+    Exit 2 when the stack is not running or the call is malformed, else the command's code.
+    """
+    spec = next((svc for svc in SERVICES if svc.name == service), None)
+    if spec is None or not argv:
+        names = ", ".join(sorted(SERVICE_NAMES))
+        print(f"usage: stack.py exec SERVICE -- COMMAND... (SERVICE: {names})", file=sys.stderr)
+        return 2
+    if not (supervisor_alive(cfg) and cfg.stack_file.exists()):
+        print(f"stack ({cfg.profile}) is not running; `make up` first", file=sys.stderr)
+        return 2
+    info = json.loads(cfg.stack_file.read_text())
+    secret_file = Path(info["secrets_dir"]) / f"{spec.schema}.secret_id"
+    if spec.name not in info["services"] or not secret_file.exists():
+        print(f"stack ({cfg.profile}) runs without {spec.name}", file=sys.stderr)
+        return 2
+    env = service_env(cfg, spec, info["approle_role_ids"][spec.schema], secret_file)
+    env.update(  # where the running stack's parts are, should the environment have changed
+        TICKERTAP_DB_HOST=str(info["postgres"]["host"]),
+        TICKERTAP_DB_PORT=str(info["postgres"]["port"]),
+        TICKERTAP_KAFKA_BOOTSTRAP_SERVERS=str(info["kafka"]["bootstrap_servers"]),
+        TICKERTAP_VAULT_ADDR=str(info["vault"]["addr"]),
+        PATH=os.pathsep.join([str(Path(parts.python()).parent), env.get("PATH", "")]),
+    )
+    try:
+        os.execvpe(argv[0], argv, env)  # noqa: S606 - the caller's own command
+    except OSError as exc:
+        print(f"stack.py exec: {argv[0]}: {exc.strerror}", file=sys.stderr)
+        return 2
+    raise AssertionError("unreachable")  # pragma: no cover - execvpe never returns
+
+
 def main() -> int:
+    argv = sys.argv[1:]
+    command_argv: list[str] = []
+    if "--" in argv:  # exec SERVICE -- COMMAND...: what follows is the command's
+        split = argv.index("--")
+        argv, command_argv = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("command", choices=["run", "up", "down", "status"])
+    parser.add_argument("command", choices=["run", "up", "down", "status", "exec"])
+    parser.add_argument("service", nargs="?", help="with exec: whose environment to use")
     parser.add_argument(
         "--started-marker",
         type=Path,
@@ -325,8 +371,12 @@ def main() -> int:
     parser.add_argument(
         "--no-services", action="store_true", help="start only Postgres, the broker and OpenBao"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.service is not None and args.command != "exec":
+        parser.error(f"{args.command} takes no service name")
     cfg = StackConfig.from_env()
+    if args.command == "exec":
+        return cmd_exec(cfg, args.service, command_argv)
     if args.command == "run":
         return cmd_run(cfg, not args.no_services)
     if args.command == "up":

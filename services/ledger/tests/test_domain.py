@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -10,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tickertap.ledger import domain as d
-from tickertap.money import BTC, JPY, USD, Asset
+from tickertap.money import BTC, ETH, JPY, USD, Asset
 
 AAPL = Asset.share("AAPL")
-ASSETS = {a.code: a for a in (USD, JPY, BTC, AAPL)}
+ASSETS = {a.code: a for a in (USD, JPY, BTC, ETH, AAPL)}
 
 
 def account(asset: str, kind: d.AccountKind = d.AccountKind.CUSTOMER, overdraft: str = "0"):
@@ -227,3 +228,122 @@ def test_every_trade_balances_per_asset_and_posts(quantity, price, side):
     assert d.sum_by_asset(t.postings) == {"USD": 0, "AAPL": 0}
     assert t.trade is not None
     assert t.trade.notional == (quantity * price).quantize(Decimal("0.01"))
+
+
+# -- trades: prices, quote currencies, bounds ---------------------------------------------
+
+BTC_USD = d.TradePolicy(crypto_quote_currency="USD")
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def test_a_share_trades_in_its_listed_currency_crypto_only_with_a_configured_one():
+    assert d.quote_currency(AAPL, "USD", d.TradePolicy()) == "USD"
+    assert d.quote_currency(BTC, None, BTC_USD) == "USD"
+    for asset, listed, policy in [
+        (BTC, None, d.TradePolicy()),  # no crypto quote currency configured
+        (USD, None, BTC_USD),  # fiat is not traded
+        (AAPL, None, BTC_USD),  # a share without a listing currency
+        (BTC, None, d.TradePolicy(crypto_quote_currency="BTC")),  # quoted in itself
+    ]:
+        with pytest.raises(d.UnknownAsset):
+            d.quote_currency(asset, listed, policy)
+
+
+def test_prices_are_positive_at_most_18_places_and_never_rounded():
+    assert d.check_price(Decimal("187.123400")) == Decimal("187.1234")
+    assert f"{d.check_price(Decimal('100.00')):f}" == "100"
+    with pytest.raises(d.ScaleExceeded):
+        d.check_price(Decimal("1." + "1" * 19))
+    with pytest.raises(d.AmountNotPositive):
+        d.check_price(Decimal(0))
+    with pytest.raises(d.InvalidAmount):
+        d.check_price(Decimal(10) ** 20)
+
+
+def test_amounts_fit_the_columns_and_the_notional_is_rounded_once_from_the_exact_product():
+    with pytest.raises(d.InvalidAmount):  # NUMERIC(38, 18): at most 20 integer digits
+        d.check_amount(Decimal(10) ** 20, USD)
+    assert d.check_amount(Decimal(10) ** 20 - 1, USD) == Decimal(10) ** 20 - 1
+    acc = d.TradeAccounts(
+        cash=account("USD"),
+        securities=account("ETH"),  # 18 places
+        omnibus=account("USD", d.AccountKind.OMNIBUS),
+        fees=account("USD", d.AccountKind.FEES),
+        custody=account("ETH", d.AccountKind.CUSTODY),
+    )
+    # the exact product is 150000000000000100.014999999999999999999999999999999999, below
+    # the half: 100.01; rounded to 38 digits first it would be ...100.015, then 100.02
+    quantity = Decimal("10.000000000000000001")
+    price = Decimal("15000000000000009.999999999999999999")
+    t = d.trade(uuid.uuid4(), d.Side.BUY, quantity, price, acc, ASSETS, d.FeeSchedule(), {})
+    assert t.trade is not None
+    assert t.trade.notional == Decimal("150000000000000100.01")
+    with pytest.raises(d.InvalidAmount):
+        d.trade(
+            uuid.uuid4(),
+            d.Side.BUY,
+            Decimal(10) ** 19,
+            Decimal(10) ** 19,
+            acc,
+            ASSETS,
+            d.FeeSchedule(),
+            {},
+        )
+
+
+def test_the_reversal_of_a_trade_carries_its_details():
+    acc = trade_accounts()
+    accounts, balances = setup(
+        acc.cash,
+        acc.securities,
+        acc.omnibus,
+        acc.fees,
+        acc.custody,
+        balances={acc.cash.id: Decimal(100)},
+    )
+    cmd_ = d.trade(
+        uuid.uuid4(), d.Side.BUY, Decimal(1), Decimal(10), acc, ASSETS, d.FeeSchedule(), {}
+    )
+    original = d.post(cmd_, accounts, ASSETS, balances)
+    assert d.reversal(original, uuid.uuid4(), {}).trade == original.trade
+
+
+def market(symbol: str = "AAPL", price: str = "10", age_s: float = 0) -> d.MarketPrice:
+    ts = NOW - timedelta(seconds=age_s)
+    return d.MarketPrice(symbol, Decimal(price), ts, ts)
+
+
+def test_a_market_price_is_usable_while_younger_than_the_limit():
+    assert d.usable_price(market(price="10.50000"), "AAPL", NOW, 60) == Decimal("10.5")
+    assert d.usable_price(market(age_s=60), "AAPL", NOW, 60) == Decimal(10)
+    with pytest.raises(d.NoPrice) as raised:
+        d.usable_price(market(age_s=60.5), "AAPL", NOW, 60)
+    assert raised.value.status == 409
+    with pytest.raises(d.NoPrice):
+        d.usable_price(None, "AAPL", NOW, 60)
+
+
+@pytest.mark.parametrize(
+    ("update", "reason"),
+    [
+        (market(symbol="aapl"), "invalid_symbol"),
+        (market(symbol="A B"), "invalid_symbol"),
+        (market(price="0"), "invalid_price"),
+        (market(price="-1"), "invalid_price"),
+        (market(price="1." + "1" * 19), "invalid_price"),
+        (market(age_s=-31), "exchange_ts_in_future"),
+        (
+            d.MarketPrice("AAPL", Decimal(1), datetime(2026, 11, 26), NOW),
+            "invalid_exchange_ts",
+        ),
+    ],
+)
+def test_unusable_price_events_say_why(update: d.MarketPrice, reason: str):
+    with pytest.raises(d.InvalidMarketPrice) as raised:
+        d.check_market_price(update, NOW, skew_s_max=30)
+    assert raised.value.reason == reason
+
+
+def test_a_usable_price_event_is_kept_without_trailing_zeros():
+    checked = d.check_market_price(market(price="187.120000", age_s=-29), NOW, skew_s_max=30)
+    assert f"{checked.price:f}" == "187.12"

@@ -2,9 +2,10 @@
 
 Who may do what (roles from the access token):
 - `customer`: own accounts only: open, read, transfer from (every debited account must
-  be theirs), withdraw from.
+  be theirs), withdraw from, trade at market.
 - `support`: read every account and transfer.
-- `ops`, `admin`: everything, including deposits, reversals, assets and overdrafts.
+- `ops`, `admin`: everything, including deposits, reversals, assets, overdrafts, trades
+  for any owner and trades at a given execution price.
 Row-level security in Postgres holds the same line for reads.
 """
 
@@ -343,6 +344,49 @@ def build_router(auth: BearerAuth) -> APIRouter:
             )
         )
         return await _transfer_response(ledger, posted)
+
+    @router.post(
+        "/trades",
+        status_code=201,
+        responses={200: {"description": "an idempotent retry: the original trade"}},
+    )
+    async def post_trade(
+        body: s.TradeCreate,
+        ledger: LedgerDep,
+        principal: Anyone,
+        idempotency_key: IdempotencyKey = None,
+    ) -> s.TransferPublic:
+        """Buy or sell a share (or a crypto asset with a configured quote currency).
+
+        One balanced transfer moves the notional between the owner's cash account in
+        the quote currency and the cash omnibus, the fee to the fees account, and the
+        quantity between the custody account and the owner's account in the symbol
+        (opened by a buy). Errors: 422 unknown_asset (unknown or not tradable),
+        scale_exceeded, amount_not_positive, invalid_amount, unknown_account (no cash
+        account in the quote currency); 409 no_price, insufficient_funds (cash or
+        shares), transfer_exists, idempotency_key_reused; 403 for another owner or a
+        given price without the ops role.
+        """
+        owner = body.owner_id or subject_id(principal)
+        if not can_write_all(principal):
+            if owner != subject_id(principal):
+                raise Forbidden("customers trade for themselves only")
+            if body.price is not None:
+                raise Forbidden("an execution price is given by operations; trade at market")
+        posted = await ledger.trade(
+            d.ExecuteTrade(
+                trade_id=body.trade_id,
+                owner_id=owner,
+                symbol=body.symbol,
+                side=d.Side(body.side),
+                quantity=_amount(body.quantity),
+                price=None if body.price is None else _amount(body.price),
+                metadata=dict(body.metadata),
+            ),
+            owner_key(principal, idempotency_key),
+            request_hash("POST /v1/trades", body.model_dump(mode="json")),
+        )
+        return await _transfer_response(ledger, posted)  # type: ignore[return-value]
 
     @router.post("/deposits", status_code=201)
     async def deposit(

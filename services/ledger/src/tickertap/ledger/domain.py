@@ -15,6 +15,9 @@ Errors are one tree; each has an HTTP status and a machine-readable code:
     ├── 404  account_not_found, transfer_not_found
     └── 409  insufficient_funds, already_reversed, cannot_reverse_reversal, no_price,
              transfer_exists, idempotency_key_reused
+
+InvalidMarketPrice (a ValueError, not a LedgerError) rejects a price event; the
+price consumer dead-letters it with its reason.
 """
 
 from __future__ import annotations
@@ -24,14 +27,28 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from datetime import datetime
+from decimal import Decimal, localcontext
 from typing import ClassVar
 
-from tickertap.money import Asset, AssetKind, MoneyError, parse_amount, round_to_scale
+from tickertap.money import (
+    CODE_PATTERN,
+    DIGITS_MAX,
+    SCALE_MAX,
+    Asset,
+    AssetKind,
+    MoneyError,
+    parse_amount,
+    round_to_scale,
+)
 
 SYSTEM_OWNER = uuid.UUID(int=0)  # the owner id of system accounts on the wire
 LEGS_MAX = 16
 ZERO = Decimal(0)
+# amounts, balances and prices are NUMERIC(38, 18) in the database and decimal(38, 18) in
+# Avro: at most 20 integer digits and 18 places, whatever the asset's own scale
+INTEGER_DIGITS_MAX = DIGITS_MAX - SCALE_MAX
+PRICE_SCALE_MAX = SCALE_MAX
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -135,6 +152,15 @@ class IdempotencyKeyReused(LedgerError):
     code = "idempotency_key_reused"
 
 
+class InvalidMarketPrice(ValueError):
+    """A price event that cannot be used; not an HTTP error: its consumer dead-letters it."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 # -- the model ---------------------------------------------------------------------------
 
 
@@ -229,9 +255,13 @@ class Transfer:
 
 
 def check_amount(value: Decimal, asset: Asset) -> Decimal:
-    """The amount at exactly the asset's scale; more places is an error, never rounded."""
+    """The amount at exactly the asset's scale; more places is an error, never rounded.
+
+    At most INTEGER_DIGITS_MAX integer digits (what the amount columns hold), else
+    invalid_amount.
+    """
     try:
-        return parse_amount(value, asset)
+        return parse_amount(value, asset, digits_max=INTEGER_DIGITS_MAX + asset.scale)
     except MoneyError as exc:
         if exc.code == "scale_exceeded":
             raise ScaleExceeded(
@@ -335,6 +365,7 @@ def reversal(
         legs=tuple(Leg(p.account_id, -p.amount) for p in original.postings),
         kind=TransferKind.REVERSAL,
         metadata=dict(metadata),
+        trade=original.trade,  # the event contract: a trade's reversal carries its details
         reverses=original.id,
     )
 
@@ -433,8 +464,12 @@ def trade(
         raise UnknownAsset(f"{instrument.code} is not tradable", asset=instrument.code)
     quantity = check_amount(quantity, instrument)
     require_positive(quantity)
-    require_positive(price)
-    notional = round_to_scale(quantity * price, currency.scale)
+    price = check_price(price)
+    try:
+        notional = round_to_scale(exact_product(quantity, price), currency.scale)
+    except MoneyError as exc:
+        raise InvalidAmount(f"the notional is out of range: {exc.message}") from exc
+    notional = check_amount(notional, currency)  # fits the amount columns
     require_positive(notional)
     fee = schedule.fee(notional, currency.scale)
     sign = Decimal(1) if side is Side.BUY else Decimal(-1)
@@ -449,6 +484,134 @@ def trade(
     legs = [leg for leg in legs if leg.amount]  # a sale whose fee equals its notional
     details = Trade(instrument.code, side, quantity, price, notional, fee, currency.code)
     return PostTransfer(transfer_id, tuple(legs), TransferKind.TRADE, dict(metadata), details)
+
+
+def exact_product(a: Decimal, b: Decimal) -> Decimal:
+    """a x b without rounding (each has at most DIGITS_MAX digits): round once, after."""
+    with localcontext() as ctx:
+        ctx.prec = 2 * DIGITS_MAX + 2
+        return a * b
+
+
+def check_price(value: Decimal) -> Decimal:
+    """A price greater than zero with at most PRICE_SCALE_MAX places (never rounded)."""
+    try:
+        price = parse_amount(value, PRICE_SCALE_MAX)
+    except MoneyError as exc:
+        if exc.code == "scale_exceeded":
+            raise ScaleExceeded(
+                f"a price has at most {PRICE_SCALE_MAX} decimal places", field="price"
+            ) from exc
+        raise InvalidAmount(f"price: {exc.message}", field="price") from exc
+    if price <= ZERO:
+        raise AmountNotPositive("the price must be greater than zero", field="price")
+    return plain(price)
+
+
+def plain(value: Decimal) -> Decimal:
+    """`value` without trailing zero places: 187.1200 -> 187.12, 100.00 -> 100 (not 1E+2).
+
+    Exact whatever the Decimal context: digits are only dropped when they are zeros.
+    """
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int), "a finite number"
+    if exponent > 0:
+        return Decimal((sign, (*digits, *(0,) * exponent), 0))
+    while exponent < 0 and len(digits) > 1 and digits[-1] == 0:
+        digits, exponent = digits[:-1], exponent + 1
+    return Decimal((sign, digits, exponent))
+
+
+# -- trades ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TradePolicy:
+    """How trades are priced and charged (from settings).
+
+    A share is quoted in its listed quote currency; a crypto asset in
+    `crypto_quote_currency` when set, else it is not tradable. A market price is
+    usable while younger than `price_age_s_max`, measured from its exchange time.
+    """
+
+    fees: FeeSchedule = field(default_factory=FeeSchedule)
+    price_age_s_max: float = 60.0
+    crypto_quote_currency: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteTrade:
+    """A command: buy or sell `quantity` of `symbol` for `owner_id`, at `price` or at market."""
+
+    trade_id: uuid.UUID
+    owner_id: uuid.UUID
+    symbol: str
+    side: Side
+    quantity: Decimal
+    price: Decimal | None  # None: the latest market price the ledger has seen
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def quote_currency(asset: Asset, listed: str | None, policy: TradePolicy) -> str:
+    """The currency `asset` trades in, or UnknownAsset when it is not tradable."""
+    if asset.kind is AssetKind.SHARE and listed is not None:
+        quote = listed
+    elif asset.kind is AssetKind.CRYPTO and policy.crypto_quote_currency is not None:
+        quote = policy.crypto_quote_currency
+    else:
+        raise UnknownAsset(f"{asset.code} is not tradable", asset=asset.code)
+    if quote == asset.code:
+        raise UnknownAsset(f"{asset.code} cannot be quoted in itself", asset=asset.code)
+    return quote
+
+
+@dataclass(frozen=True, slots=True)
+class MarketPrice:
+    """The latest price of a symbol seen on marketdata.prices.v1."""
+
+    symbol: str
+    price: Decimal
+    exchange_ts: datetime  # when the venue traded at this price
+    received_at: datetime  # when market data received the tick
+
+
+def check_market_price(update: MarketPrice, now: datetime, skew_s_max: float) -> MarketPrice:
+    """A usable price update, or InvalidMarketPrice saying why.
+
+    The symbol is an asset code; the price is greater than zero with at most
+    PRICE_SCALE_MAX places; the exchange time is not later than `now` plus
+    `skew_s_max` (a price from the future would shadow every real one after it).
+    """
+    if CODE_PATTERN.fullmatch(update.symbol) is None:
+        raise InvalidMarketPrice("invalid_symbol", f"symbol {update.symbol!r} is not an asset code")
+    try:
+        price = check_price(update.price)
+    except LedgerError as exc:
+        raise InvalidMarketPrice("invalid_price", exc.detail) from exc
+    for name, ts in (("exchange_ts", update.exchange_ts), ("received_at", update.received_at)):
+        if ts.tzinfo is None:
+            raise InvalidMarketPrice(f"invalid_{name}", f"{name} has no time zone")
+    ahead_s = (update.exchange_ts - now).total_seconds()
+    if ahead_s > skew_s_max:
+        raise InvalidMarketPrice(
+            "exchange_ts_in_future", f"exchange_ts is {ahead_s:.0f} s ahead of the ledger's clock"
+        )
+    return MarketPrice(update.symbol, price, update.exchange_ts, update.received_at)
+
+
+def usable_price(
+    cached: MarketPrice | None, symbol: str, now: datetime, age_s_max: float
+) -> Decimal:
+    """The cached price if it is fresh enough, else NoPrice (409)."""
+    if cached is None:
+        raise NoPrice(f"the ledger has seen no price for {symbol}; give a price", symbol=symbol)
+    age_s = (now - cached.exchange_ts).total_seconds()
+    if age_s > age_s_max:
+        raise NoPrice(
+            f"the latest price of {symbol} is {age_s:.0f} s old (at most {age_s_max:g} s)",
+            symbol=symbol,
+        )
+    return plain(cached.price)
 
 
 def event_key(transfer: Transfer, accounts: Mapping[uuid.UUID, Account]) -> str:

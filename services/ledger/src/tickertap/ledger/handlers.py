@@ -5,6 +5,9 @@ transaction is in flight are gathered (up to `batch_max`) and posted together in
 the next one. Each keeps its own outcome: one failing transfer fails alone, and
 its idempotency key, balance checks and event are its own. Accounts are locked in
 one global order, so concurrent batches never deadlock.
+
+A trade becomes one transfer through the same group commit; its price is the one
+given or the latest one `record_price` kept from marketdata.prices.v1.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import Table
 
 from tickertap.db import RetryPolicy, UnitOfWork, with_retries
@@ -107,6 +110,7 @@ class Ledger:
         queue_max: int = 10_000,
         legs_max: int = d.LEGS_MAX,
         retry: RetryPolicy = DEFAULT_RETRY,
+        trading: d.TradePolicy | None = None,
     ) -> None:
         self.writer = writer
         self.reader = reader
@@ -114,6 +118,7 @@ class Ledger:
         self._codec = codec
         self._legs_max = legs_max
         self._retry = retry
+        self.trading = trading or d.TradePolicy()
         self._assets: dict[str, repo.AssetRow] = {}
         self._system: dict[tuple[d.AccountKind, str], d.Account] = {}
         self.batcher = Batcher(self._post_batch, batch_max=batch_max, queue_max=queue_max)
@@ -353,6 +358,123 @@ class Ledger:
         original = await self.get_transfer(original_id)
         return d.reversal(original.transfer, reversal_id, metadata)
 
+    # -- trades ---------------------------------------------------------------------------
+
+    async def trade(
+        self, cmd: d.ExecuteTrade, idempotency_key: str | None, request_hash: bytes
+    ) -> Posted:
+        """Buy or sell at the given or the latest market price: one balanced transfer.
+
+        A retry with the same Idempotency-Key and body gets the original trade back,
+        even when the price or the balances have moved since.
+        """
+        replayed = await self._replayed(idempotency_key, request_hash)
+        if replayed is not None:
+            return replayed
+        transfer = await self.trade_command(cmd)
+        return await self.post(TransferRequest(transfer, idempotency_key, request_hash))
+
+    async def _replayed(self, key: str | None, request_hash: bytes) -> Posted | None:
+        """The original result of a request already posted under `key`, before any work."""
+        if key is None:
+            return None
+        async with self.writer.connect() as conn:
+            await repo.see_all(conn)
+            record = (await repo.get_idempotency(conn, [key])).get(key)
+            if record is None:
+                return None
+            if record.request_hash != request_hash:
+                raise _key_reused()
+            stored = await repo.get_transfers(conn, [record.transfer_id])
+        original = stored[record.transfer_id]
+        return Posted(original.transfer, original.created_at, replayed=True)
+
+    async def trade_command(self, cmd: d.ExecuteTrade) -> d.PostTransfer:
+        """The transfer of a trade, tried on current balances before anything is made.
+
+        The owner's cash account in the quote currency must exist (else 422
+        unknown_account); a sell needs the account in the symbol (else 409
+        insufficient_funds); a buy opens it. That and the system accounts are made
+        only after a dry run of the posting passes, so a trade rejected for a reason
+        known up front (input, price, funds) leaves nothing behind.
+        """
+        listed = await self.asset(cmd.symbol)
+        instrument = listed.asset
+        currency_code = d.quote_currency(instrument, listed.quote_currency, self.trading)
+        currency = (await self.asset(currency_code)).asset
+        quantity = d.check_amount(cmd.quantity, instrument)
+        d.require_positive(quantity)
+        given = None if cmd.price is None else d.check_price(cmd.price)
+        async with self.writer.connect() as conn:  # the write path: no replica lag here
+            await repo.see_all(conn)
+            cached = await repo.get_price(conn, instrument.code) if given is None else None
+            cash = await repo.find_customer_account(conn, cmd.owner_id, currency.code)
+            securities = await repo.find_customer_account(conn, cmd.owner_id, instrument.code)
+        if cash is None:
+            raise d.UnknownAccount(
+                f"the owner has no {currency.code} account to trade {instrument.code} with",
+                asset=currency.code,
+            )
+        if given is not None:
+            price = given
+        else:
+            now = datetime.now(UTC)
+            price = d.usable_price(cached, instrument.code, now, self.trading.price_age_s_max)
+        if securities is None and cmd.side is d.Side.SELL:
+            raise d.InsufficientFunds(
+                f"the owner holds no {instrument.code}", asset=instrument.code
+            )
+        assets = await self._asset_map()
+
+        def command(accounts: d.TradeAccounts) -> d.PostTransfer:
+            return d.trade(
+                cmd.trade_id,
+                cmd.side,
+                quantity,
+                price,
+                accounts,
+                assets,
+                self.trading.fees,
+                cmd.metadata,
+            )
+
+        def stand_in(owner: uuid.UUID | None, asset: str, kind: d.AccountKind) -> d.Account:
+            return d.Account(uuid.uuid4(), owner, asset, kind)
+
+        dry = d.TradeAccounts(
+            cash=cash.account,
+            securities=securities.account
+            if securities is not None
+            else stand_in(cmd.owner_id, instrument.code, d.AccountKind.CUSTOMER),
+            omnibus=stand_in(None, currency.code, d.AccountKind.OMNIBUS),
+            fees=stand_in(None, currency.code, d.AccountKind.FEES),
+            custody=stand_in(None, instrument.code, d.AccountKind.CUSTODY),
+        )
+        dry_accounts = (dry.cash, dry.securities, dry.omnibus, dry.fees, dry.custody)
+        balances = {a.id: d.ZERO for a in dry_accounts}
+        balances[cash.account.id] = cash.balance
+        if securities is not None:
+            balances[securities.account.id] = securities.balance
+        d.post(
+            command(dry),
+            {a.id: a for a in dry_accounts},
+            assets,
+            balances,
+            legs_max=self._legs_max,
+        )
+
+        if securities is None:
+            securities, _ = await self.open_account(cmd.owner_id, instrument.code)
+        return command(
+            d.TradeAccounts(
+                cash=cash.account,
+                securities=securities.account,
+                omnibus=await self.system_account(d.AccountKind.OMNIBUS, currency.code),
+                fees=await self.system_account(d.AccountKind.FEES, currency.code),
+                custody=await self.system_account(d.AccountKind.CUSTODY, instrument.code),
+            )
+        )
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -367,6 +489,15 @@ class Ledger:
             else:
                 await repo.see_owner(conn, owner_id)
             yield conn
+
+
+async def record_price(conn: AsyncConnection, price: d.MarketPrice) -> bool:
+    """Keep the latest price of a symbol (by exchange time) for trades at market.
+
+    Runs in the consumer's transaction, with the inbox claim of the event. An update
+    no newer than the cached one changes nothing; returns whether it was stored.
+    """
+    return await repo.upsert_price(conn, price)
 
 
 def _key_reused() -> d.IdempotencyKeyReused:

@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse
 
 from tickertap.authn import AccessTokenVerifier, BearerAuth, HttpJwks, JwksSource, StaticJwks
 from tickertap.ledger import api
+from tickertap.ledger.consumer import PRICES_TOPIC, price_handler
 from tickertap.ledger.domain import LedgerError
 from tickertap.ledger.handlers import Ledger
+from tickertap.ledger.reconcile import start_reconciler
 from tickertap.ledger.settings import LedgerSettings
 from tickertap.money import install_context
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, problem, serve
@@ -43,9 +45,16 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             runtime.codec,
             batch_max=settings.transfer_batch_max,
             queue_max=settings.transfer_queue_max,
+            trading=settings.trade_policy(),
         )
         runtime.state["ledger"] = ledger
         runtime.spawn(ledger.run(), "transfer-batcher", graceful=False)
+        runtime.start_consumer(
+            name="prices",
+            topics=[PRICES_TOPIC],
+            handler=price_handler(settings.price_exchange_ts_skew_s_max),
+            batch_max=settings.price_consumer_batch_max,
+        )
 
     definition = ServiceDefinition(
         name="ledger",
@@ -53,11 +62,11 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         version="0.1.0",
         description=(
             "Double-entry, multi-asset ledger: accounts, idempotent transfers, "
-            "deposits, withdrawals, reversals, balances and history."
+            "deposits, withdrawals, reversals, trades, balances and history."
         ),
         migrations=Path(__file__).parent / "migrations",
         routers=[api.build_router(auth)],
-        on_start=[start_ledger],
+        on_start=[start_ledger, start_reconciler(settings)],
     )
     app = create_service_app(definition, settings)
 

@@ -1,4 +1,4 @@
-"""SQL for the ledger: accounts, assets, transfers and postings, many at a time.
+"""SQL for the ledger: accounts, assets, transfers, postings and prices, many at a time.
 
 Every function takes the caller's `AsyncConnection` inside an open transaction;
 row-level security needs `see_all` or `see_owner` first in that transaction.
@@ -225,10 +225,10 @@ def _trade_json(trade: d.Trade | None) -> str | None:
         {
             "symbol": trade.symbol,
             "side": trade.side.value,
-            "quantity": str(trade.quantity),
-            "price": str(trade.price),
-            "notional": str(trade.notional),
-            "fee": str(trade.fee),
+            "quantity": f"{trade.quantity:f}",  # plain notation: never '1E-8'
+            "price": f"{trade.price:f}",
+            "notional": f"{trade.notional:f}",
+            "fee": f"{trade.fee:f}",
             "currency": trade.currency,
         }
     )
@@ -429,3 +429,43 @@ async def insert_idempotency(
             "statuses": [r.status for r in records.values()],
         },
     )
+
+
+# -- prices ---------------------------------------------------------------------------
+
+
+async def upsert_price(conn: AsyncConnection, price: d.MarketPrice) -> bool:
+    """Store `price` unless the cache holds one with the same or a later exchange time.
+
+    True when stored. Older updates (late or out of order) change nothing.
+    """
+    result = await conn.execute(
+        text(
+            "INSERT INTO ledger.prices (symbol, price, exchange_ts, received_at) "
+            "VALUES (:symbol, :price, :exchange_ts, :received_at) "
+            "ON CONFLICT (symbol) DO UPDATE SET price = excluded.price, "
+            "  exchange_ts = excluded.exchange_ts, received_at = excluded.received_at, "
+            "  updated_at = now() "
+            "WHERE ledger.prices.exchange_ts < excluded.exchange_ts"
+        ),
+        {
+            "symbol": price.symbol,
+            "price": price.price,
+            "exchange_ts": price.exchange_ts,
+            "received_at": price.received_at,
+        },
+    )
+    return bool(result.rowcount)
+
+
+async def get_price(conn: AsyncConnection, symbol: str) -> d.MarketPrice | None:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT symbol, price, exchange_ts, received_at FROM ledger.prices "
+                "WHERE symbol = :symbol"
+            ),
+            {"symbol": symbol},
+        )
+    ).first()
+    return d.MarketPrice(row.symbol, row.price, row.exchange_ts, row.received_at) if row else None

@@ -108,6 +108,22 @@ class CashMovement(Strict):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class TradeCreate(Strict):
+    """Buy or sell `quantity` of `symbol` for `owner_id` (default: the caller).
+
+    `price` is an execution price (operations only); without it the trade is at the
+    latest market price the ledger has seen, if it is fresh enough (else 409 no_price).
+    """
+
+    trade_id: uuid.UUID  # becomes the transfer's id
+    owner_id: uuid.UUID | None = None
+    symbol: AssetCode
+    side: Literal["buy", "sell"]
+    quantity: DecimalText
+    price: DecimalText | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
 class ReversalCreate(Strict):
     reversal_id: uuid.UUID
     metadata: Metadata = Field(default_factory=dict)
@@ -163,7 +179,7 @@ class TransferPublic(Strict):
                 symbol=t.symbol,
                 side=t.side.value,
                 quantity=_fmt(t.quantity, scales[t.symbol]),
-                price=str(t.price.normalize()),
+                price=f"{d.plain(t.price):f}",
                 notional=_fmt(t.notional, scales[t.currency]),
                 fee=_fmt(t.fee, scales[t.currency]),
                 currency=t.currency,
