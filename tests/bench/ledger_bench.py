@@ -1,0 +1,284 @@
+"""The ledger's throughput through HTTP, against two floors measured in the same run.
+
+On the bench profile's full stack (ports 274xx; started here if it is not up,
+and stopped at the end if so), with the ledger service as `make run` starts it:
+
+- `POST /v1/transfers`: 2 legs, an Idempotency-Key each, the outbox event, at 16
+  connections, between 1,000 accounts ("spread") and between 10 ("hot");
+- `POST /v1/transfers/batch`: 100 transfers (200 postings) per request;
+- the floors, on the same Postgres: a plain FastAPI endpoint doing one INSERT +
+  COMMIT per request, and raw asyncpg INSERT + COMMIT at 16 connections.
+
+Each run loads every target in turn (interleaved), `--runs` times; the table
+shows the median of the runs, then each run. Bounded: each load lasts
+`--duration-s`; everything stops by itself.
+
+    .venv/bin/python tests/bench/ledger_bench.py --runs 3 --duration-s 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+
+import baselines  # noqa: E402
+import harness  # noqa: E402
+import loadgen  # noqa: E402
+from devkeys import mint  # noqa: E402
+
+STACK = [sys.executable, str(ROOT / "deploy" / "local" / "stack.py")]
+ENV = {**os.environ, "TICKERTAP_PROFILE": "bench"}
+STATE = ROOT / ".tickertap" / "bench"
+ACCOUNTS_SPREAD = 1000
+ACCOUNTS_HOT = 10
+BATCH_TRANSFERS = 100
+CONNECTIONS = 16
+BATCH_CONNECTIONS = 4
+FUNDS = "1000000.00"
+
+
+def start_stack(marker: Path) -> dict[str, object]:
+    subprocess.run([*STACK, "down"], env=ENV, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*STACK, "up", "--started-marker", str(marker)],
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return dict(json.loads((STATE / "stack.json").read_text()))
+
+
+async def setup_accounts(url: str, ops: str, count: int) -> list[str]:
+    """`count` customer accounts in USD, each funded, through the API itself."""
+    accounts: list[str] = []
+    owners = [str(uuid.uuid4()) for _ in range(count)]
+    headers = {"Authorization": f"Bearer {ops}", "Content-Type": "application/json"}
+
+    def open_account(i: int) -> loadgen.Request:
+        body = json.dumps({"asset": "USD", "owner_id": owners[i]}).encode()
+        return ("POST", "/v1/accounts", headers, body)
+
+    def opened(_i: int, status: int, body: bytes) -> None:
+        assert status == 201, body[:200]
+        accounts.append(json.loads(body)["id"])
+
+    await loadgen.run_load(
+        f"{url}/v1/accounts",
+        make_request=open_account,
+        on_response=opened,
+        connections=8,
+        requests=count,
+        label="setup",
+    )
+
+    def deposit(i: int) -> loadgen.Request:
+        body = json.dumps(
+            {"transfer_id": str(uuid.uuid4()), "account_id": accounts[i], "amount": FUNDS}
+        ).encode()
+        return ("POST", "/v1/deposits", headers, body)
+
+    def deposited(_i: int, status: int, body: bytes) -> None:
+        assert status == 201, body[:200]
+
+    await loadgen.run_load(
+        f"{url}/v1/deposits",
+        make_request=deposit,
+        on_response=deposited,
+        connections=8,
+        requests=count,
+        label="setup",
+    )
+    return accounts
+
+
+def transfer_requests(accounts: Sequence[str], ops: str, run_tag: str) -> loadgen.MakeRequest:
+    rng = random.Random(run_tag)
+    pairs = [tuple(rng.sample(list(accounts), 2)) for _ in range(4096)]
+    auth = f"Bearer {ops}"
+
+    def make(i: int) -> loadgen.Request:
+        a, b = pairs[i % len(pairs)]
+        transfer_id = uuid.uuid4()
+        body = (
+            f'{{"transfer_id":"{transfer_id}","legs":[{{"account_id":"{a}","amount":"-0.01"}},'
+            f'{{"account_id":"{b}","amount":"0.01"}}]}}'
+        ).encode()
+        headers = {
+            "Authorization": auth,
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"{run_tag}-{i}",
+        }
+        return ("POST", "/v1/transfers", headers, body)
+
+    return make
+
+
+def batch_requests(accounts: Sequence[str], ops: str, run_tag: str) -> loadgen.MakeRequest:
+    rng = random.Random(run_tag)
+    auth = f"Bearer {ops}"
+
+    def make(_i: int) -> loadgen.Request:
+        transfers = []
+        for _ in range(BATCH_TRANSFERS):
+            a, b = rng.sample(list(accounts), 2)
+            transfers.append(
+                {
+                    "transfer_id": str(uuid.uuid4()),
+                    "legs": [
+                        {"account_id": a, "amount": "-0.01"},
+                        {"account_id": b, "amount": "0.01"},
+                    ],
+                }
+            )
+        body = json.dumps({"transfers": transfers}).encode()
+        return (
+            "POST",
+            "/v1/transfers/batch",
+            {"Authorization": auth, "Content-Type": "application/json"},
+            body,
+        )
+
+    return make
+
+
+def check_created(_i: int, status: int, body: bytes) -> None:
+    if status != 201:
+        raise AssertionError(f"{status}: {body[:200]!r}")
+
+
+def check_batch(_i: int, status: int, body: bytes) -> None:
+    if status != 200:
+        raise AssertionError(f"{status}: {body[:200]!r}")
+    results = json.loads(body)["results"]
+    failed = [r for r in results if r["status"] != 201]
+    if failed:
+        raise AssertionError(f"batch items failed: {failed[:2]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--warmup-s", type=float, default=1.0)
+    args = parser.parse_args()
+    assert 1 <= args.runs <= 10
+    assert 1 <= args.duration_s <= 120
+
+    with tempfile.TemporaryDirectory(prefix="tickertap-ledger-bench-") as tmp:
+        marker = Path(tmp) / "started"
+        info = start_stack(marker)
+        try:
+            return run(info, args)
+        finally:
+            if marker.exists():
+                subprocess.run([*STACK, "down"], env=ENV, check=False, stdout=subprocess.DEVNULL)
+
+
+def run(info: dict[str, object], args: argparse.Namespace) -> int:
+    services = info["services"]
+    assert isinstance(services, dict)
+    url = str(services["ledger"]["url"])
+    ops = mint(STATE / "secrets" / "dev-signing-key.json", str(uuid.uuid4()), ("ops",), ttl_s=3600)
+    accounts = loadgen.run_async(setup_accounts(url, ops, ACCOUNTS_SPREAD))
+    hot = accounts[:ACCOUNTS_HOT]
+    stack = harness.read_bench_stack()
+    spec = baselines.RunSpec(duration_s=args.duration_s, warmup_s=args.warmup_s)
+    rows: dict[str, list[loadgen.LoadResult]] = {}
+    postings_per_s: list[float] = []
+    for run_no in range(args.runs):
+        tag = f"r{run_no}-{uuid.uuid4().hex[:8]}"
+        for label, pool in (
+            ("transfers, 1,000 accounts", accounts),
+            ("transfers, 10 hot accounts", hot),
+        ):
+            harness.settle(spec.quiet_wait_s, label)
+            result = loadgen.run_async(
+                loadgen.run_load(
+                    f"{url}/v1/transfers",
+                    make_request=transfer_requests(pool, ops, f"{tag}-{label[11:15]}"),
+                    on_response=check_created,
+                    connections=CONNECTIONS,
+                    duration_s=args.duration_s,
+                    warmup_s=args.warmup_s,
+                    label=label,
+                )
+            )
+            rows.setdefault(label, []).append(result)
+        harness.settle(spec.quiet_wait_s, "batch")
+        batch = loadgen.run_async(
+            loadgen.run_load(
+                f"{url}/v1/transfers/batch",
+                make_request=batch_requests(accounts, ops, tag),
+                on_response=check_batch,
+                connections=BATCH_CONNECTIONS,
+                duration_s=args.duration_s,
+                warmup_s=args.warmup_s,
+                label=f"batch of {BATCH_TRANSFERS} transfers",
+            )
+        )
+        rows.setdefault(batch.label, []).append(batch)
+        postings_per_s.append(batch.ok / batch.duration_s * BATCH_TRANSFERS * 2)
+        loadgen.run_async(baselines.reset_schema(stack.admin_url))
+        rows.setdefault("floor: FastAPI INSERT+COMMIT", []).append(
+            baselines.http_insert_baseline(stack, spec)
+        )
+        rows.setdefault("floor: asyncpg INSERT+COMMIT", []).append(
+            baselines.pg_insert_baseline(stack, spec)
+        )
+    loadgen.run_async(baselines.drop_schema(stack.admin_url))
+
+    print(loadgen.format_table(list(rows.items())))
+    med = {
+        label: statistics.median(r.ok / r.duration_s for r in results)
+        for label, results in rows.items()
+    }
+    p99 = {
+        label: statistics.median(r.latency_ms(99) for r in results)
+        for label, results in rows.items()
+    }
+    spread = med["transfers, 1,000 accounts"]
+    hot_rate = med["transfers, 10 hot accounts"]
+    floor_http = med["floor: FastAPI INSERT+COMMIT"]
+    floor_pg = med["floor: asyncpg INSERT+COMMIT"]
+    print()
+    print(f"medians of {args.runs} runs, {CONNECTIONS} connections, {args.duration_s:.0f} s each:")
+    lines = [
+        (
+            "transfers/s, 1,000 accounts",
+            spread,
+            p99["transfers, 1,000 accounts"],
+            f"= {spread / floor_http:.2f}x the FastAPI floor, {spread / floor_pg:.2f}x raw INSERT",
+        ),
+        (
+            "transfers/s, 10 hot accounts",
+            hot_rate,
+            p99["transfers, 10 hot accounts"],
+            f"= {hot_rate / spread:.2f}x the spread case",
+        ),
+        ("postings/s, batch endpoint", statistics.median(postings_per_s), None, ""),
+        ("floor: FastAPI INSERT+COMMIT", floor_http, p99["floor: FastAPI INSERT+COMMIT"], ""),
+        ("floor: asyncpg INSERT+COMMIT", floor_pg, None, ""),
+    ]
+    for name, rate, p99_ms, note in lines:
+        latency = f"p99 {p99_ms:6.1f} ms" if p99_ms is not None else " " * 13
+        print(f"  {name:<30} {rate:8.0f}   {latency}   {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
