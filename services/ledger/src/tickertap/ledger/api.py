@@ -41,7 +41,7 @@ class IdempotencyKeyRequired(Unprocessable):
     code = "idempotency_key_required"
 
 
-def get_ledger(request: Request) -> Ledger:
+async def get_ledger(request: Request) -> Ledger:
     ledger = request.app.state.runtime.state["ledger"]
     assert isinstance(ledger, Ledger)
     return ledger

@@ -78,7 +78,14 @@ class Batcher:
         await self._queue.put((request, future))
         return await future
 
-    async def run(self) -> None:
+    async def run(self, workers: int = 1) -> None:
+        """`workers` batches may be in flight at once: while one waits on the database,
+        the next gathers what arrived meanwhile. Their accounts are locked in one global
+        order, so they never deadlock; on the same accounts they simply take turns."""
+        assert workers >= 1
+        await asyncio.gather(*(self._work() for _ in range(workers)))
+
+    async def _work(self) -> None:
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self._batch_max and not self._queue.empty():
@@ -107,6 +114,7 @@ class Ledger:
         codec: AvroCodec,
         *,
         batch_max: int = 64,
+        batch_workers: int = 1,
         queue_max: int = 10_000,
         legs_max: int = d.LEGS_MAX,
         retry: RetryPolicy = DEFAULT_RETRY,
@@ -122,6 +130,7 @@ class Ledger:
         self._assets: dict[str, repo.AssetRow] = {}
         self._system: dict[tuple[d.AccountKind, str], d.Account] = {}
         self.batcher = Batcher(self._post_batch, batch_max=batch_max, queue_max=queue_max)
+        self._batch_workers = batch_workers
 
     # -- assets and system accounts -------------------------------------------------------
 
@@ -478,7 +487,7 @@ class Ledger:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.batcher.run()
+        await self.batcher.run(self._batch_workers)
 
     @contextlib.asynccontextmanager
     async def reading(self, owner_id: uuid.UUID | None) -> Any:

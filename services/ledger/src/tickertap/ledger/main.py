@@ -44,6 +44,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             runtime.outbox,
             runtime.codec,
             batch_max=settings.transfer_batch_max,
+            batch_workers=settings.transfer_batch_workers,
             queue_max=settings.transfer_queue_max,
             trading=settings.trade_policy(),
         )
