@@ -59,8 +59,9 @@ test: lint ## lint, start a test stack on its own ports, run every test, stop th
 test-only: install ## run the tests against an already running test stack
 	TICKERTAP_PROFILE=test $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install ## measure the local stack: cold start of `make up`, idle RSS of each process
+bench: install ## benchmarks on their own stack (ports 274xx): start-up and memory, the ledger against its floors
 	$(PY) tests/bench/startup.py
+	$(PY) tests/bench/ledger_bench.py --runs 3 --duration-s 10
 
 lock: ## recompile the hashed lock files (no download addresses are recorded)
 	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
