@@ -202,15 +202,15 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
     postings_per_s: list[float] = []
     for run_no in range(args.runs):
         tag = f"r{run_no}-{uuid.uuid4().hex[:8]}"
-        for label, pool in (
-            ("transfers, 1,000 accounts", accounts),
-            ("transfers, 10 hot accounts", hot),
+        for label, name, pool in (
+            ("transfers, 1,000 accounts", "spread", accounts),
+            ("transfers, 10 hot accounts", "hot", hot),
         ):
             harness.settle(spec.quiet_wait_s, label)
             result = loadgen.run_async(
                 loadgen.run_load(
                     f"{url}/v1/transfers",
-                    make_request=transfer_requests(pool, ops, f"{tag}-{label[11:15]}"),
+                    make_request=transfer_requests(pool, ops, f"{tag}-{name}"),
                     on_response=check_created,
                     connections=CONNECTIONS,
                     duration_s=args.duration_s,
