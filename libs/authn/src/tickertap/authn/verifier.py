@@ -24,12 +24,14 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
 from joserfc.errors import JoseError
+from joserfc.jwk import Key
 from joserfc.jws import JWSRegistry, extract_compact
 
 from tickertap.authn._jose import ASYMMETRIC_ALGORITHMS, algorithm, b64decode
@@ -72,6 +74,8 @@ class AccessTokenVerifier:
         leeway_s: float = 30,
         lifetime_s_max: float = 3600,
         token_bytes_max: int = 8 * 1024,
+        cache_entries_max: int = 10_000,
+        cache_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         allowed = frozenset(algorithms)
@@ -92,6 +96,15 @@ class AccessTokenVerifier:
         self._lifetime_s_max = lifetime_s_max
         self._token_bytes_max = token_bytes_max
         self._clock = clock
+        # A token verified once is accepted again, as the very same string, until it
+        # expires or `cache_ttl_s` passes, whichever is first, and only while the key
+        # source still holds the very key that verified it: clients reuse one token for
+        # many requests, and a key removed from the JWKS stops being honoured at once.
+        assert cache_entries_max >= 0
+        assert cache_ttl_s >= 0
+        self._cache: OrderedDict[str, tuple[float, Principal, str, Key]] = OrderedDict()
+        self._cache_entries_max = cache_entries_max
+        self._cache_ttl_s = cache_ttl_s
         self._registry = JWSRegistry(algorithms=sorted(allowed))
         self._registry.max_header_length = HEADER_BYTES_MAX
         self._registry.max_payload_length = token_bytes_max
@@ -100,13 +113,27 @@ class AccessTokenVerifier:
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; `InvalidToken` otherwise, `KeysUnavailable` (503)
         when the key source cannot answer."""
+        now = self._clock()
+        cached = self._cache.get(token) if self._cache_entries_max else None
+        if cached is not None:
+            valid_until, principal, kid, key = cached
+            if now < valid_until and await self._jwks.get_key(kid) is key:
+                self._cache.move_to_end(token)
+                return principal
+            self._cache.pop(token, None)
         try:
-            return await self._verify(token)
+            principal, kid, key = await self._verify(token)
         except InvalidToken as error:
             log.debug("access token rejected: %s", error.reason)
             raise
+        if self._cache_entries_max:
+            expires = principal.expires_at.timestamp()
+            self._cache[token] = (min(expires, now + self._cache_ttl_s), principal, kid, key)
+            if len(self._cache) > self._cache_entries_max:
+                self._cache.popitem(last=False)
+        return principal
 
-    async def _verify(self, token: str) -> Principal:
+    async def _verify(self, token: str) -> tuple[Principal, str, Key]:
         if not isinstance(token, str) or len(token) > self._token_bytes_max:
             _reject("token too long")
         if not _COMPACT_JWS.fullmatch(token):
@@ -154,7 +181,7 @@ class AccessTokenVerifier:
             _reject("claims are not JSON")
         if not isinstance(claims, dict):
             _reject("claims are not an object")
-        return self._principal(claims)
+        return self._principal(claims), kid, key
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         if claims.get("iss") != self._issuer:
