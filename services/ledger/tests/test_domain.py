@@ -347,3 +347,27 @@ def test_unusable_price_events_say_why(update: d.MarketPrice, reason: str):
 def test_a_usable_price_event_is_kept_without_trailing_zeros():
     checked = d.check_market_price(market(price="187.120000", age_s=-29), NOW, skew_s_max=30)
     assert f"{checked.price:f}" == "187.12"
+
+
+def test_sums_are_exact_even_where_38_digits_would_round():
+    """Found in review: under a 38-digit context these ETH legs summed to zero."""
+    from tickertap.money import ETH
+
+    a = Decimal("99999999999999999999.000000000000000001")
+    y = Decimal("99999999999999999998.999999999999999999")
+    legs = [account("ETH", d.AccountKind.OMNIBUS) for _ in range(4)]
+    accounts, balances = setup(*legs)
+    command = d.PostTransfer(
+        uuid.uuid4(),
+        (d.Leg(legs[0].id, a), d.Leg(legs[1].id, a), d.Leg(legs[2].id, -a), d.Leg(legs[3].id, -y)),
+    )
+    with pytest.raises(d.UnbalancedTransfer):
+        d.post(command, accounts, {**ASSETS, "ETH": ETH}, balances)
+
+
+def test_a_balance_beyond_what_the_columns_hold_is_refused():
+    big = "99999999999999999999"
+    alice, omnibus = account("USD"), account("USD", d.AccountKind.OMNIBUS)
+    accounts, balances = setup(alice, omnibus, balances={alice.id: Decimal(big)})
+    with pytest.raises(d.InvalidAmount):
+        d.post(cmd((omnibus, "-" + big), (alice, big)), accounts, ASSETS, balances)

@@ -15,6 +15,7 @@ Row-level security in Postgres holds the same line for reads.
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -75,15 +76,28 @@ def request_hash(route: str, body: Any) -> bytes:
 
 
 def owner_key(p: Principal, key: str | None) -> str | None:
-    return None if key is None else f"{p.subject}:{key}"
+    """The key in the caller's own namespace (length-prefixed: no two callers collide)."""
+    return None if key is None else f"{len(p.subject)}:{p.subject}:{key}"
 
 
-async def _scales(ledger: Ledger) -> dict[str, int]:
-    return {code: row.asset.scale for code, row in (await ledger.assets()).items()}
+async def _scales(ledger: Ledger, codes: Iterable[str] = ()) -> dict[str, int]:
+    """Every asset's scale; reloaded when one of `codes` is new to this replica."""
+    assets = await ledger.assets()
+    if not set(codes) <= assets.keys():
+        assets = await ledger.assets(refresh=True)
+    return {code: row.asset.scale for code, row in assets.items()}
+
+
+def _codes(transfer: d.Transfer) -> set[str]:
+    codes = {p.asset for p in transfer.postings}
+    if transfer.trade is not None:
+        codes |= {transfer.trade.symbol, transfer.trade.currency}
+    return codes
 
 
 async def _transfer_response(ledger: Ledger, posted: Posted) -> JSONResponse:
-    body = s.TransferPublic.of(posted.transfer, posted.created_at, await _scales(ledger))
+    scales = await _scales(ledger, _codes(posted.transfer))
+    body = s.TransferPublic.of(posted.transfer, posted.created_at, scales)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if posted.replayed else 201)
 
 
@@ -137,9 +151,9 @@ def build_router(auth: BearerAuth) -> APIRouter:
         owner = owner or subject_id(principal)
         if owner != subject_id(principal) and not can_read_all(principal):
             raise Forbidden("customers see their own accounts only")
-        scales = await _scales(ledger)
         async with ledger.reading(None if can_read_all(principal) else owner) as conn:
             rows = await repo.list_accounts(conn, owner, limit)
+        scales = await _scales(ledger, {r.account.asset for r in rows})
         return s.AccountList(items=[s.AccountPublic.of(r, scales[r.account.asset]) for r in rows])
 
     async def visible_account(
@@ -158,7 +172,9 @@ def build_router(auth: BearerAuth) -> APIRouter:
         account_id: uuid.UUID, ledger: LedgerDep, principal: Anyone
     ) -> s.AccountPublic:
         row = await visible_account(ledger, principal, account_id)
-        return s.AccountPublic.of(row, (await _scales(ledger))[row.account.asset])
+        return s.AccountPublic.of(
+            row, (await _scales(ledger, [row.account.asset]))[row.account.asset]
+        )
 
     @router.get("/accounts/{account_id}/balance")
     async def get_balance(
@@ -168,7 +184,7 @@ def build_router(auth: BearerAuth) -> APIRouter:
         as_of: Annotated[datetime | None, Query()] = None,
     ) -> s.BalancePublic:
         row = await visible_account(ledger, principal, account_id)
-        scale = (await _scales(ledger))[row.account.asset]
+        scale = (await _scales(ledger, [row.account.asset]))[row.account.asset]
         balance = row.balance
         if as_of is not None:
             if as_of.tzinfo is None:
@@ -188,11 +204,11 @@ def build_router(auth: BearerAuth) -> APIRouter:
         account_id: uuid.UUID,
         ledger: LedgerDep,
         principal: Anyone,
-        cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$")] = None,
+        cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 100,
     ) -> s.PostingPage:
         row = await visible_account(ledger, principal, account_id)
-        scale = (await _scales(ledger))[row.account.asset]
+        scale = (await _scales(ledger, [row.account.asset]))[row.account.asset]
         async with ledger.reading(None) as conn:
             rows = await repo.list_postings(conn, account_id, int(cursor or 0), limit)
         items = [
@@ -272,7 +288,9 @@ def build_router(auth: BearerAuth) -> APIRouter:
                 continue
             requests.append((index, TransferRequest(cmd, None, b"")))
         outcomes = await ledger.post_many([r for _, r in requests])
-        scales = await _scales(ledger)
+        scales = await _scales(
+            ledger, {c for o in outcomes if isinstance(o, Posted) for c in _codes(o.transfer)}
+        )
         for (index, _), outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, d.LedgerError):
                 results[index] = s.BatchItemResult(
@@ -296,7 +314,8 @@ def build_router(auth: BearerAuth) -> APIRouter:
         if transfer_id not in found:
             raise d.TransferNotFound(f"no transfer {transfer_id}")
         stored = found[transfer_id]
-        return s.TransferPublic.of(stored.transfer, stored.created_at, await _scales(ledger))
+        scales = await _scales(ledger, _codes(stored.transfer))
+        return s.TransferPublic.of(stored.transfer, stored.created_at, scales)
 
     @router.post("/transfers/{transfer_id}/reversal", status_code=201)
     async def reverse(

@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal, Inexact, localcontext
 from typing import ClassVar
 
 from tickertap.money import (
@@ -48,6 +48,10 @@ ZERO = Decimal(0)
 # amounts, balances and prices are NUMERIC(38, 18) in the database and decimal(38, 18) in
 # Avro: at most 20 integer digits and 18 places, whatever the asset's own scale
 INTEGER_DIGITS_MAX = DIGITS_MAX - SCALE_MAX
+# sums and balances are computed exactly: far more digits than any column, and an
+# inexact result is an error rather than a rounding
+EXACT = Context(prec=2 * DIGITS_MAX + 4, traps=[Inexact])
+BALANCE_LIMIT = Decimal(10) ** INTEGER_DIGITS_MAX  # what NUMERIC(38, 18) holds
 PRICE_SCALE_MAX = SCALE_MAX
 
 
@@ -299,7 +303,8 @@ def validate(
         amount = check_amount(leg.amount, asset)
         if amount == ZERO:
             raise ZeroAmount("a leg moves a non-zero amount")
-        sums[asset.code] += amount
+        with localcontext(EXACT):
+            sums[asset.code] += amount
         legs.append(Leg(leg.account_id, amount))
     unbalanced = sorted(code for code, total in sums.items() if total != ZERO)
     if unbalanced:
@@ -327,7 +332,13 @@ def post(
     postings = []
     for leg in legs:
         account = accounts[leg.account_id]
-        after = balances[leg.account_id] + leg.amount
+        with localcontext(EXACT):
+            after = balances[leg.account_id] + leg.amount
+        if abs(after) >= BALANCE_LIMIT:
+            raise InvalidAmount(
+                f"account {account.id} would exceed the largest balance the ledger holds",
+                account_id=str(account.id),
+            )
         if account.is_customer and after < -account.overdraft_limit:
             raise InsufficientFunds(
                 f"account {account.id} would go below its limit",
@@ -496,7 +507,9 @@ def exact_product(a: Decimal, b: Decimal) -> Decimal:
 def check_price(value: Decimal) -> Decimal:
     """A price greater than zero with at most PRICE_SCALE_MAX places (never rounded)."""
     try:
-        price = parse_amount(value, PRICE_SCALE_MAX)
+        price = parse_amount(
+            value, PRICE_SCALE_MAX, digits_max=INTEGER_DIGITS_MAX + PRICE_SCALE_MAX
+        )
     except MoneyError as exc:
         if exc.code == "scale_exceeded":
             raise ScaleExceeded(

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import Table
 
@@ -223,7 +224,8 @@ class Ledger:
         return found[transfer_id]
 
     async def account_owners(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, d.Account]:
-        async with self.reader.connect() as conn:
+        """For authorization: read on the writer, never a replica that may lag behind."""
+        async with self.writer.connect() as conn:
             await repo.see_all(conn)
             rows = await repo.get_accounts(conn, ids)
         return {i: r.account for i, r in rows.items()}
@@ -232,12 +234,23 @@ class Ledger:
         async def once() -> list[Outcome]:
             return await self._post_batch_once(requests)
 
-        try:
-            return await with_retries(once, self._retry)
-        except Exception:
-            if len(requests) == 1:
-                raise
-            log.warning("batch failed; posting its transfers one by one", exc_info=True)
+        failure: Exception
+        for attempt in range(2):
+            try:
+                return await with_retries(once, self._retry)
+            except IntegrityError as exc:
+                failure = exc
+                if attempt == 0 and _is_unique_violation(exc):
+                    # a duplicate (same key, transfer id or reversal) committed concurrently
+                    # by another batch or replica: run again, the reads now see it
+                    continue
+                break
+            except Exception as exc:
+                failure = exc
+                break
+        if len(requests) == 1:
+            raise failure
+        log.warning("batch failed; posting its transfers one by one", exc_info=failure)
         outcomes: list[Outcome] = []
         for request in requests:  # isolate the one that broke the batch
             outcomes.extend(await self._post_batch([request]))
@@ -281,6 +294,9 @@ class Ledger:
             )
             accounts = {i: r.account for i, r in rows.items()}
             balances = {i: r.balance for i, r in rows.items()}
+            if not {a.asset for a in accounts.values()} <= assets.keys():
+                await self.assets(refresh=True)  # an asset made by another replica
+                assets = await self._asset_map()
             posted: list[tuple[int, d.Transfer]] = []
             for i in pending:
                 cmd = requests[i].cmd
@@ -507,6 +523,11 @@ async def record_price(conn: AsyncConnection, price: d.MarketPrice) -> bool:
     no newer than the cached one changes nothing; returns whether it was stored.
     """
     return await repo.upsert_price(conn, price)
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    orig = exc.orig
+    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "23505"
 
 
 def _key_reused() -> d.IdempotencyKeyReused:
