@@ -11,33 +11,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from ledger_testkit import LedgerClient, new_id, snapshot
 
 pytestmark = pytest.mark.stack
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-class Ledger:
-    """A small HTTP client of the ledger for tests: every call returns the response."""
-
-    def __init__(self, client: httpx.AsyncClient, mint: Any) -> None:
-        self.client = client
-        self.mint = mint
-        self.ops = {"Authorization": f"Bearer {mint(new_id(), ('ops',))}"}
-
-    def as_customer(self, owner: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.mint(owner, ('customer',))}"}
-
-    async def account(self, owner: str, asset: str = "USD", overdraft: str = "0") -> str:
-        r = await self.client.post(
-            "/v1/accounts",
-            json={"asset": asset, "owner_id": owner, "overdraft_limit": overdraft},
-            headers=self.ops,
-        )
-        assert r.status_code in (200, 201), r.text
-        return str(r.json()["id"])
+class Ledger(LedgerClient):
+    """The ledger client, with deposits and transfers."""
 
     async def deposit(self, account_id: str, amount: str) -> httpx.Response:
         return await self.client.post(
@@ -62,11 +42,6 @@ class Ledger:
             headers={**(headers or self.ops), "Idempotency-Key": key or f"k-{new_id()}"},
         )
 
-    async def balance(self, account_id: str) -> Decimal:
-        r = await self.client.get(f"/v1/accounts/{account_id}/balance", headers=self.ops)
-        assert r.status_code == 200, r.text
-        return Decimal(r.json()["balance"])
-
 
 @pytest.fixture
 async def ledger(stack, mint_token):
@@ -75,24 +50,6 @@ async def ledger(stack, mint_token):
         base_url=stack.service_url("ledger"), timeout=30, limits=limits
     ) as client:
         yield Ledger(client, mint_token)
-
-
-@pytest.fixture
-async def db(stack):
-    conn = await asyncpg.connect(stack.pg_admin_url)
-    yield conn
-    await conn.close()
-
-
-async def snapshot(db: asyncpg.Connection) -> tuple[Any, ...]:
-    return (
-        await db.fetchval("SELECT count(*) FROM ledger.transfers"),
-        await db.fetchval("SELECT count(*) FROM ledger.postings"),
-        await db.fetchval("SELECT count(*) FROM ledger.outbox"),
-        await db.fetchval("SELECT count(*) FROM ledger.idempotency_keys"),
-        await db.fetchval("SELECT coalesce(sum(balance), 0) FROM ledger.accounts"),
-        await db.fetchval("SELECT count(*) FROM ledger.accounts"),
-    )
 
 
 async def test_transfer_posts_balanced_legs_and_the_event(ledger: Ledger, db):

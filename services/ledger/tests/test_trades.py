@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from ledger_testkit import LedgerClient, new_id, snapshot
 
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 
@@ -28,24 +29,12 @@ PRICES_DLQ = "marketdata.prices.dlq.v1"
 WAIT_S_MAX = 20.0
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
 def new_symbol() -> str:
     return "T" + uuid.uuid4().hex[:9].upper()
 
 
-class Ledger:
-    """A small HTTP client of the ledger for trade tests: calls return the response."""
-
-    def __init__(self, client: httpx.AsyncClient, mint: Any) -> None:
-        self.client = client
-        self.mint = mint
-        self.ops = {"Authorization": f"Bearer {mint(new_id(), ('ops',))}"}
-
-    def as_customer(self, owner: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.mint(owner, ('customer',))}"}
+class Ledger(LedgerClient):
+    """The ledger client, with listings and trades."""
 
     async def listing(self, scale: int = 0, quote: str = "USD") -> str:
         symbol = new_symbol()
@@ -56,13 +45,6 @@ class Ledger:
         )
         assert r.status_code == 201, r.text
         return symbol
-
-    async def account(self, owner: str, asset: str = "USD") -> str:
-        r = await self.client.post(
-            "/v1/accounts", json={"asset": asset, "owner_id": owner}, headers=self.ops
-        )
-        assert r.status_code in (200, 201), r.text
-        return str(r.json()["id"])
 
     async def funded(self, amount: str) -> tuple[str, str]:
         """A new owner with a USD account holding `amount`: (owner, account)."""
@@ -104,11 +86,6 @@ class Ledger:
             "/v1/trades", json=body, headers={**(headers or self.ops), **extra}
         )
 
-    async def balance(self, account_id: str) -> Decimal:
-        r = await self.client.get(f"/v1/accounts/{account_id}/balance", headers=self.ops)
-        assert r.status_code == 200, r.text
-        return Decimal(r.json()["balance"])
-
     async def holding(self, owner: str, symbol: str) -> Decimal | None:
         """The owner's balance in `symbol`, None when there is no such account."""
         r = await self.client.get(f"/v1/accounts?owner={owner}", headers=self.ops)
@@ -123,13 +100,6 @@ async def ledger(stack, mint_token):
         yield Ledger(client, mint_token)
 
 
-@pytest.fixture
-async def db(stack):
-    conn = await asyncpg.connect(stack.pg_admin_url)
-    yield conn
-    await conn.close()
-
-
 @pytest.fixture(scope="session")
 def codec() -> AvroCodec:
     return AvroCodec(load_schemas(find_schemas_dir()))
@@ -140,17 +110,6 @@ def producer(stack):
     p = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
     yield p
     p.flush(10)
-
-
-async def snapshot(db: asyncpg.Connection) -> tuple[Any, ...]:
-    return (
-        await db.fetchval("SELECT count(*) FROM ledger.transfers"),
-        await db.fetchval("SELECT count(*) FROM ledger.postings"),
-        await db.fetchval("SELECT count(*) FROM ledger.outbox"),
-        await db.fetchval("SELECT count(*) FROM ledger.idempotency_keys"),
-        await db.fetchval("SELECT coalesce(sum(balance), 0) FROM ledger.accounts"),
-        await db.fetchval("SELECT count(*) FROM ledger.accounts"),
-    )
 
 
 def produce(producer: Producer, key: str, value: bytes) -> None:

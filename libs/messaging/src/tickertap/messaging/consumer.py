@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -276,9 +276,14 @@ class InboxConsumer:
         self._consumer_config = kafka.consumer_config(
             bootstrap_servers, group_id, consumer_overrides
         )
-        self._producer_config = kafka.producer_config(
-            bootstrap_servers,
-            {"message.timeout.ms": int(dead_letter_timeout_s * 1000), **(producer_overrides or {})},
+        self._producer = kafka.ProducerSlot(
+            kafka.producer_config(
+                bootstrap_servers,
+                {
+                    "message.timeout.ms": int(dead_letter_timeout_s * 1000),
+                    **(producer_overrides or {}),
+                },
+            )
         )
         self.batch_max = batch_max
         self.poll_timeout_s = poll_timeout_s
@@ -290,7 +295,6 @@ class InboxConsumer:
         self._on_outcome = on_outcome
         self._stopping = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
-        self._producer: Producer | None = None
 
     # -- public ------------------------------------------------------------------------
 
@@ -311,7 +315,7 @@ class InboxConsumer:
         finally:
             if consumer is not None:
                 await self._in_thread(consumer.close)
-            await self._in_thread(self._close_producer)
+            await self._in_thread(self._producer.close)
             self._executor.shutdown(wait=False)
             self._executor = None
 
@@ -449,13 +453,13 @@ class InboxConsumer:
         while True:
             attempt += 1
             (delivery,) = await self._in_thread(
-                kafka.deliver, self._producer_now(), [letter], self.dead_letter_timeout_s + 5
+                kafka.deliver, self._producer.get(), [letter], self.dead_letter_timeout_s + 5
             )
             if delivery.ok:
                 break
             assert delivery.error is not None
             if kafka.needs_new_producer([delivery]):
-                await self._in_thread(self._close_producer, True)  # a new one next time
+                await self._in_thread(self._producer.close, True)  # a new one next time
             await self._retry_pause(
                 attempt,
                 f"dead-lettering {topic}[{partition}]@{offset} to {letter.topic}",
@@ -532,16 +536,6 @@ class InboxConsumer:
         if failed:
             self.stats.commit_failures += 1
             log.warning("consumer %s: offset commit failed for %s", self.name, failed)
-
-    def _producer_now(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(dict(self._producer_config))
-        return self._producer
-
-    def _close_producer(self, discard: bool = False) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            kafka.close_producer(producer, discard=discard)
 
     async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
         assert self._executor is not None

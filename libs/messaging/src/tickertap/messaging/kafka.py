@@ -167,6 +167,26 @@ def close_producer(producer: Producer, *, discard: bool) -> None:
     producer.close()
 
 
+class ProducerSlot:
+    """One producer, made on first use and replaced after a fatal error. Blocking: call
+    it from the thread that owns the client (librdkafka clients are not shared)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = dict(config)
+        self._producer: Producer | None = None
+
+    def get(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(dict(self._config))
+        return self._producer
+
+    def close(self, discard: bool = False) -> None:
+        """Close the current producer (see `close_producer`); the next `get` makes a new one."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            close_producer(producer, discard=discard)
+
+
 def _produce(
     producer: Producer, message: OutgoingMessage, report: Any, deadline: float
 ) -> Delivery | None:

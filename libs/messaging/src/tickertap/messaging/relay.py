@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from confluent_kafka import Producer
 from sqlalchemy import BigInteger, Table, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -97,9 +96,14 @@ class OutboxRelay:
         assert purge_batch_max > 0
         self._engine = engine
         self._table = table
-        self._producer_config = kafka.producer_config(
-            bootstrap_servers,
-            {"message.timeout.ms": int(delivery_timeout_s * 1000), **(producer_overrides or {})},
+        self._producer = kafka.ProducerSlot(
+            kafka.producer_config(
+                bootstrap_servers,
+                {
+                    "message.timeout.ms": int(delivery_timeout_s * 1000),
+                    **(producer_overrides or {}),
+                },
+            )
         )
         self.batch_max = batch_max
         self.poll_interval_s = poll_interval_s
@@ -115,7 +119,6 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
-        self._producer: Producer | None = None
         self._database_failures = 0  # in a row: a batch that gets through resets it
 
     # -- public ----------------------------------------------------------------------
@@ -144,7 +147,7 @@ class OutboxRelay:
                     )
                     await self._pause(delay_s)
         finally:
-            await self._in_thread(self._close_producer)
+            await self._in_thread(self._producer.close)
             self._executor.shutdown(wait=False)
             self._executor = None
 
@@ -183,7 +186,7 @@ class OutboxRelay:
             for row in rows
         ]
         deliveries = await self._in_thread(
-            kafka.deliver, self._producer_now(), messages, self.delivery_timeout_s + 5
+            kafka.deliver, self._producer.get(), messages, self.delivery_timeout_s + 5
         )
         acked = 0
         while acked < len(deliveries) and deliveries[acked].ok:
@@ -202,7 +205,7 @@ class OutboxRelay:
             first_error = deliveries[acked].error
             assert first_error is not None
             if kafka.needs_new_producer(deliveries):
-                await self._in_thread(self._close_producer, True)  # a new one next time
+                await self._in_thread(self._producer.close, True)  # a new one next time
             raise _DeliveryFailed(
                 f"{len(rows) - acked} of {len(rows)} rows not acknowledged, first from id "
                 f"{rows[acked].id}: {kafka.describe(first_error)} "
@@ -314,16 +317,6 @@ class OutboxRelay:
             )
 
     # -- producer and waiting -------------------------------------------------------------
-
-    def _producer_now(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(dict(self._producer_config))
-        return self._producer
-
-    def _close_producer(self, discard: bool = False) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            kafka.close_producer(producer, discard=discard)
 
     async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
         assert self._executor is not None
