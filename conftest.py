@@ -69,7 +69,8 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack() -> Stack:
     profile = os.environ.get("TICKERTAP_PROFILE", "test")
-    path = ROOT / ".tickertap" / profile / "stack.json"
+    state_dir = os.environ.get("TICKERTAP_STATE_DIR") or ROOT / ".tickertap" / profile
+    path = Path(state_dir) / "stack.json"
     if not path.exists():
         pytest.fail(
             f"the local stack ({profile}) is not running: no {path}. "
