@@ -138,6 +138,17 @@ path "transit/hmac/{name}" {{ capabilities = ["update"] }}
 path "transit/verify/{name}" {{ capabilities = ["update"] }}
 path "transit/datakey/plaintext/{name}" {{ capabilities = ["update"] }}
 path "transit/keys/{name}" {{ capabilities = ["read"] }}
+""" + (SIGNING_POLICY if svc.schema == "auth" else "")
+
+
+# The auth service signs access tokens with a Vault transit Ed25519 key: the private key
+# never leaves Vault; the service reads the public halves for its JWKS and rotates the key.
+SIGNING_KEY = "auth-jwt"
+SIGNING_POLICY = f"""
+path "transit/sign/{SIGNING_KEY}" {{ capabilities = ["update"] }}
+path "transit/sign/{SIGNING_KEY}/*" {{ capabilities = ["update"] }}
+path "transit/keys/{SIGNING_KEY}" {{ capabilities = ["read"] }}
+path "transit/keys/{SIGNING_KEY}/rotate" {{ capabilities = ["update"] }}
 """
 
 
@@ -176,6 +187,10 @@ def bootstrap_vault(
     # the connection user's password is now known to Vault alone
     client.secrets.database.rotate_root_credentials(name=DB_CONNECTION)
 
+    try:
+        client.secrets.transit.read_key(name=SIGNING_KEY)
+    except hvac.exceptions.InvalidPath:
+        client.secrets.transit.create_key(name=SIGNING_KEY, key_type="ed25519")
     credentials: dict[str, dict[str, str]] = {}
     for svc in SERVICES:
         client.secrets.database.create_role(

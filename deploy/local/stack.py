@@ -60,6 +60,8 @@ def service_env(
         TICKERTAP_AUTH_JWKS_FILE=str(devkeys.jwks_path(cfg)),
         TICKERTAP_AUTH_ISSUER=devkeys.ISSUER,
         TICKERTAP_AUTH_AUDIENCE=devkeys.AUDIENCE,
+        # the auth service also publishes the dev key, so dev tokens verify against its JWKS
+        TICKERTAP_JWKS_INCLUDE_FILE=str(devkeys.jwks_path(cfg)),
         TICKERTAP_LOG_FILE="",
         PYTHONUNBUFFERED="1",
     )

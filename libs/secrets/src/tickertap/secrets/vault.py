@@ -201,5 +201,27 @@ class Vault:
         )
         return base64.b64decode(response["data"]["plaintext"]), str(response["data"]["ciphertext"])
 
+    async def sign(self, key: str, data: bytes, *, key_version: int | None = None) -> bytes:
+        """Sign `data` with an asymmetric transit key (the private key never leaves Vault);
+        returns the raw signature (for Ed25519 the 64 bytes a JWS carries)."""
+        response = await self._call(
+            self._client.secrets.transit.sign_data,
+            name=key,
+            hash_input=base64.b64encode(data).decode(),
+            key_version=key_version,
+        )
+        signature = str(response["data"]["signature"])  # vault:v<N>:<base64>
+        return base64.b64decode(signature.rsplit(":", 1)[1])
+
+    async def read_key(self, key: str) -> dict[str, Any]:
+        """A transit key's description: type, latest_version, and per version its creation
+        time (and, for asymmetric keys, its public key)."""
+        response = await self._call(self._client.secrets.transit.read_key, name=key)
+        return dict(response["data"])
+
+    async def rotate_key(self, key: str) -> None:
+        """Add a new version to a transit key; new encryptions and signatures use it."""
+        await self._call(self._client.secrets.transit.rotate_key, name=key)
+
     def close(self) -> None:
         self._client.adapter.close()
