@@ -286,9 +286,11 @@ def _spoil(record: dict[str, Any], kind: BadKind, price_minor: int, scale: int) 
 
 def main() -> None:
     """`python -m tickertap.marketdata.feed`: the `tickertap-feed` command."""
+    import sys
+
     from tickertap.marketdata.feed_cli import main as cli_main  # the I/O lives there
 
-    cli_main()
+    sys.exit(cli_main())
 
 
 if __name__ == "__main__":
