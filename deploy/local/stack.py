@@ -37,6 +37,12 @@ from processes import Child, wait_until, write_private
 
 SERVICE_READY_TIMEOUT_S = 60
 SERVICE_NAMES = frozenset(svc.name for svc in SERVICES)
+# The demo feed (dev profile, `make run`): it may end or fail without stopping the stack.
+DEMO_FEED = "demo-feed"
+OPTIONAL_CHILDREN = frozenset({DEMO_FEED})
+DEMO_FEED_SYMBOLS = 10
+DEMO_FEED_RATE_PER_S = 20
+DEMO_FEED_DESCRIPTION = f"{DEMO_FEED_RATE_PER_S} ticks/s for {DEMO_FEED_SYMBOLS} symbols"
 
 
 def service_env(
@@ -66,6 +72,31 @@ def service_env(
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def demo_feed_child(cfg: StackConfig) -> Child | None:
+    """The simulated upstream feed of `make run` (dev profile only; TICKERTAP_DEMO_FEED=off
+    turns it off): lists its symbols through the ingest API, then publishes ticks."""
+    if cfg.profile != "dev" or os.environ.get("TICKERTAP_DEMO_FEED", "on") == "off":
+        return None
+    ingest = next(svc for svc in SERVICES if svc.name == "market-data-ingest")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TICKERTAP_")}
+    env.update(TICKERTAP_SCHEMAS_DIR=str(ROOT / "schemas" / "avro"), PYTHONUNBUFFERED="1")
+    argv = [
+        parts.python(),
+        str(ROOT / "deploy" / "local" / "demo_feed.py"),
+        "--ingest-url",
+        cfg.service_url(ingest),
+        "--key-file",
+        str(devkeys.private_key_path(cfg)),
+        "--bootstrap-servers",
+        cfg.bootstrap_servers,
+        "--symbols",
+        str(DEMO_FEED_SYMBOLS),
+        "--rate",
+        str(DEMO_FEED_RATE_PER_S),
+    ]
+    return Child(DEMO_FEED, argv, cfg.logs_dir / f"{DEMO_FEED}.log", env=env, cwd=ROOT)
 
 
 def http_ok(url: str) -> bool:
@@ -99,6 +130,7 @@ class Supervisor:
         bootstrap_s = time.monotonic() - started - infra_s
 
         services: dict[str, dict[str, object]] = {}
+        demo_feed: dict[str, object] | None = None
         devkeys.ensure_keys(cfg)
         if self.with_services:
             for svc in SERVICES:
@@ -122,6 +154,10 @@ class Supervisor:
                     SERVICE_READY_TIMEOUT_S,
                     child,
                 )
+            feed = demo_feed_child(cfg)
+            if feed is not None:
+                self._add(feed)
+                demo_feed = {"pid": feed.pid, "log": str(cfg.logs_dir / f"{DEMO_FEED}.log")}
         info: dict[str, object] = {
             "profile": cfg.profile,
             "supervisor_pid": os.getpid(),
@@ -137,6 +173,7 @@ class Supervisor:
             },
             "vault": {"addr": cfg.vault_url, "pid": vault.pid if vault else None},
             "services": services,
+            "demo_feed": demo_feed,
             "secrets_dir": str(cfg.secrets_dir),
             "approle_role_ids": {k: v["role_id"] for k, v in creds.items()},
             "startup_s": {
@@ -156,6 +193,8 @@ class Supervisor:
         """Block until a signal or a child's death; returns the exit code."""
         while not self.stopping.wait(0.5):
             for child in self.children:
+                if child.name in OPTIONAL_CHILDREN:
+                    continue
                 if not child.alive():
                     print(
                         f"stack: {child.name} exited with {child.proc.returncode}; stopping "
@@ -199,6 +238,9 @@ def print_urls(info: dict[str, object]) -> None:
         f"  {'Postgres':<22} 127.0.0.1:{pg['port']}/tickertap   "
         f"(admin password: {info['secrets_dir']}/pg_admin_password)"
     )
+    feed = info.get("demo_feed")
+    if isinstance(feed, dict):
+        print(f"  {'Demo feed':<22} {DEMO_FEED_DESCRIPTION}   (log: {feed['log']})")
     print(f"  started in {info['startup_s']}", flush=True)
 
 
