@@ -1,0 +1,486 @@
+"""The rules of market-data ingest, pure: tick validation, sequences, 1-minute OHLCV windows.
+
+Nothing here does I/O; the worker (worker.py) feeds decoded ticks in, persists what comes
+out and publishes it. The same functions compute the expected bars offline in tests, so the
+worker's output can be compared with them exactly.
+
+A tick goes through, in order:
+
+1. its source's sequence within its partition: a `source_seq` not above the last one seen
+   from that source in that partition is a duplicate: dropped and counted, never dead-lettered
+   (a replaying feed must not flood the dead-letter topic);
+2. the validation rules, the first that fails gives the dead-letter reason
+   (`REASONS`, in the order they are checked);
+3. its 1-minute window: windows are tumbling, by exchange time, per symbol. Each partition
+   has a watermark, the latest exchange time of a tick accepted from it; a window closes
+   when the watermark reaches its end plus the grace period. A tick whose window is closed
+   by then is dead-lettered `late`.
+
+Everything is decided by the tick, the partition's state and the instruments, and
+the clock checks are made against the tick's receive time (the broker's timestamp of the
+message), not the wall clock: feeding the same messages in any split into batches gives
+the same bars, the same dead letters and the same state.
+
+Times are integers: microseconds since the Unix epoch (`*_us`). Prices, sizes and
+volumes are Decimal; nothing is rounded (a price with more places than the instrument's
+scale is refused, not rounded).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Context, Decimal, Inexact, InvalidOperation
+from typing import Any, Final, Literal
+
+__all__ = [
+    "DUPLICATE",
+    "INTERVALS_S",
+    "MINUTE_US",
+    "REASONS",
+    "SYMBOL_PATTERN",
+    "US_PER_S",
+    "Bar",
+    "IngestPolicy",
+    "IngestResult",
+    "Instrument",
+    "InstrumentStatus",
+    "PartitionState",
+    "SequenceGaps",
+    "Tick",
+    "apply_tick",
+    "check_tick",
+    "close_windows",
+    "derive_bars",
+    "ingest",
+    "valid_symbol",
+    "window_start_us",
+]
+
+MINUTE_US: Final = 60_000_000
+US_PER_S: Final = 1_000_000
+INTERVALS_S: Final = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
+SYMBOL_PATTERN: Final = r"^[A-Z0-9][A-Z0-9.\-]{0,19}$"
+PRICE_SCALE_MAX: Final = 18  # the wire's scale (Avro decimal(38, 18))
+
+DUPLICATE: Final = "duplicate"
+"""`apply_tick`'s answer for a tick dropped as a repeat of its source's sequence."""
+
+REASONS: Final = (
+    "undecodable",  # the bytes are not a marketdata.ticks.v1 record (decided by the worker)
+    "unknown_symbol",  # no instrument has the symbol
+    "halted",  # the instrument is halted
+    "price_not_positive",  # price <= 0
+    "price_scale_exceeded",  # price, bid or ask has more places than the instrument's scale
+    "size_negative",  # size < 0
+    "bid_above_ask",  # both given and bid > ask
+    "future_timestamp",  # exchange time later than receive time + future bound
+    "stale_timestamp",  # exchange time earlier than receive time - age bound
+    "late",  # its window closed (watermark past window end + grace)
+)
+"""Dead-letter reasons (`x-dlq-reason`), one per rule, in the order they are checked."""
+
+_SYMBOL = re.compile(SYMBOL_PATTERN)
+InstrumentStatus = Literal["active", "halted"]
+
+
+def valid_symbol(symbol: str) -> bool:
+    return _SYMBOL.fullmatch(symbol) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """Reference data of one tradable symbol; ticks are checked against it."""
+
+    symbol: str
+    currency: str
+    price_scale: int
+    status: InstrumentStatus = "active"
+    # the smallest price step, 10**-price_scale: a price must be a multiple of it
+    quantum: Decimal = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        assert _SYMBOL.fullmatch(self.symbol), self.symbol
+        assert 0 <= self.price_scale <= PRICE_SCALE_MAX, self.price_scale
+        object.__setattr__(self, "quantum", Decimal((0, (1,), -self.price_scale)))
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    """The bounds of validation and windowing (from settings)."""
+
+    future_us_max: int  # exchange time may be this far after the receive time
+    age_us_max: int  # and this far before it
+    grace_us: int  # a window stays open this long after its end (watermark time)
+    window_us: int = MINUTE_US
+
+    def __post_init__(self) -> None:
+        assert self.future_us_max >= 0
+        assert self.age_us_max > 0
+        assert self.grace_us >= 0
+        assert self.window_us > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One decoded tick and where it came from (partition, offset, receive time)."""
+
+    symbol: str
+    venue: str
+    price: Decimal
+    size: Decimal
+    bid: Decimal | None
+    ask: Decimal | None
+    exchange_us: int
+    source_id: str
+    source_seq: int
+    partition: int
+    offset: int
+    received_us: int  # the broker's timestamp of the message
+
+
+@dataclass(slots=True)
+class Bar:
+    """A 1-minute OHLCV bar (or a derived one), open while its window may still change.
+
+    `open_us`/`close_us` are the exchange times of the ticks that set open and close:
+    the first and last trade by exchange time (ties: the one consumed first opens, the
+    one consumed last closes). `notional` is the sum of price x size, so vwap is
+    `notional / volume`.
+    """
+
+    symbol: str
+    start_us: int
+    interval_us: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    notional: Decimal
+    tick_count: int
+    open_us: int
+    close_us: int
+    partition: int = 0  # of the ticks that feed it (whose watermark closes it)
+
+    @property
+    def end_us(self) -> int:
+        return self.start_us + self.interval_us
+
+    @property
+    def vwap(self) -> Decimal | None:
+        """Volume-weighted average price; None when the volume is zero."""
+        return self.notional / self.volume if self.volume else None
+
+    def key(self) -> tuple[str, int]:
+        return (self.symbol, self.start_us)
+
+    def values(self) -> tuple[Any, ...]:
+        """Everything that makes two bars equal (not where they came from)."""
+        return (
+            self.symbol,
+            self.start_us,
+            self.interval_us,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume,
+            self.notional,
+            self.tick_count,
+        )
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """What ingest remembers of one partition of the ticks topic between messages.
+
+    `next_offset` is the first offset not yet applied (None: nothing applied yet);
+    `watermark_us` the latest exchange time accepted (None: none yet); `last_seq` the
+    last sequence number seen per source. Open bars are kept by the caller, keyed by
+    (symbol, window start), because a symbol's bar is one row whatever partition feeds it.
+    """
+
+    partition: int
+    next_offset: int | None = None
+    watermark_us: int | None = None
+    last_seq: dict[str, int] = field(default_factory=dict)
+
+
+def window_start_us(exchange_us: int, window_us: int = MINUTE_US) -> int:
+    """Start of the tumbling window holding `exchange_us` (floor, also before 1970)."""
+    return exchange_us - exchange_us % window_us
+
+
+# quantize in it fails instead of rounding: a price must already be at the instrument's scale
+_EXACT: Final = Context(prec=38, traps=[Inexact, InvalidOperation])
+
+
+def _at_scale(value: Decimal, quantum: Decimal) -> Decimal | None:
+    """`value` at exactly the instrument's scale, or None when that would round it."""
+    try:
+        return value.quantize(quantum, context=_EXACT)
+    except (Inexact, InvalidOperation):
+        return None
+
+
+def check_tick(
+    tick: Tick, instruments: Mapping[str, Instrument], policy: IngestPolicy
+) -> tuple[str | None, Tick]:
+    """The first rule `tick` breaks (its reason) or None, and the tick normalized to the
+    instrument's price scale. Does not look at windows or sequences."""
+    instrument = instruments.get(tick.symbol)
+    if instrument is None:
+        return "unknown_symbol", tick
+    if instrument.status != "active":
+        return "halted", tick
+    if tick.price <= 0:
+        return "price_not_positive", tick
+    quantum = instrument.quantum
+    price = _at_scale(tick.price, quantum)
+    if price is None:
+        return "price_scale_exceeded", tick
+    bid, ask = tick.bid, tick.ask
+    if bid is not None:
+        bid = _at_scale(bid, quantum)
+        if bid is None:
+            return "price_scale_exceeded", tick
+    if ask is not None:
+        ask = _at_scale(ask, quantum)
+        if ask is None:
+            return "price_scale_exceeded", tick
+    if tick.size < 0:
+        return "size_negative", tick
+    if bid is not None and ask is not None and bid > ask:
+        return "bid_above_ask", tick
+    if tick.exchange_us > tick.received_us + policy.future_us_max:
+        return "future_timestamp", tick
+    if tick.exchange_us < tick.received_us - policy.age_us_max:
+        return "stale_timestamp", tick
+    return None, Tick(
+        tick.symbol,
+        tick.venue,
+        price,
+        tick.size,
+        bid,
+        ask,
+        tick.exchange_us,
+        tick.source_id,
+        tick.source_seq,
+        tick.partition,
+        tick.offset,
+        tick.received_us,
+    )
+
+
+def apply_tick(
+    state: PartitionState,
+    open_bars: dict[tuple[str, int], Bar],
+    tick: Tick,
+    instruments: Mapping[str, Instrument],
+    policy: IngestPolicy,
+) -> tuple[str | None, Tick]:
+    """Apply one tick of `state`'s partition: None when it went into its bar, `DUPLICATE`
+    when dropped, else the dead-letter reason. Returns the (normalized) tick too.
+
+    Updates the partition's sequence, next offset and watermark, and the open bar.
+    """
+    assert tick.partition == state.partition
+    state.next_offset = tick.offset + 1
+    last = state.last_seq.get(tick.source_id)
+    if last is not None and tick.source_seq <= last:
+        return DUPLICATE, tick
+    state.last_seq[tick.source_id] = tick.source_seq
+    reason, tick = check_tick(tick, instruments, policy)
+    if reason is not None:
+        return reason, tick
+    start = tick.exchange_us - tick.exchange_us % policy.window_us
+    watermark = state.watermark_us
+    if watermark is not None and start + policy.window_us + policy.grace_us <= watermark:
+        return "late", tick
+    if watermark is None or tick.exchange_us > watermark:
+        state.watermark_us = tick.exchange_us
+    key = (tick.symbol, start)
+    bar = open_bars.get(key)
+    price, size, ts = tick.price, tick.size, tick.exchange_us
+    if bar is None:
+        open_bars[key] = Bar(
+            tick.symbol,
+            start,
+            policy.window_us,
+            price,
+            price,
+            price,
+            price,
+            size,
+            price * size,
+            1,
+            ts,
+            ts,
+            tick.partition,
+        )
+        return None, tick
+    if price > bar.high:
+        bar.high = price
+    elif price < bar.low:
+        bar.low = price
+    if ts < bar.open_us:
+        bar.open, bar.open_us = price, ts
+    if ts >= bar.close_us:
+        bar.close, bar.close_us = price, ts
+    bar.volume += size
+    bar.notional += price * size
+    bar.tick_count += 1
+    return None, tick
+
+
+def close_windows(
+    state: PartitionState, open_bars: dict[tuple[str, int], Bar], policy: IngestPolicy
+) -> list[Bar]:
+    """Remove and return the open bars of `state`'s partition whose window is closed
+    (watermark >= window end + grace), in (window start, symbol) order."""
+    watermark = state.watermark_us
+    if watermark is None:
+        return []
+    cutoff = watermark - policy.grace_us  # a window ending at or before it is closed
+    done = [
+        bar
+        for bar in open_bars.values()
+        if bar.partition == state.partition and bar.start_us + bar.interval_us <= cutoff
+    ]
+    for bar in done:
+        del open_bars[bar.key()]
+    done.sort(key=lambda b: (b.start_us, b.symbol))
+    return done
+
+
+@dataclass
+class IngestResult:
+    """What `ingest` made of a stream: closed bars in closing order, open bars, dead
+    letters as (partition, offset, reason), duplicates as (partition, offset)."""
+
+    closed: list[Bar] = field(default_factory=list)
+    open_bars: dict[tuple[str, int], Bar] = field(default_factory=dict)
+    dead_letters: list[tuple[int, int, str]] = field(default_factory=list)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    states: dict[int, PartitionState] = field(default_factory=dict)
+
+
+def ingest(
+    batches: Iterable[Sequence[Tick]],
+    instruments: Mapping[str, Instrument],
+    policy: IngestPolicy,
+    result: IngestResult | None = None,
+) -> IngestResult:
+    """Apply `batches` of ticks as the worker does, closing windows after each batch:
+    the offline reference of what the worker persists."""
+    out = result if result is not None else IngestResult()
+    for batch in batches:
+        touched: set[int] = set()
+        for tick in batch:
+            state = out.states.get(tick.partition)
+            if state is None:
+                state = out.states[tick.partition] = PartitionState(tick.partition)
+            touched.add(tick.partition)
+            outcome, _ = apply_tick(state, out.open_bars, tick, instruments, policy)
+            if outcome == DUPLICATE:
+                out.duplicates.append((tick.partition, tick.offset))
+            elif outcome is not None:
+                out.dead_letters.append((tick.partition, tick.offset, outcome))
+        for partition in sorted(touched):
+            out.closed.extend(close_windows(out.states[partition], out.open_bars, policy))
+    return out
+
+
+def derive_bars(bars: Iterable[Bar], interval_s: int) -> list[Bar]:
+    """Bars of `interval_s` (a multiple of the bars' own interval) from finer bars of one
+    symbol: windows aligned to the Unix epoch (UTC midnight for days); open of the
+    earliest, close of the latest, high/low the extremes, volume, notional and tick count
+    summed. Windows without bars give none. Sorted by window start."""
+    interval_us = interval_s * US_PER_S
+    out: dict[tuple[str, int], Bar] = {}
+    for bar in sorted(bars, key=lambda b: (b.symbol, b.start_us)):
+        assert interval_us % bar.interval_us == 0, "intervals must nest"
+        start = bar.start_us - bar.start_us % interval_us
+        key = (bar.symbol, start)
+        agg = out.get(key)
+        if agg is None:
+            out[key] = Bar(
+                bar.symbol,
+                start,
+                interval_us,
+                bar.open,
+                bar.high,
+                bar.low,
+                bar.close,
+                bar.volume,
+                bar.notional,
+                bar.tick_count,
+                bar.open_us,
+                bar.close_us,
+                bar.partition,
+            )
+            continue
+        agg.high = max(agg.high, bar.high)
+        agg.low = min(agg.low, bar.low)
+        agg.close, agg.close_us = bar.close, bar.close_us
+        agg.volume += bar.volume
+        agg.notional += bar.notional
+        agg.tick_count += bar.tick_count
+    return sorted(out.values(), key=lambda b: (b.start_us, b.symbol))
+
+
+class SequenceGaps:
+    """Missing sequence numbers per source, over all partitions (a metric only).
+
+    A source's ticks are spread over partitions that are consumed interleaved, so a
+    number may arrive after higher ones: it is a hole until it arrives, and a gap when it
+    has not come by the time the source is `window` numbers further. At most
+    `sources_max` sources and `window` holes per source are tracked; a jump larger than
+    the window counts its excess as gap at once.
+    """
+
+    def __init__(self, window: int, sources_max: int) -> None:
+        assert window > 0
+        assert sources_max > 0
+        self.window = window
+        self.sources_max = sources_max
+        self._high: dict[str, int] = {}
+        self._holes: dict[str, set[int]] = {}
+
+    def see(self, source_id: str, seq: int) -> int:
+        """Note one sequence number; returns the gaps it reveals now (missing numbers)."""
+        high = self._high.get(source_id)
+        if high is None:
+            if len(self._high) >= self.sources_max:
+                return 0
+            self._high[source_id] = seq
+            self._holes[source_id] = set()
+            return 0
+        if seq == high + 1:
+            self._high[source_id] = seq
+            return 0
+        holes = self._holes[source_id]
+        if seq <= high:
+            holes.discard(seq)
+            return 0
+        gaps = 0
+        first = high + 1
+        if seq - first > self.window:  # too many to track: the oldest are gaps at once
+            gaps = seq - first - self.window
+            first = seq - self.window
+        holes.update(range(first, seq))
+        self._high[source_id] = seq
+        return gaps
+
+    def expire(self) -> dict[str, int]:
+        """Holes that fell more than `window` below their source's high: gaps now."""
+        found: dict[str, int] = {}
+        for source_id, holes in self._holes.items():
+            floor = self._high[source_id] - self.window
+            old = [seq for seq in holes if seq < floor]
+            if old:
+                holes.difference_update(old)
+                found[source_id] = len(old)
+        return found

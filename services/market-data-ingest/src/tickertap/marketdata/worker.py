@@ -1,0 +1,699 @@
+"""The ingest worker: marketdata.ticks.v1 in; prices, bars and dead letters out. The hot path.
+
+One worker consumes every partition of the ticks topic (assigned, not subscribed: no group
+join to wait for) from the positions stored in Postgres, never the broker's committed
+offsets. Per batch of up to `ingest_batch_max` messages:
+
+1. in the consumer's thread: decode each message (a fast path for the single-object
+   framing of marketdata.ticks.v1; any other framing or writer version through the
+   AvroCodec), apply it to the pure domain (sequence, validation, 1-minute window);
+2. publish the latest price of every symbol the batch touched to marketdata.prices.v1,
+   and wait for the broker's acknowledgements (event ids are uuid5 of topic/partition/
+   offset: a batch repeated after a crash republishes the same ids);
+3. in ONE Postgres transaction: the bars the batch touched (open ones too: they are the
+   window state), closed bars' events and dead letters into the outbox (the runtime's
+   relay publishes them), the latest prices, and per partition the next offset, watermark
+   and source sequences, fenced on the stored offset the batch started from;
+4. then commit the offsets to the broker too (for lag tooling only; never read back).
+
+A crash anywhere repeats at most the uncommitted batch from the stored state, so every tick
+ends up once in a bar, once in the dead-letter outbox, or dropped as a duplicate. Nothing is
+re-read to rebuild windows: open windows are rows of `market.bars_1m`. A broker that lost
+its topics (Tansu after a restart) resets the partitions to their start: the worker then
+consumes them from the beginning and keeps its stored bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final, TypeVar
+
+import fastavro
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from prometheus_client import Counter, Histogram
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tickertap.marketdata import domain as d
+from tickertap.marketdata import repository as repo
+from tickertap.messaging import AvroCodec, DecodeError, kafka
+from tickertap.messaging import headers as h
+from tickertap.messaging.codec import (
+    SINGLE_OBJECT_HEADER_BYTES,
+    SINGLE_OBJECT_MAGIC,
+    DecodeReason,
+)
+from tickertap.messaging.retry import backoff_delay_s, is_transient_error
+from tickertap.observability import Metrics
+
+__all__ = ["BARS_SCHEMA", "PRICES_SCHEMA", "TICKS_SCHEMA", "IngestWorker", "TickDecoder"]
+
+log = logging.getLogger(__name__)
+
+TICKS_SCHEMA: Final = "marketdata.ticks.v1"
+PRICES_SCHEMA: Final = "marketdata.prices.v1"
+BARS_SCHEMA: Final = "marketdata.bars.v1"
+EVENT_ID_NAMESPACE: Final = uuid.UUID("0b7e4c52-6f0a-4d0e-9d2b-6d61726b6574")
+WIRE_SCALE: Final = 18  # the ticks schema's decimal scale
+UNSCALED_MAX: Final = 10**38  # decimal(38, 18): more digits than that is not a valid value
+
+_T = TypeVar("_T")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _strip_logical_types(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+class TickDecoder:
+    """Bytes of a marketdata.ticks.v1 message to a `domain.Tick`; DecodeError if they are not.
+
+    The single-object framing with this very schema (what every feed of this project writes)
+    is read with the schema's logical types stripped: decimals become integers scaled here,
+    timestamps stay integer microseconds, which is several times faster than the codec's
+    conversions. Anything else (Confluent framing, another writer version) goes through
+    `AvroCodec.decode` and is converted afterwards.
+    """
+
+    def __init__(self, codec: AvroCodec) -> None:
+        schema = codec.schemas.get(TICKS_SCHEMA)
+        self._codec = codec
+        self._header = SINGLE_OBJECT_MAGIC + schema.fingerprint
+        self._raw_schema = fastavro.parse_schema(_strip_logical_types(json.loads(schema.text)))
+
+    def decode(self, data: bytes | None, partition: int, offset: int, received_us: int) -> d.Tick:
+        if data is None:
+            raise DecodeError("truncated", "the message has no value (a tombstone)")
+        if data[:SINGLE_OBJECT_HEADER_BYTES] != self._header:
+            return self._slow(data, partition, offset, received_us)
+        body = io.BytesIO(data)
+        body.seek(SINGLE_OBJECT_HEADER_BYTES)
+        try:
+            r: Any = fastavro.schemaless_reader(body, self._raw_schema, None)
+        except EOFError as exc:
+            raise DecodeError("truncated", f"{TICKS_SCHEMA}: the body ends early: {exc}") from None
+        except Exception as exc:  # bad bytes surface as many exception types
+            reason: DecodeReason = "truncated" if body.tell() >= len(data) else "invalid_avro"
+            raise DecodeError(reason, f"{TICKS_SCHEMA}: {type(exc).__name__}: {exc}") from None
+        if body.tell() != len(data):
+            raise DecodeError("invalid_avro", f"{TICKS_SCHEMA}: bytes after the end of the record")
+        bid, ask = r["bid"], r["ask"]
+        return d.Tick(
+            r["symbol"],
+            r["venue"],
+            _decimal(r["price"]),
+            _decimal(r["size"]),
+            None if bid is None else _decimal(bid),
+            None if ask is None else _decimal(ask),
+            r["exchange_ts"],
+            r["source_id"],
+            r["source_seq"],
+            partition,
+            offset,
+            received_us,
+        )
+
+    def _slow(self, data: bytes, partition: int, offset: int, received_us: int) -> d.Tick:
+        r = self._codec.decode(data, TICKS_SCHEMA)
+        return d.Tick(
+            r["symbol"],
+            r["venue"],
+            r["price"],
+            r["size"],
+            r.get("bid"),
+            r.get("ask"),
+            repo.to_us(r["exchange_ts"]),
+            r["source_id"],
+            r["source_seq"],
+            partition,
+            offset,
+            received_us,
+        )
+
+
+def _decimal(raw: bytes) -> Decimal:
+    unscaled = int.from_bytes(raw, "big", signed=True)
+    if not -UNSCALED_MAX < unscaled < UNSCALED_MAX:
+        raise DecodeError("invalid_avro", f"{TICKS_SCHEMA}: a decimal of more than 38 digits")
+    return Decimal(unscaled).scaleb(-WIRE_SCALE)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the worker needs of the settings (see settings.py for the meaning)."""
+
+    bootstrap_servers: str
+    ticks_topic: str
+    prices_topic: str
+    bars_topic: str
+    group_id: str
+    batch_max: int
+    poll_timeout_s: float
+    publish_timeout_s: float
+    retry_backoff_s_max: float
+    topic_wait_s: float
+    instruments_refresh_s: float
+    instruments_max: int
+    policy: d.IngestPolicy
+    sequence_gap_window: int
+    sequence_sources_max: int
+
+
+@dataclass
+class Batch:
+    """What one batch of messages produced, ready to publish and persist."""
+
+    started: float
+    messages: int = 0
+    progress: list[repo.PartitionProgress] = field(default_factory=list)
+    bars: list[tuple[d.Bar, bool]] = field(default_factory=list)
+    bar_events: list[tuple[uuid.UUID, str, bytes]] = field(default_factory=list)
+    prices: list[repo.PriceRow] = field(default_factory=list)
+    price_messages: list[kafka.OutgoingMessage] = field(default_factory=list)
+    dead_letters: list[repo.DeadLetterRow] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    valid: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+
+
+class _Stopped(Exception):
+    """stop() came while the batch waited for a retry: leave it; the stored state stands."""
+
+
+class WorkerMetrics:
+    def __init__(self, metrics: Metrics, topic: str) -> None:
+        r = metrics.registry
+        self.metrics = metrics
+        self.topic = topic
+        self.ticks = Counter(
+            "tickertap_marketdata_ticks",
+            "Ticks consumed, by outcome (valid, duplicate, dead_lettered).",
+            ["outcome"],
+            registry=r,
+        )
+        self.gaps = Counter(
+            "tickertap_marketdata_sequence_gaps",
+            "Sequence numbers of a source that never arrived (within the gap window).",
+            registry=r,
+        )
+        self.bars_closed = Counter(
+            "tickertap_marketdata_bars_closed", "1-minute bars closed and persisted.", registry=r
+        )
+        self.prices = Counter(
+            "tickertap_marketdata_prices_published", "Price records published.", registry=r
+        )
+        self.batch_duration = Histogram(
+            "tickertap_marketdata_batch_duration_seconds",
+            "From the end of a batch's consume to its offsets committed.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.restarts = Counter(
+            "tickertap_marketdata_worker_restarts",
+            "Times the worker reloaded its state from Postgres (fenced or transient error).",
+            registry=r,
+        )
+
+    def record(self, batch: Batch) -> None:
+        self.ticks.labels("valid").inc(batch.valid)
+        self.ticks.labels("duplicate").inc(batch.duplicates)
+        self.ticks.labels("dead_lettered").inc(len(batch.dead_letters))
+        for reason, count in batch.reasons.items():  # reasons are domain.REASONS: bounded
+            self.metrics.dlq_messages.labels(topic=self.topic, reason=reason).inc(count)
+        self.gaps.inc(batch.gaps)
+        self.bars_closed.inc(len(batch.bar_events))
+        self.prices.inc(len(batch.price_messages))
+        self.batch_duration.observe(time.monotonic() - batch.started)
+
+
+class IngestWorker:
+    """Runs the loop of the module docstring until `stop()`."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        outbox: Table,
+        codec: AvroCodec,
+        config: WorkerConfig,
+        metrics: Metrics,
+    ) -> None:
+        self._engine = engine
+        self._outbox = outbox
+        self._codec = codec
+        self._decoder = TickDecoder(codec)
+        self.config = config
+        self._dlq_topic = h.dead_letter_topic(config.ticks_topic)
+        self._metrics = WorkerMetrics(metrics, config.ticks_topic)
+        self._producer = kafka.ProducerSlot(
+            kafka.producer_config(
+                config.bootstrap_servers,
+                {"message.timeout.ms": int(config.publish_timeout_s * 1000)},
+            )
+        )
+        self._stopping = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._instruments: Mapping[str, d.Instrument] = {}
+        self._instruments_version: tuple[int, datetime | None] | None = None
+        self._instruments_checked = 0.0
+        self._state = repo.IngestState({}, {})
+        self._stored_offsets: dict[int, int | None] = {}
+        self._gaps = d.SequenceGaps(config.sequence_gap_window, config.sequence_sources_max)
+        self.batches = 0  # committed batches, for tests and logs
+
+    # -- public ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until `stop()`. Reloads from Postgres after a fence or a transient error;
+        any other error propagates (the service's readiness then fails)."""
+        assert self._executor is None, "run() is already running"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._session()
+                    attempt = 0
+                except _Stopped:
+                    return
+                except repo.Fenced as exc:
+                    log.warning("ingest: %s; reloading the state", exc)
+                    self._metrics.restarts.inc()
+                except Exception as exc:
+                    if not is_transient_error(exc):
+                        raise
+                    attempt += 1
+                    self._metrics.restarts.inc()
+                    await self._pause(attempt, "ingest session", exc)
+        finally:
+            await self._in_thread(self._producer.close)
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- one session: load the state, assign, loop ------------------------------------------
+
+    async def _session(self) -> None:
+        cfg = self.config
+        partitions = await self._in_thread(self._partitions)
+        async with self._engine.begin() as conn:
+            self._state = await repo.load_state(conn, cfg.ticks_topic, partitions)
+        self._stored_offsets = {p: s.next_offset for p, s in self._state.partitions.items()}
+        await self._refresh_instruments(force=True)
+        consumer = await self._in_thread(
+            Consumer,
+            kafka.consumer_config(
+                cfg.bootstrap_servers, cfg.group_id, {"enable.partition.eof": False}
+            ),
+        )
+        try:
+            assignment = [
+                TopicPartition(
+                    cfg.ticks_topic,
+                    p,
+                    OFFSET_BEGINNING if state.next_offset is None else state.next_offset,
+                )
+                for p, state in sorted(self._state.partitions.items())
+            ]
+            await self._in_thread(consumer.assign, assignment)
+            log.info(
+                "ingest: consuming %s from the stored offsets %s",
+                cfg.ticks_topic,
+                {tp.partition: tp.offset for tp in assignment},
+            )
+            while not self._stopping.is_set():
+                await self._refresh_instruments()
+                batch = await self._in_thread(self._consume, consumer)
+                if batch is None:
+                    continue
+                await self._publish(batch)
+                await self._persist(batch)
+                await self._in_thread(self._commit_offsets, consumer, batch)
+                self._metrics.record(batch)
+                self.batches += 1
+        finally:
+            await self._in_thread(consumer.close)
+
+    def _partitions(self) -> list[int]:
+        """The partitions of the ticks topic, waiting (bounded) for the topic to exist."""
+        admin = AdminClient({"bootstrap.servers": self.config.bootstrap_servers, "log_level": 3})
+        deadline = time.monotonic() + self.config.topic_wait_s
+        while True:
+            try:
+                meta = admin.list_topics(self.config.ticks_topic, timeout=5)
+                topic = meta.topics.get(self.config.ticks_topic)
+                if topic is not None and topic.error is None and topic.partitions:
+                    return sorted(topic.partitions)
+            except KafkaException as exc:
+                log.warning("ingest: cannot list %s: %s", self.config.ticks_topic, exc)
+            if time.monotonic() >= deadline or self._stopping.is_set():
+                raise RuntimeError(f"topic {self.config.ticks_topic} not found")
+            time.sleep(0.5)
+
+    # -- the hot path, in the consumer's thread ------------------------------------------------
+
+    def _consume(self, consumer: Consumer) -> Batch | None:
+        messages = consumer.consume(self.config.batch_max, self.config.poll_timeout_s)
+        if not messages:
+            return None
+        batch = Batch(started=0.0)
+        states = self._state.partitions
+        open_bars = self._state.open_bars
+        instruments = self._instruments
+        policy = self.config.policy
+        window_us = policy.window_us
+        decode = self._decoder.decode
+        apply = d.apply_tick
+        see = self._gaps.see
+        latest: dict[str, d.Tick] = {}
+        touched_parts: set[int] = set()
+        touched_bars: set[tuple[str, int]] = set()
+        touched_sources: dict[int, set[str]] = {}
+        wall_us = now_us()
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("ingest: %s", kafka.describe(error))
+                continue
+            partition, offset = message.partition(), message.offset()
+            assert partition is not None
+            assert offset is not None
+            state = states.get(partition)
+            if state is None:  # a partition added after the start: picked up on restart
+                continue
+            if state.next_offset is not None and offset < state.next_offset:
+                log.warning(
+                    "ingest: %s[%d] went back from %d to %d (topic recreated?); following it",
+                    self.config.ticks_topic,
+                    partition,
+                    state.next_offset,
+                    offset,
+                )
+            batch.messages += 1
+            touched_parts.add(partition)
+            ts_type, ts_ms = message.timestamp()
+            received_us = ts_ms * 1000 if ts_type != TIMESTAMP_NOT_AVAILABLE else wall_us
+            try:
+                tick = decode(message.value(), partition, offset, received_us)
+            except DecodeError as exc:
+                state.next_offset = offset + 1
+                self._dead_letter(batch, message, "undecodable", f"{exc.reason}: {exc.detail}")
+                continue
+            outcome, tick = apply(state, open_bars, tick, instruments, policy)
+            if outcome is None:
+                batch.valid += 1
+                touched_bars.add((tick.symbol, tick.exchange_us - tick.exchange_us % window_us))
+                prior = latest.get(tick.symbol)
+                if prior is None or tick.exchange_us >= prior.exchange_us:
+                    latest[tick.symbol] = tick
+            elif outcome == d.DUPLICATE:
+                batch.duplicates += 1
+                continue
+            else:
+                self._dead_letter(batch, message, outcome, _detail(outcome, tick))
+            sources = touched_sources.get(partition)
+            if sources is None:
+                sources = touched_sources[partition] = set()
+            sources.add(tick.source_id)
+            batch.gaps += see(tick.source_id, tick.source_seq)
+        batch.started = time.monotonic()
+        if not batch.messages:
+            return None
+        self._finish(batch, touched_parts, touched_bars, touched_sources, latest)
+        return batch
+
+    def _finish(
+        self,
+        batch: Batch,
+        touched_parts: set[int],
+        touched_bars: set[tuple[str, int]],
+        touched_sources: dict[int, set[str]],
+        latest: dict[str, d.Tick],
+    ) -> None:
+        cfg = self.config
+        states, open_bars = self._state.partitions, self._state.open_bars
+        closed: list[d.Bar] = []
+        for partition in sorted(touched_parts):
+            state = states[partition]
+            closed.extend(d.close_windows(state, open_bars, cfg.policy))
+            assert state.next_offset is not None
+            batch.progress.append(
+                repo.PartitionProgress(
+                    partition,
+                    self._stored_offsets.get(partition),
+                    state.next_offset,
+                    state.watermark_us,
+                    {s: state.last_seq[s] for s in touched_sources.get(partition, ())},
+                )
+            )
+        batch.bars.extend((bar, True) for bar in closed)
+        batch.bars.extend(
+            (dataclasses.replace(open_bars[key]), False) for key in touched_bars if key in open_bars
+        )
+        occurred = datetime.now(UTC)
+        for bar in closed:
+            event_id = uuid.uuid5(EVENT_ID_NAMESPACE, f"bar/{bar.symbol}/{bar.start_us}")
+            record = {
+                "event_id": event_id,
+                "occurred_at": occurred,
+                "symbol": bar.symbol,
+                "interval_s": bar.interval_us // d.US_PER_S,
+                "window_start": repo.to_datetime(bar.start_us),
+                "window_end": repo.to_datetime(bar.end_us),
+                "open": bar.open,
+                "high": bar.high,
+                "low": bar.low,
+                "close": bar.close,
+                "volume": bar.volume,
+                "tick_count": bar.tick_count,
+            }
+            batch.bar_events.append((event_id, bar.symbol, self._codec.encode(BARS_SCHEMA, record)))
+        received = datetime.now(UTC)
+        for symbol in sorted(latest):
+            tick = latest[symbol]
+            batch.prices.append(
+                repo.PriceRow(
+                    symbol,
+                    tick.venue,
+                    tick.price,
+                    tick.bid,
+                    tick.ask,
+                    tick.exchange_us,
+                    tick.received_us,
+                    tick.partition,
+                    tick.offset,
+                )
+            )
+            record = {
+                "event_id": uuid.uuid5(
+                    EVENT_ID_NAMESPACE, f"{cfg.ticks_topic}/{tick.partition}/{tick.offset}"
+                ),
+                "occurred_at": occurred,
+                "symbol": symbol,
+                "venue": tick.venue,
+                "price": tick.price,
+                "bid": tick.bid,
+                "ask": tick.ask,
+                "exchange_ts": repo.to_datetime(tick.exchange_us),
+                "received_at": received,
+                "source_topic": cfg.ticks_topic,
+                "source_partition": tick.partition,
+                "source_offset": tick.offset,
+            }
+            batch.price_messages.append(
+                kafka.OutgoingMessage(
+                    cfg.prices_topic,
+                    symbol.encode(),
+                    self._codec.encode(PRICES_SCHEMA, record, topic=cfg.prices_topic),
+                    h.encode_headers(
+                        {h.EVENT_ID: str(record["event_id"]), h.SCHEMA: PRICES_SCHEMA}
+                    ),
+                )
+            )
+        for source_id, count in self._gaps.expire().items():
+            batch.gaps += count
+            log.warning("ingest: source %s: %d sequence numbers never arrived", source_id, count)
+
+    def _dead_letter(self, batch: Batch, message: Message, reason: str, detail: str) -> None:
+        partition, offset = message.partition(), message.offset()
+        headers = {
+            key: value
+            for key, value in h.decode_headers(message.headers()).items()
+            if key not in h.DLQ_HEADERS
+        }
+        headers.update(
+            {
+                h.DLQ_REASON: reason,
+                h.DLQ_DETAIL: detail[: h.DLQ_DETAIL_CHARS_MAX],
+                h.DLQ_SOURCE_TOPIC: self.config.ticks_topic,
+                h.DLQ_SOURCE_PARTITION: str(partition),
+                h.DLQ_SOURCE_OFFSET: str(offset),
+                h.DLQ_CONSUMER_GROUP: self.config.group_id,
+            }
+        )
+        batch.dead_letters.append(
+            repo.DeadLetterRow(
+                uuid.uuid5(
+                    EVENT_ID_NAMESPACE, f"dlq/{self.config.ticks_topic}/{partition}/{offset}"
+                ),
+                self._dlq_topic,
+                message.key() or b"",
+                message.value(),
+                headers,
+            )
+        )
+        batch.reasons[reason] = batch.reasons.get(reason, 0) + 1
+
+    # -- after the batch: publish, persist, commit ------------------------------------------
+
+    async def _publish(self, batch: Batch) -> None:
+        attempt = 0
+        messages = batch.price_messages
+        while messages:
+            attempt += 1
+            deliveries = await self._in_thread(
+                kafka.deliver,
+                self._producer.get(),
+                messages,
+                self.config.publish_timeout_s + 5,
+            )
+            failed = [m for m, dl in zip(messages, deliveries, strict=True) if not dl.ok]
+            if not failed:
+                return
+            if kafka.needs_new_producer(deliveries):
+                await self._in_thread(self._producer.close, True)
+            errors = kafka.summarize(deliveries)
+            messages = failed
+            await self._pause(attempt, "publishing prices", RuntimeError(str(errors)))
+
+    async def _persist(self, batch: Batch) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._engine.begin() as conn:
+                    await repo.persist_batch(
+                        conn,
+                        self._outbox,
+                        topic=self.config.ticks_topic,
+                        progress=batch.progress,
+                        bars=batch.bars,
+                        prices=batch.prices,
+                        bar_events=batch.bar_events,
+                        dead_letters=batch.dead_letters,
+                        bars_topic=self.config.bars_topic,
+                        bars_schema=BARS_SCHEMA,
+                    )
+            except repo.Fenced:
+                raise
+            except Exception as exc:
+                if not is_transient_error(exc):
+                    raise
+                # the commit may have happened: the fence then sends us to reload
+                await self._pause(attempt, "persisting a batch", exc)
+                continue
+            for progress in batch.progress:
+                self._stored_offsets[progress.partition] = progress.next_offset
+            return
+
+    def _commit_offsets(self, consumer: Consumer, batch: Batch) -> None:
+        offsets = [
+            TopicPartition(self.config.ticks_topic, p.partition, p.next_offset)
+            for p in batch.progress
+        ]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:  # informational only: Postgres holds the position
+            log.debug("ingest: offset commit to the broker failed: %s", exc)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _refresh_instruments(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._instruments_checked < self.config.instruments_refresh_s:
+            return
+        self._instruments_checked = now
+        async with self._engine.connect() as conn:
+            version = await repo.instruments_version(conn)
+            if force or version != self._instruments_version:
+                self._instruments = await repo.load_instruments(conn, self.config.instruments_max)
+                self._instruments_version = version
+
+    async def _pause(self, attempt: int, what: str, exc: BaseException) -> None:
+        delay_s = backoff_delay_s(
+            attempt, delay_s_min=0.05, delay_s_max=self.config.retry_backoff_s_max
+        )
+        log.warning(
+            "ingest: %s failed (%s: %s); retry %d in %.2f s",
+            what,
+            type(exc).__name__,
+            str(exc)[:200],
+            attempt,
+            delay_s,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+        if self._stopping.is_set():
+            raise _Stopped
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _detail(reason: str, tick: d.Tick) -> str:
+    return f"{reason}: {tick.symbol} at {tick.exchange_us} us, {tick.source_id}#{tick.source_seq}"
+
+
+def worker_config(settings: Any) -> WorkerConfig:
+    """The worker's configuration from `MarketDataSettings`."""
+    return WorkerConfig(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        ticks_topic=settings.ingest_ticks_topic,
+        prices_topic=settings.ingest_prices_topic,
+        bars_topic=settings.ingest_bars_topic,
+        group_id=settings.ingest_group_id,
+        batch_max=settings.ingest_batch_max,
+        poll_timeout_s=settings.ingest_poll_timeout_s,
+        publish_timeout_s=settings.ingest_publish_timeout_s,
+        retry_backoff_s_max=settings.ingest_retry_backoff_s_max,
+        topic_wait_s=settings.ingest_topic_wait_s,
+        instruments_refresh_s=settings.ingest_instruments_refresh_s,
+        instruments_max=settings.ingest_instruments_max,
+        policy=settings.ingest_policy(),
+        sequence_gap_window=settings.sequence_gap_window,
+        sequence_sources_max=settings.sequence_sources_max,
+    )
