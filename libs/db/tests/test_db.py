@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tickertap.db import DatabaseSettings, RetryPolicy, UnitOfWork, create_engine, with_retries
+from tickertap.db import (
+    DatabaseSettings,
+    DriverTransaction,
+    RetryPolicy,
+    UnitOfWork,
+    create_engine,
+    is_retryable,
+    sqlstate,
+    with_retries,
+)
 from tickertap.secrets import AppRoleLogin, CredentialRotator, Vault
 
 
@@ -103,3 +113,49 @@ async def test_reader_engine_refuses_writes(engines):
         with pytest.raises(DBAPIError) as refused:
             await conn.execute(text(f"UPDATE {table} SET n = 5"))
         assert getattr(refused.value.orig, "sqlstate", None) == "25006"
+
+
+async def test_driver_transaction_writes_only_on_commit_and_returns_a_clean_connection(engines):
+    writer, _, table = engines
+    async with DriverTransaction(writer, setup="SET LOCAL lock_timeout = '5s'") as tx:
+        await tx.pg.execute(f"INSERT INTO {table} VALUES (2, 0)")
+        assert await tx.pg.fetchval("SHOW lock_timeout") == "5s"  # setup ran in the block
+    assert await count(writer, table) == 1  # left without commit: rolled back
+
+    with pytest.raises(asyncpg.UniqueViolationError) as failed:
+        async with DriverTransaction(writer) as tx:
+            await tx.pg.execute(f"INSERT INTO {table} VALUES (3, 0)")
+            await tx.pg.execute(f"INSERT INTO {table} VALUES (1, 0)")
+    assert sqlstate(failed.value) == "23505"
+    assert not is_retryable(failed.value)
+    assert await count(writer, table) == 1
+
+    async with DriverTransaction(writer) as tx:
+        await tx.pg.execute(f"INSERT INTO {table} VALUES (4, 0)")
+        await tx.commit()
+    assert await count(writer, table) == 2
+    with pytest.raises(RuntimeError):
+        async with DriverTransaction(writer) as tx:
+            pg = tx.pg
+            assert pg.is_in_transaction()
+            raise RuntimeError("handler failed")
+    assert not pg.is_in_transaction()  # back in the pool outside any transaction
+
+
+async def test_driver_transaction_serialization_failures_are_retried(engines):
+    writer, _, table = engines
+
+    async def increment() -> None:
+        async with DriverTransaction(
+            writer, setup="SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"
+        ) as tx:
+            n = await tx.pg.fetchval(f"SELECT n FROM {table} WHERE id = 1")
+            await asyncio.sleep(0.01)
+            await tx.pg.execute(f"UPDATE {table} SET n = $1 WHERE id = 1", n + 1)
+            await tx.commit()
+
+    policy = RetryPolicy(attempts_max=50, backoff_s_base=0.005, backoff_s_max=0.05)
+    await asyncio.gather(*(with_retries(increment, policy) for _ in range(8)))
+    assert await count(writer, table) == 1
+    async with writer.connect() as conn:
+        assert await conn.scalar(text(f"SELECT n FROM {table} WHERE id = 1")) == 8

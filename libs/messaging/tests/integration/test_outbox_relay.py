@@ -22,10 +22,12 @@ from messaging_testkit import (
 )
 from sqlalchemy import select
 
+from tickertap.db import DriverTransaction
 from tickertap.messaging import headers as h
 from tickertap.messaging.outbox import (
     OutboxEvent,
     add_event,
+    add_events_driver,
     add_to_outbox,
     create_statements,
     outbox_table,
@@ -294,20 +296,22 @@ async def _add(conn: Any, outbox: Any, key: str) -> int:
     )
 
 
+@pytest.mark.parametrize("driver", [False, True], ids=["sqlalchemy", "asyncpg"])
 async def test_many_events_added_in_one_statement_publish_in_order_per_key(
-    stack: Any, database: Any, tables: Any, topic: Callable[..., str]
+    stack: Any, database: Any, tables: Any, topic: Callable[..., str], driver: bool
 ) -> None:
     name = topic("bulk", partitions=2)
     keys = [f"acct-{i}" for i in range(5)]
     batches = [[event(key, round_) for key in keys] for round_ in range(10)]
     for batch in batches:
-        async with database.engine.begin() as conn:
-            await add_many(
-                conn,
-                tables.outbox,
-                codec,
-                [OutboxEvent(SCHEMA_NAME, e, e["key"], topic=name) for e in batch],
-            )
+        events = [OutboxEvent(SCHEMA_NAME, e, e["key"], topic=name) for e in batch]
+        if driver:
+            async with DriverTransaction(database.engine) as tx:
+                await add_events_driver(tx.pg, tables.outbox, codec, events, notify=True)
+                await tx.commit()
+        else:
+            async with database.engine.begin() as conn:
+                await add_many(conn, tables.outbox, codec, events)
     relay = relay_for(stack, database, tables)
     async with running(relay):
         await wait_for(lambda: _backlog_is(relay, 0), 20, "the relay to publish everything")

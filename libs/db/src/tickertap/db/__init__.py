@@ -8,19 +8,23 @@ from tickertap.db.engine import DatabaseSettings, create_engine
 from tickertap.db.migrations import upgrade_to_head
 from tickertap.db.uow import (
     CommitOutcomeUnknown,
+    DriverTransaction,
     RetryPolicy,
     UnitOfWork,
     is_retryable,
+    sqlstate,
     with_retries,
 )
 
 __all__ = [
     "CommitOutcomeUnknown",
     "DatabaseSettings",
+    "DriverTransaction",
     "RetryPolicy",
     "UnitOfWork",
     "create_engine",
     "is_retryable",
+    "sqlstate",
     "upgrade_to_head",
     "with_retries",
 ]

@@ -5,6 +5,7 @@ state change it reports; `OutboxRelay` (relay.py) publishes committed rows in or
     create_statements(table)            its DDL, for an Alembic migration (`op.execute`)
     add_event(conn, table, codec, ...)  encode a record and add it: the usual entry point
     add_to_outbox(conn, table, ...)     add already-encoded bytes
+    add_events(conn, table, codec, events), add_events_driver(pg, ...)   many, in one go
 
 Order: the relay publishes rows by `id`. Rows of one key get ids in commit order because
 `add_to_outbox` takes a transaction-scoped advisory lock on (outbox, key) before it inserts:
@@ -16,6 +17,7 @@ either: they may sit on different partitions).
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +49,8 @@ __all__ = [
     "EVENT_KEY_BYTES_MAX",
     "Encoder",
     "add_event",
+    "add_events",
+    "add_events_driver",
     "add_to_outbox",
     "create_statements",
     "lock_key",
@@ -168,7 +172,7 @@ async def add_to_outbox(
     assert len(all_headers) <= HEADERS_MAX, "too many headers"
 
     # Serialize writers of one key: the ids of one key's rows then follow commit order.
-    table_lock = _hash_int(f"tickertap.outbox.key:{table.fullname}", 4)
+    table_lock = _key_lock_space(table)
     await conn.execute(
         select(func.pg_advisory_xact_lock(table_lock, _hash_int(key_bytes.hex(), 4)))
     )
@@ -249,7 +253,70 @@ async def add_events(
     """
     if not events:
         return
-    table_lock = _hash_int(f"tickertap.outbox.key:{table.fullname}", 4)
+    rows, locks = _event_rows(codec, events)
+    await conn.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(:table_lock, k) "
+            "FROM unnest(CAST(:keys AS integer[])) AS k ORDER BY k"
+        ),
+        {"table_lock": _key_lock_space(table), "keys": locks},
+    )
+    await conn.execute(table.insert(), rows)
+    if notify:
+        await conn.execute(select(func.pg_notify(notify_channel(table), "")))
+
+
+async def add_events_driver(
+    pg: Any, table: Table, codec: Encoder, events: Sequence[OutboxEvent], *, notify: bool = False
+) -> None:
+    """`add_events` on a raw asyncpg connection (`tickertap.db.DriverTransaction.pg`), in one
+    round trip: the key locks, the rows and the notification are one statement."""
+    if not events:
+        return
+    rows, locks = _event_rows(codec, events)
+    await pg.fetchval(
+        _driver_insert_sql(table, notify),
+        _key_lock_space(table),
+        locks,
+        [r["event_id"] for r in rows],
+        [r["topic"] for r in rows],
+        [r["key"] for r in rows],
+        [r["value"] for r in rows],
+        [json.dumps(r["headers"]) for r in rows],
+    )
+
+
+def _driver_insert_sql(table: Table, notify: bool) -> str:
+    # The key locks are an InitPlan of the INSERT's filter, so all are held (taken in
+    # sorted order: volatile functions run after the sort) before the first id is drawn.
+    # Identifiers come from the service's own Table, quoted; every value is a $n parameter.
+    assert table.schema, "an outbox lives in its service's schema"
+    name = ".".join('"' + part.replace('"', '""') + '"' for part in (table.schema, table.name))
+    insert = f"INSERT INTO {name} (event_id, topic, key, value, headers)"
+    notification = f", pg_notify('{notify_channel(table)}', '')" if notify else ""
+    return (
+        "WITH locks AS MATERIALIZED ("  # noqa: S608 - see above
+        "  SELECT pg_advisory_xact_lock($1::integer, k) FROM unnest($2::integer[]) AS k"
+        "  ORDER BY k"
+        "), rows AS ("
+        f"  {insert}"
+        "  SELECT r.e, r.t, r.k, r.v, CAST(r.h AS jsonb)"
+        "  FROM unnest($3::uuid[], $4::text[], $5::bytea[], $6::bytea[], $7::text[])"
+        "    AS r(e, t, k, v, h)"
+        "  WHERE (SELECT count(*) FROM locks) >= 0"
+        "  RETURNING 1"
+        f") SELECT count(*){notification} FROM rows"
+    )
+
+
+def _key_lock_space(table: Table) -> int:
+    return _hash_int(f"tickertap.outbox.key:{table.fullname}", 4)
+
+
+def _event_rows(
+    codec: Encoder, events: Sequence[OutboxEvent]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The outbox rows of `events` and their sorted key locks."""
     rows = []
     key_locks: set[int] = set()
     for event in events:
@@ -274,14 +341,4 @@ async def add_events(
             }
         )
         key_locks.add(_hash_int(key_bytes.hex(), 4))
-    locks = sorted(key_locks)
-    await conn.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(:table_lock, k) "
-            "FROM unnest(CAST(:keys AS integer[])) AS k ORDER BY k"
-        ),
-        {"table_lock": table_lock, "keys": locks},
-    )
-    await conn.execute(table.insert(), rows)
-    if notify:
-        await conn.execute(select(func.pg_notify(notify_channel(table), "")))
+    return rows, sorted(key_locks)

@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import Table
 
-from tickertap.db import RetryPolicy, UnitOfWork, with_retries
+from tickertap.db import DriverTransaction, RetryPolicy, UnitOfWork, sqlstate, with_retries
 from tickertap.ledger import domain as d
 from tickertap.ledger import repository as repo
-from tickertap.messaging import AvroCodec, OutboxEvent, add_events
+from tickertap.messaging import AvroCodec, OutboxEvent, add_events_driver
 from tickertap.money import Asset
 
 log = logging.getLogger(__name__)
@@ -37,6 +36,7 @@ log = logging.getLogger(__name__)
 TOPIC = "ledger.transfers.v1"
 DEFAULT_RETRY = RetryPolicy(attempts_max=5)
 MANY_CHUNK = 250  # transfers of the batch endpoint per database transaction
+UNIQUE_VIOLATION = "23505"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,15 +238,12 @@ class Ledger:
         for attempt in range(2):
             try:
                 return await with_retries(once, self._retry)
-            except IntegrityError as exc:
+            except Exception as exc:
                 failure = exc
-                if attempt == 0 and _is_unique_violation(exc):
+                if attempt == 0 and sqlstate(exc) == UNIQUE_VIOLATION:
                     # a duplicate (same key, transfer id or reversal) committed concurrently
                     # by another batch or replica: run again, the reads now see it
                     continue
-                break
-            except Exception as exc:
-                failure = exc
                 break
         if len(requests) == 1:
             raise failure
@@ -259,19 +256,24 @@ class Ledger:
     async def _post_batch_once(self, requests: list[TransferRequest]) -> list[Outcome]:
         assets = await self._asset_map()
         outcomes: list[Outcome | None] = [None] * len(requests)
-        async with UnitOfWork(self.writer) as uow:
-            conn = uow.connection
-            await repo.see_all(conn)
-            keys = [r.idempotency_key for r in requests if r.idempotency_key]
-            known = await repo.get_idempotency(conn, keys)
-            replays: dict[int, uuid.UUID] = {}
-            first_with_key: dict[str, int] = {}
-            same_key_as: dict[int, int] = {}
-            pending: list[int] = []
+        replays: dict[int, uuid.UUID] = {}
+        first_with_key: dict[str, int] = {}
+        same_key_as: dict[int, int] = {}
+        pending: list[int] = []
+        keys = [r.idempotency_key for r in requests if r.idempotency_key]
+        commands = [r.cmd for r in requests]
+        async with DriverTransaction(self.writer, setup=repo.SEE_ALL) as tx:
+            ctx = await repo.batch_context(
+                tx.pg,
+                keys,
+                [c.transfer_id for c in commands],
+                [c.reverses for c in commands if c.reverses is not None],
+                d.lock_order(leg.account_id for c in commands for leg in c.legs),
+            )
             for i, request in enumerate(requests):
                 key = request.idempotency_key
                 if key is not None:
-                    record = known.get(key)
+                    record = ctx.idempotency.get(key)
                     if record is not None:
                         if record.request_hash != request.request_hash:
                             outcomes[i] = _key_reused()
@@ -284,19 +286,12 @@ class Ledger:
                     first_with_key[key] = i
                 pending.append(i)
 
-            commands = [requests[i].cmd for i in pending]
-            exists = await repo.existing_transfer_ids(conn, [c.transfer_id for c in commands])
-            reversed_ = await repo.reversed_ids(
-                conn, [c.reverses for c in commands if c.reverses is not None]
-            )
-            rows = await repo.get_accounts(
-                conn, {leg.account_id for c in commands for leg in c.legs}, lock=True
-            )
-            accounts = {i: r.account for i, r in rows.items()}
-            balances = {i: r.balance for i, r in rows.items()}
+            accounts = {i: r.account for i, r in ctx.accounts.items()}
+            balances = {i: r.balance for i, r in ctx.accounts.items()}
             if not {a.asset for a in accounts.values()} <= assets.keys():
                 await self.assets(refresh=True)  # an asset made by another replica
                 assets = await self._asset_map()
+            exists, reversed_ = ctx.existing, ctx.reversed
             posted: list[tuple[int, d.Transfer]] = []
             for i in pending:
                 cmd = requests[i].cmd
@@ -325,17 +320,18 @@ class Ledger:
                 )
                 for _, transfer in posted
             ]
-            created_at = await repo.insert_transfers(conn, new, accounts)
-            await repo.insert_idempotency(
-                conn,
+            created_at = await repo.insert_batch(
+                tx.pg,
+                new,
+                accounts,
                 {
                     key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
                     for i, transfer in posted
                     if (key := requests[i].idempotency_key) is not None
                 },
             )
-            await add_events(
-                conn,
+            await add_events_driver(
+                tx.pg,
                 self._outbox,
                 self._codec,
                 [
@@ -348,9 +344,13 @@ class Ledger:
                 ],
                 notify=bool(new),
             )
-            stored = await repo.get_transfers(conn, list(set(replays.values())))
-            await uow.commit()
+            await tx.commit()
 
+        stored: dict[uuid.UUID, repo.StoredTransfer] = {}
+        if replays:  # committed before their key was: immutable, safe to read afterwards
+            async with self.writer.connect() as conn:
+                await repo.see_all(conn)
+                stored = await repo.get_transfers(conn, list(set(replays.values())))
         for i, transfer in posted:
             outcomes[i] = Posted(transfer, created_at[transfer.id], replayed=False)
         for i, transfer_id in replays.items():
@@ -523,11 +523,6 @@ async def record_price(conn: AsyncConnection, price: d.MarketPrice) -> bool:
     no newer than the cached one changes nothing; returns whether it was stored.
     """
     return await repo.upsert_price(conn, price)
-
-
-def _is_unique_violation(exc: IntegrityError) -> bool:
-    orig = exc.orig
-    return (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "23505"
 
 
 def _key_reused() -> d.IdempotencyKeyReused:

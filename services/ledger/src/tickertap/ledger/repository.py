@@ -469,3 +469,140 @@ async def get_price(conn: AsyncConnection, symbol: str) -> d.MarketPrice | None:
         )
     ).first()
     return d.MarketPrice(row.symbol, row.price, row.exchange_ts, row.received_at) if row else None
+
+
+# -- the group commit's two statements, on the raw asyncpg connection ---------------------
+# One batch of transfers is BEGIN, `batch_context`, `insert_batch`, the outbox and COMMIT:
+# five round trips whatever the batch size (tickertap.db.DriverTransaction).
+
+SEE_ALL = "SELECT set_config('tickertap.scope', 'all', true)"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    idempotency: dict[str, IdempotencyRecord]
+    existing: set[uuid.UUID]  # transfer ids already taken
+    reversed: set[uuid.UUID]  # transfers already reversed
+    accounts: dict[uuid.UUID, AccountRow]  # locked FOR UPDATE, in the global order
+
+
+_BATCH_CONTEXT_SQL = (
+    "WITH locked AS MATERIALIZED ("
+    f"  SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts WHERE id = ANY($4::uuid[])"
+    "  ORDER BY id FOR UPDATE"
+    ") "
+    "SELECT 'a' AS what, id, owner_id, asset, kind, overdraft_limit, balance, created_at,"
+    "  NULL::text AS key, NULL::bytea AS hash, NULL::smallint AS status FROM locked "
+    "UNION ALL SELECT 'k', transfer_id, NULL, NULL, NULL, NULL, NULL, NULL,"
+    "  owner_key, request_hash, status FROM ledger.idempotency_keys"
+    "  WHERE owner_key = ANY($1::text[]) "
+    "UNION ALL SELECT 't', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    "  FROM ledger.transfers WHERE id = ANY($2::uuid[]) "
+    "UNION ALL SELECT 'r', reverses, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    "  FROM ledger.transfers WHERE reverses = ANY($3::uuid[])"
+)
+
+
+async def batch_context(
+    pg: Any,
+    keys: Sequence[str],
+    transfer_ids: Sequence[uuid.UUID],
+    reverses: Sequence[uuid.UUID],
+    account_ids: Iterable[uuid.UUID],
+) -> BatchContext:
+    """Lock the accounts (one global order: no deadlocks) and read what the batch's checks
+    need (idempotency records, taken transfer ids, reversed transfers): one round trip."""
+    ctx = BatchContext({}, set(), set(), {})
+    rows = await pg.fetch(
+        _BATCH_CONTEXT_SQL, list(keys), list(transfer_ids), list(reverses), list(account_ids)
+    )
+    for r in rows:
+        what = r["what"]
+        if what == "a":
+            ctx.accounts[r["id"]] = _account_row(_Record(r))
+        elif what == "k":
+            ctx.idempotency[r["key"]] = IdempotencyRecord(bytes(r["hash"]), r["id"], r["status"])
+        elif what == "t":
+            ctx.existing.add(r["id"])
+        else:
+            ctx.reversed.add(r["id"])
+    return ctx
+
+
+class _Record:
+    """Attribute access to an asyncpg Record, for the row mappers written for SQLAlchemy."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self, record: Any) -> None:
+        self._r = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._r[name]
+
+
+_INSERT_BATCH_SQL = (
+    "WITH t AS ("
+    "  INSERT INTO ledger.transfers (id, kind, reverses, owner_ids, trade, metadata, event_id)"
+    "  SELECT t.id, t.kind, t.reverses, CAST(t.owners AS uuid[]), CAST(t.trade AS jsonb),"
+    "    CAST(t.metadata AS jsonb), t.event"
+    "  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],"
+    "    $7::uuid[]) AS t(id, kind, reverses, owners, trade, metadata, event)"
+    "  RETURNING id, created_at"
+    "), p AS ("
+    "  INSERT INTO ledger.postings"
+    "    (transfer_id, account_id, owner_id, asset, scale, amount, balance_after)"
+    "  SELECT * FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::text[],"
+    "    $12::smallint[], $13::numeric[], $14::numeric[])"
+    "), a AS ("
+    "  UPDATE ledger.accounts a SET balance = v.balance,"
+    "    postings_count = a.postings_count + v.n"
+    "  FROM unnest($15::uuid[], $16::numeric[], $17::bigint[]) AS v(id, balance, n)"
+    "  WHERE a.id = v.id"
+    "), k AS ("
+    "  INSERT INTO ledger.idempotency_keys (owner_key, request_hash, transfer_id, status)"
+    "  SELECT * FROM unnest($18::text[], $19::bytea[], $20::uuid[], $21::smallint[])"
+    ") SELECT id, created_at FROM t"
+)
+
+
+async def insert_batch(
+    pg: Any,
+    new: Sequence[NewTransfer],
+    accounts: Mapping[uuid.UUID, d.Account],
+    idempotency: Mapping[str, IdempotencyRecord],
+) -> dict[uuid.UUID, datetime]:
+    """`insert_transfers` and `insert_idempotency` in one statement (one round trip)."""
+    if not new:
+        return {}
+    postings = [(n, p) for n in new for p in n.transfer.postings]
+    final: dict[uuid.UUID, Decimal] = {}
+    counts: dict[uuid.UUID, int] = {}
+    for _, p in postings:  # in posting order: the last one holds the final balance
+        final[p.account_id] = p.balance_after
+        counts[p.account_id] = counts.get(p.account_id, 0) + 1
+    rows = await pg.fetch(
+        _INSERT_BATCH_SQL,
+        [n.transfer.id for n in new],
+        [n.transfer.kind.value for n in new],
+        [n.transfer.reverses for n in new],
+        ["{" + ",".join(str(o) for o in n.owners) + "}" for n in new],
+        [_trade_json(n.transfer.trade) for n in new],
+        [json.dumps(dict(n.transfer.metadata)) for n in new],
+        [n.event_id for n in new],
+        [p.transfer_id for _, p in postings],
+        [p.account_id for _, p in postings],
+        [accounts[p.account_id].owner_id for _, p in postings],
+        [p.asset for _, p in postings],
+        [n.scales[p.account_id] for n, p in postings],
+        [p.amount for _, p in postings],
+        [p.balance_after for _, p in postings],
+        list(final),
+        list(final.values()),
+        [counts[i] for i in final],
+        list(idempotency),
+        [r.request_hash for r in idempotency.values()],
+        [r.transfer_id for r in idempotency.values()],
+        [r.status for r in idempotency.values()],
+    )
+    return {r["id"]: r["created_at"] for r in rows}
