@@ -281,34 +281,33 @@ def build_router(auth: BearerAuth, settings: MarketDataSettings) -> APIRouter:
         # a page reads at most bars_source_rows_max one-minute rows
         minutes = interval_s // 60
         page = max(1, min(limit, settings.bars_source_rows_max // minutes))
-        page_end_us = min(to_us, first_us + page * interval_us)
+        rows_max = page * minutes
         async with db.connect() as conn:
             instrument = await repo.get_instrument(conn, symbol)
             if instrument is None:
                 raise InstrumentNotFound(f"no instrument {symbol}")
-            rows = await repo.get_bars_1m(
-                conn,
-                symbol,
-                repo.to_datetime(first_us),
-                repo.to_datetime(page_end_us),
-                page * minutes,
-            )
-            following = await repo.next_bar_start(conn, symbol, repo.to_datetime(page_end_us), to)
+            rows = await repo.get_bars_1m(conn, symbol, repo.to_datetime(first_us), to, rows_max)
+        bars = d.derive_bars([bar for bar, _ in rows], interval_s)
+        rest: d.Bar | None = None  # the first bar of the next page
+        if len(bars) > page:
+            rest = bars[page]
+            bars = bars[:page]
+        elif len(rows) == rows_max and len(bars) > 1:
+            rest = bars.pop()  # its rows may go on past the limit: the next page has it whole
         scale = int(instrument["price_scale"])
-        open_starts = {bar.start_us for bar, closed in rows if not closed}
+        open_starts = [bar.start_us for bar, closed in rows if not closed]
         now_us = repo.to_us(datetime.now(UTC))
         items = []
-        for bar in d.derive_bars([bar for bar, _ in rows], interval_s):
+        for bar in bars:
             closed = bar.end_us <= now_us and not any(
                 bar.start_us <= start_us < bar.end_us for start_us in open_starts
             )
             items.append(s.BarPublic.of(bar, interval, scale, closed))
         next_cursor = None
-        if following is not None:
-            next_start = d.window_start_us(repo.to_us(following), interval_us)
+        if rest is not None:
             origin_us = d.window_start_us(repo.to_us(frm), interval_us)
             next_cursor = _encode_cursor(
-                {"sym": symbol, "i": interval, "f": origin_us, "t": to_us, "n": next_start}
+                {"sym": symbol, "i": interval, "f": origin_us, "t": to_us, "n": rest.start_us}
             )
         return s.BarPage(items=items, next_cursor=next_cursor)
 

@@ -200,20 +200,6 @@ async def get_bars_1m(
     return [(_bar_from_row(row), bool(row.closed)) for row in rows]
 
 
-async def next_bar_start(
-    conn: AsyncConnection, symbol: str, start: datetime, end: datetime
-) -> datetime | None:
-    """Start of the first 1-minute bar of `symbol` in [start, end), if any."""
-    value = await conn.scalar(
-        text(
-            "SELECT window_start FROM market.bars_1m WHERE symbol = :symbol "
-            "AND window_start >= :start AND window_start < :end ORDER BY window_start LIMIT 1"
-        ),
-        {"symbol": symbol, "start": start, "end": end},
-    )
-    return value if isinstance(value, datetime) else None
-
-
 # -- the worker's state ------------------------------------------------------------------
 
 
