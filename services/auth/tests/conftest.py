@@ -17,10 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from auth_testkit import ISSUER, app_settings  # noqa: E402
+from auth_testkit import ISSUER, app_settings
 
-from tickertap.auth.handlers import Auth  # noqa: E402
-from tickertap.auth.main import create_app  # noqa: E402
+from tickertap.auth.handlers import Auth
+from tickertap.auth.main import create_app
 
 
 @pytest.fixture(scope="session")

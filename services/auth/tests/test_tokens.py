@@ -11,7 +11,6 @@ import uuid
 
 import httpx
 import pytest
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from auth_testkit import (
     AUDIENCE,
     PASSWORD,
@@ -20,6 +19,7 @@ from auth_testkit import (
     make_admin,
     verify_independently,
 )
+from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from tickertap.auth.handlers import Auth
 
@@ -235,7 +235,7 @@ async def test_signing_key_rotation_publishes_old_and_new_keys(api: AuthClient, 
     assert new_header["kid"] == new_kid
     assert (await api.me(old["access_token"])).status_code == 200
     assert (await api.me(new["access_token"])).status_code == 200
-    customer, pair = await api.new_user()
+    _customer, pair = await api.new_user()
     r = await api.http.post("/v1/admin/signing-keys/rotate", headers=bearer(pair["access_token"]))
     assert r.status_code == 403
 
