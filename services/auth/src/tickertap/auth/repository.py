@@ -371,10 +371,11 @@ async def replace_recovery_codes(
     await conn.execute(
         text("DELETE FROM auth.recovery_codes WHERE user_id = :uid"), {"uid": user_id}
     )
-    await conn.execute(
-        text("INSERT INTO auth.recovery_codes (code_hash, user_id) VALUES (:h, :uid)"),
-        [{"h": d, "uid": user_id} for d in digests],
-    )
+    rows = [{"h": d, "uid": user_id} for d in digests]
+    if rows:
+        await conn.execute(
+            text("INSERT INTO auth.recovery_codes (code_hash, user_id) VALUES (:h, :uid)"), rows
+        )
 
 
 async def use_recovery_code(conn: AsyncConnection, user_id: uuid.UUID, digest: bytes) -> bool:
