@@ -47,24 +47,42 @@ class BearerAuth:
         401 `invalid_token` without a single valid bearer token, 403
         `insufficient_scope` when a role or scope is missing.
         """
-        roles = frozenset(roles_any)
-        scopes = frozenset(scopes_all)
-        for scope in scopes:
-            if not SCOPE_TOKEN.fullmatch(scope):
-                raise ValueError(f"not an RFC 6749 scope token: {scope!r}")
-        verifier = self._verifier
+        roles, scopes = _checked(roles_any, scopes_all)
+        authenticate = self.authenticate
         scheme = self._scheme
 
         async def principal(
             request: Request,
             _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
         ) -> Principal:
-            found = await verifier.verify(bearer_token(request.headers.getlist("authorization")))
-            if (roles and roles.isdisjoint(found.roles)) or not scopes <= found.scopes:
-                raise InsufficientScope(scopes)
-            return found
+            return await authenticate(request, roles, scopes)
 
         return principal
+
+    async def authenticate(
+        self, request: Request, roles_any: frozenset[str], scopes_all: frozenset[str]
+    ) -> Principal:
+        """What `require` checks, called directly: for a hot route that skips FastAPI's
+        dependency machinery (about 0.1 ms a request) and declares `openapi_security`."""
+        found = await self._verifier.verify(bearer_token(request.headers.getlist("authorization")))
+        if (roles_any and roles_any.isdisjoint(found.roles)) or not scopes_all <= found.scopes:
+            raise InsufficientScope(scopes_all)
+        return found
+
+    @property
+    def openapi_security(self) -> list[dict[str, list[str]]]:
+        """The route-level OpenAPI `security` of a route that calls `authenticate`."""
+        return [{self._scheme.scheme_name: []}]
+
+
+def _checked(
+    roles_any: Iterable[str], scopes_all: Iterable[str]
+) -> tuple[frozenset[str], frozenset[str]]:
+    scopes = frozenset(scopes_all)
+    for scope in scopes:
+        if not SCOPE_TOKEN.fullmatch(scope):
+            raise ValueError(f"not an RFC 6749 scope token: {scope!r}")
+    return frozenset(roles_any), scopes
 
 
 def bearer_token(authorization: Sequence[str]) -> str:

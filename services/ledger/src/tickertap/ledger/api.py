@@ -14,6 +14,7 @@ Row-level security in Postgres holds the same line for reads.
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -21,7 +22,8 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from tickertap.authn import BearerAuth, Principal
 from tickertap.ledger import domain as d
@@ -36,6 +38,7 @@ WRITE_ALL = frozenset({"ops", "admin"})
 PAGE_SIZE_MAX = 500
 ACCOUNTS_PAGE_MAX = 200
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9._:\-]{8,128}$"
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 class IdempotencyKeyRequired(Unprocessable):
@@ -95,10 +98,14 @@ def _codes(transfer: d.Transfer) -> set[str]:
     return codes
 
 
-async def _transfer_response(ledger: Ledger, posted: Posted) -> JSONResponse:
+async def _transfer_response(ledger: Ledger, posted: Posted) -> Response:
     scales = await _scales(ledger, _codes(posted.transfer))
     body = s.TransferPublic.of(posted.transfer, posted.created_at, scales)
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if posted.replayed else 201)
+    return Response(
+        body.model_dump_json(),
+        status_code=200 if posted.replayed else 201,
+        media_type="application/json",
+    )
 
 
 def _amount(text: str) -> Decimal:
@@ -246,29 +253,67 @@ def build_router(auth: BearerAuth) -> APIRouter:
             metadata=dict(body.metadata),
         )
 
+    # The hottest route reads its body, header and token itself: FastAPI's dependency
+    # machinery costs about 0.2 ms a request here, more than the transfer's own work.
+    # Its OpenAPI entry and its errors are the same as if they were declared.
     @router.post(
         "/transfers",
         status_code=201,
-        responses={200: {"description": "an idempotent retry: the original transfer"}},
+        response_model=s.TransferPublic,
+        responses={
+            200: {"description": "an idempotent retry: the original transfer"},
+            422: {"description": "an invalid body or Idempotency-Key (problem details)"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/TransferCreate"}}
+                },
+            },
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+                }
+            ],
+            "security": auth.openapi_security,
+        },
     )
-    async def post_transfer(
-        body: s.TransferCreate,
-        ledger: LedgerDep,
-        principal: Anyone,
-        idempotency_key: IdempotencyKey = None,
-    ) -> s.TransferPublic:
-        if idempotency_key is None:
+    async def post_transfer(request: Request) -> Response:
+        principal = await auth.authenticate(request, frozenset(), frozenset())
+        key = request.headers.get("idempotency-key")
+        if key is None:
             raise IdempotencyKeyRequired("send an Idempotency-Key header (8-128 characters)")
+        if not IDEMPOTENCY_KEY.fullmatch(key):
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("header", "Idempotency-Key"),
+                        "msg": f"String should match pattern '{IDEMPOTENCY_KEY_PATTERN}'",
+                        "type": "string_pattern_mismatch",
+                    }
+                ]
+            )
+        try:
+            body = s.TransferCreate.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+            ) from None
+        ledger = await get_ledger(request)
         cmd = transfer_command(body)
         await check_debits(ledger, principal, cmd)
         posted = await ledger.post(
             TransferRequest(
                 cmd,
-                owner_key(principal, idempotency_key),
+                owner_key(principal, key),
                 request_hash("POST /v1/transfers", body.model_dump(mode="json")),
             )
         )
-        return await _transfer_response(ledger, posted)  # type: ignore[return-value]
+        return await _transfer_response(ledger, posted)
 
     @router.post("/transfers/batch")
     async def post_batch(
@@ -345,7 +390,7 @@ def build_router(auth: BearerAuth) -> APIRouter:
         key: str | None,
         *,
         withdraw: bool,
-    ) -> JSONResponse:
+    ) -> Response:
         if not can_write_all(principal):
             account = await visible_account(ledger, principal, body.account_id)
             if not withdraw or account.account.owner_id != subject_id(principal):
