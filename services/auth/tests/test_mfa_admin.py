@@ -221,3 +221,16 @@ async def test_audit_is_append_only_for_the_service_role(stack, vault_root, db):
         await db.execute("DELETE FROM auth.audit WHERE action = 'test.append_only'")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await db.execute("UPDATE auth.audit SET result = 'denied' WHERE id = 1")
+
+
+async def test_an_operator_makes_the_first_admin(api: AuthClient, auth: Auth, db):
+    user = await api.register()
+    view = await auth.set_role_by_email(user["email"].upper(), "admin", True, "alice")
+    assert sorted(view.roles) == ["admin", "customer"]
+    row = await db.fetchrow(
+        "SELECT actor_id, action FROM auth.audit WHERE subject_id = $1 ORDER BY id DESC LIMIT 1",
+        uuid.UUID(user["id"]),
+    )
+    assert (row["actor_id"], row["action"]) == ("operator:alice", "role.grant")
+    pair = await api.login(user["email"])
+    assert "users:write" in pair["scope"]

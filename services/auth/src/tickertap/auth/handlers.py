@@ -800,6 +800,42 @@ class Auth:
         assert updated is not None
         return await self.view(updated)
 
+    async def set_role_by_email(
+        self, email: str, role: str, grant: bool, operator: str
+    ) -> UserView:
+        """An operator's grant or revocation (the first admin has nobody to ask), audited
+        with `operator` as the actor."""
+        d.check_role(role)
+        index = await self._email_index(email)
+        ctx = RequestContext(ip=None, user_agent="tickertap.auth.cli")
+        async with self._writer.begin() as conn:
+            user = await repo.user_by_email(conn, index, lock=True)
+            if user is None:
+                raise d.NotFound("no such user")
+            roles = set(user.roles) | {role} if grant else set(user.roles) - {role}
+            if roles != set(user.roles):
+                await repo.update_user(conn, user.id, roles=sorted(roles))
+                if not grant:
+                    await self._revoke_all(conn, user.id, "role_revoked")
+                await self._event(
+                    conn,
+                    user.id,
+                    "role_granted" if grant else "role_revoked",
+                    details={"role": role, "operator": operator[:64]},
+                )
+            await self._audit(
+                conn,
+                ctx,
+                "role.grant" if grant else "role.revoke",
+                "success",
+                subject_id=user.id,
+                actor_id=f"operator:{operator[:64]}",
+                details={"role": role},
+            )
+            updated = await repo.user_by_id(conn, user.id)
+        assert updated is not None
+        return await self.view(updated)
+
     async def user_for_support(self, principal: Principal, user_id: uuid.UUID) -> UserView:
         await self.current_user(principal)
         async with self._writer.connect() as conn:
