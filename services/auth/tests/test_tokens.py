@@ -250,3 +250,26 @@ async def test_the_running_service_publishes_jwks_and_metadata(stack):
         assert meta["token_endpoint"].endswith("/oauth/token")
         assert "refresh_token" in meta["grant_types_supported"]
         assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_other_services_verify_auth_tokens_and_dev_tokens_from_its_jwks(
+    stack, mint_token, api: AuthClient
+):
+    """What the ledger would do with TICKERTAP_AUTH_JWKS_URL pointing at the auth service:
+    its tokens verify, and so do the local stack's dev tokens (republished there)."""
+    from tickertap.authn import AccessTokenVerifier, HttpJwks
+
+    user = await api.register()
+    client, token_url = oauth_client(stack)
+    async with client:
+        token = await client.fetch_token(token_url, username=user["email"], password=PASSWORD)
+    async with HttpJwks(f"{stack.service_url('auth')}/.well-known/jwks.json") as jwks:
+        verifier = AccessTokenVerifier(
+            jwks, issuer=STACK_ISSUER, audience=AUDIENCE, algorithms=("Ed25519", "EdDSA")
+        )
+        principal = await verifier.verify(token["access_token"])
+        assert principal.subject == user["id"]
+        assert principal.roles == {"customer"}
+        assert "ledger:write" in principal.scopes
+        dev = await verifier.verify(mint_token("someone", ("ops",)))
+        assert dev.roles == {"ops"}
