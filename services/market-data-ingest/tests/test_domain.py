@@ -81,7 +81,7 @@ def test_each_rule_has_its_reason(t: d.Tick, reason: str) -> None:
     assert reason in d.REASONS
     result = run([t])
     assert result.dead_letters == [(0, t.offset, reason)]
-    assert not result.open_bars
+    assert not result.windows.open_bars
 
 
 def test_valid_edges_are_accepted_and_normalized() -> None:
@@ -92,12 +92,11 @@ def test_valid_edges_are_accepted_and_normalized() -> None:
         tick("BTC-USD", "65000.12345678", "0.001", seq=4),
     ]
     state = d.PartitionState(0)
-    bars: dict[tuple[str, int], d.Bar] = {}
-    outcome, normalized = d.apply_tick(state, bars, ok[0], INSTRUMENTS, POLICY)
+    outcome, normalized = d.apply_tick(state, d.Windows(), ok[0], INSTRUMENTS, POLICY)
     assert outcome is None
     assert str(normalized.price) == "100.10"  # at the instrument's scale, nothing rounded
-    for t in ok[1:]:  # each on a partition of its own: no watermark makes it late
-        assert d.apply_tick(d.PartitionState(0), {}, t, INSTRUMENTS, POLICY)[0] is None
+    for t in ok[1:]:  # each with windows of its own: no watermark makes it late
+        assert d.apply_tick(d.PartitionState(0), d.Windows(), t, INSTRUMENTS, POLICY)[0] is None
 
 
 def test_duplicates_are_dropped_per_source_and_partition() -> None:
@@ -114,7 +113,7 @@ def test_duplicates_are_dropped_per_source_and_partition() -> None:
     )
     assert result.duplicates == [(0, 1), (0, 2), (0, 5)]
     assert result.dead_letters == [(0, 4, "unknown_symbol")]
-    assert result.open_bars[("AAPL", T0)].tick_count == 3
+    assert result.windows.open_bars[("AAPL", T0)].tick_count == 3
 
 
 def test_sequence_gaps_are_counted_once_holes_expire() -> None:
@@ -154,7 +153,7 @@ def test_one_minute_ohlcv_by_exchange_time() -> None:
     assert bar.volume == Decimal(10)
     assert bar.tick_count == 4
     assert bar.vwap == Decimal("10.5")  # (10x1 + 12x2 + 9x3 + 11x4) / 10
-    assert list(result.open_bars) == [("AAPL", T0 + M)]
+    assert list(result.windows.open_bars) == [("AAPL", T0 + M)]
 
 
 def test_grace_period_and_late_ticks() -> None:
@@ -169,13 +168,18 @@ def test_grace_period_and_late_ticks() -> None:
     )
     assert result.dead_letters == [(0, 5, "late")]
     assert [b.tick_count for b in result.closed] == [2]
-    assert result.states[0].watermark_us == T0 + M + 5 * S
+    assert result.windows.watermarks["AAPL"] == T0 + M + 5 * S
 
 
-def test_an_idle_partition_keeps_its_windows_open() -> None:
-    result = run([tick(seq=1), tick("BTC-USD", "1", at=T0 + 10 * M, seq=1, partition=1)])
-    assert not [b for b in result.closed if b.symbol == "AAPL"]
-    assert ("AAPL", T0) in result.open_bars
+def test_watermarks_are_per_symbol() -> None:
+    result = run(
+        [
+            tick("BTC-USD", "1", at=T0 + 10 * M, seq=1),  # another symbol far ahead
+            tick(at=T0, seq=2),  # not late: AAPL's own watermark is what counts
+        ]
+    )
+    assert result.dead_letters == []
+    assert ("AAPL", T0) in result.windows.open_bars  # an idle symbol keeps its bar open
 
 
 # -- derived bars --------------------------------------------------------------------------
@@ -184,7 +188,7 @@ def test_an_idle_partition_keeps_its_windows_open() -> None:
 def test_derived_bars_from_one_minute_bars() -> None:
     ticks = [tick(price=f"{100 + i}.00", size="1", at=T0 + i * M + S, seq=i + 1) for i in range(12)]
     result = run(ticks)
-    minute_bars = result.closed + list(result.open_bars.values())
+    minute_bars = result.closed + list(result.windows.open_bars.values())
     (first, second, third) = d.derive_bars(minute_bars, 300)
     assert first.start_us == T0 - T0 % (300 * S)
     assert sum(b.tick_count for b in (first, second, third)) == 12
@@ -240,7 +244,7 @@ def feed_ticks(seed: int, count: int, step_us: int, bad_ratio: str) -> list[d.Ti
 def outcome(result: d.IngestResult) -> tuple[object, ...]:
     return (
         sorted(b.values() for b in result.closed),
-        sorted(b.values() for b in result.open_bars.values()),
+        sorted(b.values() for b in result.windows.open_bars.values()),
         sorted(result.dead_letters),
         sorted(result.duplicates),
     )
@@ -272,10 +276,10 @@ def test_every_tick_is_in_one_bar_or_dead_lettered_or_a_duplicate(seed: int, cou
     ticks = feed_ticks(seed, count, 1_000_000, "0.1")
     result = d.ingest([ticks], PROPERTY_INSTRUMENTS, POLICY)
     in_bars = sum(b.tick_count for b in result.closed) + sum(
-        b.tick_count for b in result.open_bars.values()
+        b.tick_count for b in result.windows.open_bars.values()
     )
     assert in_bars + len(result.dead_letters) + len(result.duplicates) == len(ticks)
-    bars = result.closed + list(result.open_bars.values())
+    bars = result.closed + list(result.windows.open_bars.values())
     assert len({b.key() for b in bars}) == len(bars)  # one bar per symbol and minute
     for bar in bars:
         assert bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high
@@ -286,7 +290,7 @@ def test_every_tick_is_in_one_bar_or_dead_lettered_or_a_duplicate(seed: int, cou
 def test_derived_bars_do_not_depend_on_grouping(seed: int, count: int) -> None:
     ticks = feed_ticks(seed, count, 2_000_000, "0")
     result = d.ingest([ticks], PROPERTY_INSTRUMENTS, POLICY)
-    minutes = result.closed + list(result.open_bars.values())
+    minutes = result.closed + list(result.windows.open_bars.values())
     hours_direct = d.derive_bars(minutes, 3600)
     hours_via_5m = d.derive_bars(d.derive_bars(minutes, 300), 3600)
     assert [b.values() for b in hours_direct] == [b.values() for b in hours_via_5m]

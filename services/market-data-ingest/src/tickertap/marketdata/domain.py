@@ -11,15 +11,17 @@ A tick goes through, in order:
    (a replaying feed must not flood the dead-letter topic);
 2. the validation rules, the first that fails gives the dead-letter reason
    (`REASONS`, in the order they are checked);
-3. its 1-minute window: windows are tumbling, by exchange time, per symbol. Each partition
-   has a watermark, the latest exchange time of a tick accepted from it; a window closes
+3. its 1-minute window: windows are tumbling, by exchange time, per symbol. Each symbol
+   has a watermark, the latest exchange time of a tick accepted for it; a window closes
    when the watermark reaches its end plus the grace period. A tick whose window is closed
-   by then is dead-lettered `late`.
+   by then is dead-lettered `late`. Per symbol, not per partition: feeds of other symbols
+   (with other clocks) never make a symbol's ticks late; the price of it is that the last
+   bar of a symbol that stops trading closes with its next tick.
 
-Everything is decided by the tick, the partition's state and the instruments, and
-the clock checks are made against the tick's receive time (the broker's timestamp of the
-message), not the wall clock: feeding the same messages in any split into batches gives
-the same bars, the same dead letters and the same state.
+Everything is decided by the tick, its partition's and its symbol's state and the
+instruments, and the clock checks are made against the tick's receive time (the broker's
+timestamp of the message), not the wall clock: feeding the same messages (a symbol's in
+order) in any split into batches gives the same bars, dead letters and state.
 
 Times are integers: microseconds since the Unix epoch (`*_us`). Prices, sizes and
 volumes are Decimal; nothing is rounded (a price with more places than the instrument's
@@ -49,6 +51,7 @@ __all__ = [
     "PartitionState",
     "SequenceGaps",
     "Tick",
+    "Windows",
     "apply_tick",
     "check_tick",
     "close_windows",
@@ -162,7 +165,7 @@ class Bar:
     tick_count: int
     open_us: int
     close_us: int
-    partition: int = 0  # of the ticks that feed it (whose watermark closes it)
+    partition: int = 0  # of the ticks that feed it (informational)
 
     @property
     def end_us(self) -> int:
@@ -197,15 +200,21 @@ class PartitionState:
     """What ingest remembers of one partition of the ticks topic between messages.
 
     `next_offset` is the first offset not yet applied (None: nothing applied yet);
-    `watermark_us` the latest exchange time accepted (None: none yet); `last_seq` the
-    last sequence number seen per source. Open bars are kept by the caller, keyed by
-    (symbol, window start), because a symbol's bar is one row whatever partition feeds it.
+    `last_seq` the last sequence number seen per source.
     """
 
     partition: int
     next_offset: int | None = None
-    watermark_us: int | None = None
     last_seq: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Windows:
+    """The open 1-minute bars, by (symbol, window start), and each symbol's watermark:
+    the latest exchange time accepted for it."""
+
+    open_bars: dict[tuple[str, int], Bar] = field(default_factory=dict)
+    watermarks: dict[str, int] = field(default_factory=dict)
 
 
 def window_start_us(exchange_us: int, window_us: int = MINUTE_US) -> int:
@@ -276,7 +285,7 @@ def check_tick(
 
 def apply_tick(
     state: PartitionState,
-    open_bars: dict[tuple[str, int], Bar],
+    windows: Windows,
     tick: Tick,
     instruments: Mapping[str, Instrument],
     policy: IngestPolicy,
@@ -284,7 +293,7 @@ def apply_tick(
     """Apply one tick of `state`'s partition: None when it went into its bar, `DUPLICATE`
     when dropped, else the dead-letter reason. Returns the (normalized) tick too.
 
-    Updates the partition's sequence, next offset and watermark, and the open bar.
+    Updates the partition's sequence and next offset, the symbol's watermark and open bar.
     """
     assert tick.partition == state.partition
     state.next_offset = tick.offset + 1
@@ -296,11 +305,13 @@ def apply_tick(
     if reason is not None:
         return reason, tick
     start = tick.exchange_us - tick.exchange_us % policy.window_us
-    watermark = state.watermark_us
+    watermarks = windows.watermarks
+    watermark = watermarks.get(tick.symbol)
     if watermark is not None and start + policy.window_us + policy.grace_us <= watermark:
         return "late", tick
     if watermark is None or tick.exchange_us > watermark:
-        state.watermark_us = tick.exchange_us
+        watermarks[tick.symbol] = tick.exchange_us
+    open_bars = windows.open_bars
     key = (tick.symbol, start)
     bar = open_bars.get(key)
     price, size, ts = tick.price, tick.size, tick.exchange_us
@@ -335,33 +346,32 @@ def apply_tick(
     return None, tick
 
 
-def close_windows(
-    state: PartitionState, open_bars: dict[tuple[str, int], Bar], policy: IngestPolicy
-) -> list[Bar]:
-    """Remove and return the open bars of `state`'s partition whose window is closed
-    (watermark >= window end + grace), in (window start, symbol) order."""
-    watermark = state.watermark_us
-    if watermark is None:
-        return []
-    cutoff = watermark - policy.grace_us  # a window ending at or before it is closed
+def close_windows(windows: Windows, symbols: Iterable[str], policy: IngestPolicy) -> list[Bar]:
+    """Remove and return the open bars of `symbols` whose window is closed (the symbol's
+    watermark >= window end + grace), in (window start, symbol) order."""
+    cutoffs = {}
+    for symbol in symbols:
+        watermark = windows.watermarks.get(symbol)
+        if watermark is not None:
+            cutoffs[symbol] = watermark - policy.grace_us  # windows ending by then are closed
     done = [
         bar
-        for bar in open_bars.values()
-        if bar.partition == state.partition and bar.start_us + bar.interval_us <= cutoff
+        for bar in windows.open_bars.values()
+        if bar.symbol in cutoffs and bar.start_us + bar.interval_us <= cutoffs[bar.symbol]
     ]
     for bar in done:
-        del open_bars[bar.key()]
+        del windows.open_bars[bar.key()]
     done.sort(key=lambda b: (b.start_us, b.symbol))
     return done
 
 
 @dataclass
 class IngestResult:
-    """What `ingest` made of a stream: closed bars in closing order, open bars, dead
+    """What `ingest` made of a stream: closed bars in closing order, the open windows, dead
     letters as (partition, offset, reason), duplicates as (partition, offset)."""
 
     closed: list[Bar] = field(default_factory=list)
-    open_bars: dict[tuple[str, int], Bar] = field(default_factory=dict)
+    windows: Windows = field(default_factory=Windows)
     dead_letters: list[tuple[int, int, str]] = field(default_factory=list)
     duplicates: list[tuple[int, int]] = field(default_factory=list)
     states: dict[int, PartitionState] = field(default_factory=dict)
@@ -377,19 +387,19 @@ def ingest(
     the offline reference of what the worker persists."""
     out = result if result is not None else IngestResult()
     for batch in batches:
-        touched: set[int] = set()
+        touched: set[str] = set()
         for tick in batch:
             state = out.states.get(tick.partition)
             if state is None:
                 state = out.states[tick.partition] = PartitionState(tick.partition)
-            touched.add(tick.partition)
-            outcome, _ = apply_tick(state, out.open_bars, tick, instruments, policy)
-            if outcome == DUPLICATE:
+            outcome, _ = apply_tick(state, out.windows, tick, instruments, policy)
+            if outcome is None:
+                touched.add(tick.symbol)
+            elif outcome == DUPLICATE:
                 out.duplicates.append((tick.partition, tick.offset))
-            elif outcome is not None:
+            else:
                 out.dead_letters.append((tick.partition, tick.offset, outcome))
-        for partition in sorted(touched):
-            out.closed.extend(close_windows(out.states[partition], out.open_bars, policy))
+        out.closed.extend(close_windows(out.windows, touched, policy))
     return out
 
 

@@ -6,6 +6,7 @@ arrays), whatever the batch size, so a batch costs a few round trips.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,10 +15,13 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Table, func, select, text
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tickertap.marketdata.domain import Bar, Instrument, PartitionState
+from tickertap.marketdata.domain import Bar, Instrument, PartitionState, Windows
 from tickertap.messaging.outbox import notify_channel
+
+log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
@@ -206,34 +210,53 @@ async def get_bars_1m(
 @dataclass
 class IngestState:
     partitions: dict[int, PartitionState]
-    open_bars: dict[tuple[str, int], Bar]
+    windows: Windows
 
 
-async def load_state(conn: AsyncConnection, topic: str, partitions: Sequence[int]) -> IngestState:
+async def load_state(
+    conn: AsyncConnection, topic: str, partitions: Sequence[int], topic_id: str | None
+) -> IngestState:
     """The stored state of `topic`: every partition gets a row (so the fence in
     `persist_batch` has one to check), with its next offset, watermark, sequences, and
-    the open bars fed from the topic."""
+    the open bars fed from the topic with their symbols' watermarks: the exchange time of
+    the symbol's latest price, which is the latest accepted tick's.
+
+    When the broker's `topic_id` is not the stored one, the topic was created again (a
+    broker that lost its topics): offsets and sequences are reset, so the new partitions
+    are consumed from their start; watermarks and open bars stay (exchange time goes on).
+    """
     await conn.execute(
         text(
-            "INSERT INTO market.ingest_partitions (topic, partition) "
-            "SELECT :topic, p FROM unnest(CAST(:parts AS integer[])) AS p "
+            "INSERT INTO market.ingest_partitions (topic, partition, topic_id) "
+            "SELECT :topic, p, :topic_id FROM unnest(CAST(:parts AS integer[])) AS p "
             "ON CONFLICT DO NOTHING"
         ),
-        {"topic": topic, "parts": list(partitions)},
+        {"topic": topic, "parts": list(partitions), "topic_id": topic_id},
     )
+    if topic_id is not None:
+        reset = await conn.execute(
+            text(
+                "UPDATE market.ingest_partitions SET next_offset = NULL, topic_id = :topic_id,"
+                " updated_at = now() WHERE topic = :topic "
+                "AND topic_id IS DISTINCT FROM :topic_id RETURNING partition"
+            ),
+            {"topic": topic, "topic_id": topic_id},
+        )
+        if reset.first() is not None:
+            log.warning("%s was created again (new topic id): consuming it from its start", topic)
+            await conn.execute(
+                text("DELETE FROM market.source_sequences WHERE topic = :topic"),
+                {"topic": topic},
+            )
     states: dict[int, PartitionState] = {}
     rows = await conn.execute(
-        text(
-            "SELECT partition, next_offset, watermark FROM market.ingest_partitions "
-            "WHERE topic = :topic"
-        ),
+        text("SELECT partition, next_offset FROM market.ingest_partitions WHERE topic = :topic"),
         {"topic": topic},
     )
     for row in rows:
         states[int(row.partition)] = PartitionState(
             int(row.partition),
             None if row.next_offset is None else int(row.next_offset),
-            None if row.watermark is None else to_us(row.watermark),
         )
     rows = await conn.execute(
         text(
@@ -254,11 +277,17 @@ async def load_state(conn: AsyncConnection, topic: str, partitions: Sequence[int
         ),
         {"topic": topic},
     )
-    open_bars = {}
+    windows = Windows()
     for row in rows:
         bar = _bar_from_row(row)
-        open_bars[bar.key()] = bar
-    return IngestState(states, open_bars)
+        windows.open_bars[bar.key()] = bar
+    rows = await conn.execute(
+        text("SELECT symbol, exchange_ts FROM market.prices WHERE source_topic = :topic"),
+        {"topic": topic},
+    )
+    for row in rows:
+        windows.watermarks[row.symbol] = to_us(row.exchange_ts)
+    return IngestState(states, windows)
 
 
 @dataclass(frozen=True)
@@ -288,7 +317,6 @@ class PartitionProgress:
     partition: int
     expected_offset: int | None  # what the stored next_offset must still be
     next_offset: int
-    watermark_us: int | None
     sequences: Mapping[str, int]  # the sources whose last_seq changed
 
 
@@ -311,10 +339,9 @@ async def persist_batch(
         result = await conn.execute(
             text(
                 "UPDATE market.ingest_partitions AS p SET next_offset = v.next_offset, "
-                "watermark = v.watermark, updated_at = now() "
+                "updated_at = now() "
                 "FROM unnest(CAST(:parts AS integer[]), CAST(:expected AS bigint[]), "
-                "CAST(:next AS bigint[]), CAST(:watermarks AS timestamptz[])) "
-                "AS v(partition, expected, next_offset, watermark) "
+                "CAST(:next AS bigint[])) AS v(partition, expected, next_offset) "
                 "WHERE p.topic = :topic AND p.partition = v.partition "
                 "AND p.next_offset IS NOT DISTINCT FROM v.expected"
             ),
@@ -323,10 +350,6 @@ async def persist_batch(
                 "parts": [p.partition for p in progress],
                 "expected": [p.expected_offset for p in progress],
                 "next": [p.next_offset for p in progress],
-                "watermarks": [
-                    None if p.watermark_us is None else to_datetime(p.watermark_us)
-                    for p in progress
-                ],
             },
         )
         if getattr(result, "rowcount", -1) != len(progress):
@@ -447,5 +470,6 @@ async def persist_batch(
     if rows:
         # no per-key advisory locks (add_events takes them): this worker is the only writer
         # of these keys, so its rows' ids already follow its commit order
-        await conn.execute(outbox.insert(), rows)
+        # an event id already there is the same event (ids derive from positions)
+        await conn.execute(insert(outbox).on_conflict_do_nothing(), rows)
         await conn.execute(select(func.pg_notify(notify_channel(outbox), "")))

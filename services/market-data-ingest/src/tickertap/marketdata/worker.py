@@ -12,7 +12,7 @@ offsets. Per batch of up to `ingest_batch_max` messages:
    offset: a batch repeated after a crash republishes the same ids);
 3. in ONE Postgres transaction: the bars the batch touched (open ones too: they are the
    window state), closed bars' events and dead letters into the outbox (the runtime's
-   relay publishes them), the latest prices, and per partition the next offset, watermark
+   relay publishes them), the latest prices, and per partition the next offset
    and source sequences, fenced on the stored offset the batch started from;
 4. then commit the offsets to the broker too (for lag tooling only; never read back).
 
@@ -48,6 +48,7 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -284,8 +285,9 @@ class IngestWorker:
         self._instruments: Mapping[str, d.Instrument] = {}
         self._instruments_version: tuple[int, datetime | None] | None = None
         self._instruments_checked = 0.0
-        self._state = repo.IngestState({}, {})
+        self._state = repo.IngestState({}, d.Windows())
         self._stored_offsets: dict[int, int | None] = {}
+        self._source = config.ticks_topic
         self._gaps = d.SequenceGaps(config.sequence_gap_window, config.sequence_sources_max)
         self.batches = 0  # committed batches, for tests and logs
 
@@ -309,6 +311,7 @@ class IngestWorker:
                     self._metrics.restarts.inc()
                 except Exception as exc:
                     if not is_transient_error(exc):
+                        log.exception("ingest: the worker stops on an unexpected error")
                         raise
                     attempt += 1
                     self._metrics.restarts.inc()
@@ -325,9 +328,11 @@ class IngestWorker:
 
     async def _session(self) -> None:
         cfg = self.config
-        partitions = await self._in_thread(self._partitions)
+        partitions, topic_id = await self._in_thread(self._partitions)
+        # event ids derive from positions: the topic's id keeps a recreated topic's apart
+        self._source = f"{cfg.ticks_topic}/{topic_id or ''}"
         async with self._engine.begin() as conn:
-            self._state = await repo.load_state(conn, cfg.ticks_topic, partitions)
+            self._state = await repo.load_state(conn, cfg.ticks_topic, partitions, topic_id)
         self._stored_offsets = {p: s.next_offset for p, s in self._state.partitions.items()}
         await self._refresh_instruments(force=True)
         consumer = await self._in_thread(
@@ -364,20 +369,25 @@ class IngestWorker:
         finally:
             await self._in_thread(consumer.close)
 
-    def _partitions(self) -> list[int]:
-        """The partitions of the ticks topic, waiting (bounded) for the topic to exist."""
+    def _partitions(self) -> tuple[list[int], str | None]:
+        """The partitions and the broker's id of the ticks topic (None when the broker
+        has no topic ids), waiting (bounded) for the topic to exist."""
+        topic_name = self.config.ticks_topic
         admin = AdminClient({"bootstrap.servers": self.config.bootstrap_servers, "log_level": 3})
         deadline = time.monotonic() + self.config.topic_wait_s
         while True:
             try:
-                meta = admin.list_topics(self.config.ticks_topic, timeout=5)
-                topic = meta.topics.get(self.config.ticks_topic)
-                if topic is not None and topic.error is None and topic.partitions:
-                    return sorted(topic.partitions)
+                described = admin.describe_topics(TopicCollection([topic_name]), request_timeout=5)[
+                    topic_name
+                ].result(timeout=10)
+                partitions = sorted(p.id for p in described.partitions)
+                topic_id = str(described.topic_id) if described.topic_id is not None else None
+                if partitions:
+                    return partitions, topic_id
             except KafkaException as exc:
-                log.warning("ingest: cannot list %s: %s", self.config.ticks_topic, exc)
+                log.warning("ingest: cannot describe %s: %s", topic_name, exc)
             if time.monotonic() >= deadline or self._stopping.is_set():
-                raise RuntimeError(f"topic {self.config.ticks_topic} not found")
+                raise RuntimeError(f"topic {topic_name} not found")
             time.sleep(0.5)
 
     # -- the hot path, in the consumer's thread ------------------------------------------------
@@ -388,7 +398,7 @@ class IngestWorker:
             return None
         batch = Batch(started=0.0)
         states = self._state.partitions
-        open_bars = self._state.open_bars
+        windows = self._state.windows
         instruments = self._instruments
         policy = self.config.policy
         window_us = policy.window_us
@@ -398,6 +408,7 @@ class IngestWorker:
         latest: dict[str, d.Tick] = {}
         touched_parts: set[int] = set()
         touched_bars: set[tuple[str, int]] = set()
+        touched_symbols: set[str] = set()
         touched_sources: dict[int, set[str]] = {}
         wall_us = now_us()
         for message in messages:
@@ -432,9 +443,10 @@ class IngestWorker:
                 state.next_offset = offset + 1
                 self._dead_letter(batch, message, "undecodable", f"{exc.reason}: {exc.detail}")
                 continue
-            outcome, tick = apply(state, open_bars, tick, instruments, policy)
+            outcome, tick = apply(state, windows, tick, instruments, policy)
             if outcome is None:
                 batch.valid += 1
+                touched_symbols.add(tick.symbol)
                 touched_bars.add((tick.symbol, tick.exchange_us - tick.exchange_us % window_us))
                 prior = latest.get(tick.symbol)
                 if prior is None or tick.exchange_us >= prior.exchange_us:
@@ -452,30 +464,30 @@ class IngestWorker:
         batch.started = time.monotonic()
         if not batch.messages:
             return None
-        self._finish(batch, touched_parts, touched_bars, touched_sources, latest)
+        self._finish(batch, touched_parts, touched_symbols, touched_bars, touched_sources, latest)
         return batch
 
     def _finish(
         self,
         batch: Batch,
         touched_parts: set[int],
+        touched_symbols: set[str],
         touched_bars: set[tuple[str, int]],
         touched_sources: dict[int, set[str]],
         latest: dict[str, d.Tick],
     ) -> None:
         cfg = self.config
-        states, open_bars = self._state.partitions, self._state.open_bars
-        closed: list[d.Bar] = []
+        states, windows = self._state.partitions, self._state.windows
+        open_bars = windows.open_bars
+        closed = d.close_windows(windows, touched_symbols, cfg.policy)
         for partition in sorted(touched_parts):
             state = states[partition]
-            closed.extend(d.close_windows(state, open_bars, cfg.policy))
             assert state.next_offset is not None
             batch.progress.append(
                 repo.PartitionProgress(
                     partition,
                     self._stored_offsets.get(partition),
                     state.next_offset,
-                    state.watermark_us,
                     {s: state.last_seq[s] for s in touched_sources.get(partition, ())},
                 )
             )
@@ -519,7 +531,7 @@ class IngestWorker:
             )
             record = {
                 "event_id": uuid.uuid5(
-                    EVENT_ID_NAMESPACE, f"{cfg.ticks_topic}/{tick.partition}/{tick.offset}"
+                    EVENT_ID_NAMESPACE, f"{self._source}/{tick.partition}/{tick.offset}"
                 ),
                 "occurred_at": occurred,
                 "symbol": symbol,
@@ -566,9 +578,7 @@ class IngestWorker:
         )
         batch.dead_letters.append(
             repo.DeadLetterRow(
-                uuid.uuid5(
-                    EVENT_ID_NAMESPACE, f"dlq/{self.config.ticks_topic}/{partition}/{offset}"
-                ),
+                uuid.uuid5(EVENT_ID_NAMESPACE, f"dlq/{self._source}/{partition}/{offset}"),
                 self._dlq_topic,
                 message.key() or b"",
                 message.value(),
