@@ -6,6 +6,9 @@ and stopped at the end if so), with the ledger service as `make run` starts it:
 - `POST /v1/transfers`: 2 legs, an Idempotency-Key each, the outbox event, at 16
   connections, between 1,000 accounts ("spread") and between 10 ("hot");
 - `POST /v1/transfers/batch`: 100 transfers (200 postings) per request;
+- the same spread load over two ledger replicas (a second ledger process, as a
+  deployment scales out; 8 connections each), to see what a second process buys
+  on this machine;
 - the floors, on the same Postgres: a plain FastAPI endpoint doing one INSERT +
   COMMIT per request, and raw asyncpg INSERT + COMMIT at 16 connections.
 
@@ -19,15 +22,21 @@ shows the median of the runs, then each run. Bounded: each load lasts
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import uuid
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +57,8 @@ BATCH_TRANSFERS = 100
 CONNECTIONS = 16
 BATCH_CONNECTIONS = 4
 FUNDS = "1000000.00"
+REPLICA_START_S_MAX = 60.0
+REPLICA_STOP_S_MAX = 15.0
 
 
 def start_stack(marker: Path) -> dict[str, object]:
@@ -154,6 +165,95 @@ def batch_requests(accounts: Sequence[str], ops: str, run_tag: str) -> loadgen.M
     return make
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def second_replica(port: int) -> Iterator[str]:
+    """Another ledger process on `port`, with the environment the launcher gives the
+    ledger (`stack.py exec ledger`); stopped by its PID at the end."""
+    argv = [*STACK, "exec", "ledger", "--", "env", f"TICKERTAP_HTTP_PORT={port}"]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, after the process ends
+    process = subprocess.Popen(
+        [*argv, "python", "-m", "tickertap.ledger"], env=ENV, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + REPLICA_START_S_MAX
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the second ledger exited: {log.read()[-2000:]!r}")
+            if _ready(f"{url}/readyz"):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the second ledger was not ready in time")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(REPLICA_STOP_S_MAX)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def merged(label: str, results: Sequence[loadgen.LoadResult]) -> loadgen.LoadResult:
+    """Loads that ran side by side for the same time, as one."""
+    status: dict[int, int] = {}
+    errors: dict[str, int] = {}
+    for r in results:
+        for code, n in r.status_counts.items():
+            status[code] = status.get(code, 0) + n
+        for kind, n in r.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+    return loadgen.LoadResult(
+        label=label,
+        concurrency=sum(r.concurrency for r in results),
+        duration_s=max(r.duration_s for r in results),
+        latencies_ns=array("q", sorted(x for r in results for x in r.latencies_ns)),
+        status_counts=status,
+        errors=errors,
+        client_cpu_s=max(r.client_cpu_s for r in results),  # one process ran both
+        client_wall_s=max(r.client_wall_s for r in results),
+        client_requests=sum(r.client_requests for r in results),
+    )
+
+
+async def spread_over(
+    urls: Sequence[str], accounts: Sequence[str], ops: str, tag: str, args: argparse.Namespace
+) -> loadgen.LoadResult:
+    label = f"transfers, 1,000 accounts, {len(urls)} replicas"
+    results = await asyncio.gather(
+        *(
+            loadgen.run_load(
+                f"{url}/v1/transfers",
+                make_request=transfer_requests(accounts, ops, f"{tag}-replica{n}"),
+                on_response=check_created,
+                connections=CONNECTIONS // len(urls),
+                duration_s=args.duration_s,
+                warmup_s=args.warmup_s,
+                label=label,
+            )
+            for n, url in enumerate(urls)
+        )
+    )
+    return merged(label, results)
+
+
 def check_created(_i: int, status: int, body: bytes) -> None:
     if status != 201:
         raise AssertionError(f"{status}: {body[:200]!r}")
@@ -195,53 +295,82 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
     url = str(services["ledger"]["url"])
     ops = mint(STATE / "secrets" / "dev-signing-key.json", str(uuid.uuid4()), ("ops",), ttl_s=3600)
     accounts = loadgen.run_async(setup_accounts(url, ops, ACCOUNTS_SPREAD))
-    hot = accounts[:ACCOUNTS_HOT]
     stack = harness.read_bench_stack()
     spec = baselines.RunSpec(duration_s=args.duration_s, warmup_s=args.warmup_s)
     rows: dict[str, list[loadgen.LoadResult]] = {}
     postings_per_s: list[float] = []
-    for run_no in range(args.runs):
-        tag = f"r{run_no}-{uuid.uuid4().hex[:8]}"
-        for label, name, pool in (
-            ("transfers, 1,000 accounts", "spread", accounts),
-            ("transfers, 10 hot accounts", "hot", hot),
-        ):
-            harness.settle(spec.quiet_wait_s, label)
-            result = loadgen.run_async(
-                loadgen.run_load(
-                    f"{url}/v1/transfers",
-                    make_request=transfer_requests(pool, ops, f"{tag}-{name}"),
-                    on_response=check_created,
-                    connections=CONNECTIONS,
-                    duration_s=args.duration_s,
-                    warmup_s=args.warmup_s,
-                    label=label,
-                )
+    with second_replica(free_port()) as replica:
+        for run_no in range(args.runs):
+            measure_once(
+                run_no, url, replica, accounts, ops, stack, spec, args, rows, postings_per_s
             )
-            rows.setdefault(label, []).append(result)
-        harness.settle(spec.quiet_wait_s, "batch")
-        batch = loadgen.run_async(
+    report(rows, postings_per_s, args)
+    loadgen.run_async(baselines.drop_schema(stack.admin_url))
+    return 0
+
+
+def measure_once(
+    run_no: int,
+    url: str,
+    replica: str,
+    accounts: list[str],
+    ops: str,
+    stack: harness.BenchStack,
+    spec: baselines.RunSpec,
+    args: argparse.Namespace,
+    rows: dict[str, list[loadgen.LoadResult]],
+    postings_per_s: list[float],
+) -> None:
+    hot = accounts[:ACCOUNTS_HOT]
+    tag = f"r{run_no}-{uuid.uuid4().hex[:8]}"
+    for label, name, pool in (
+        ("transfers, 1,000 accounts", "spread", accounts),
+        ("transfers, 10 hot accounts", "hot", hot),
+    ):
+        harness.settle(spec.quiet_wait_s, label)
+        result = loadgen.run_async(
             loadgen.run_load(
-                f"{url}/v1/transfers/batch",
-                make_request=batch_requests(accounts, ops, tag),
-                on_response=check_batch,
-                connections=BATCH_CONNECTIONS,
+                f"{url}/v1/transfers",
+                make_request=transfer_requests(pool, ops, f"{tag}-{name}"),
+                on_response=check_created,
+                connections=CONNECTIONS,
                 duration_s=args.duration_s,
                 warmup_s=args.warmup_s,
-                label=f"batch of {BATCH_TRANSFERS} transfers",
+                label=label,
             )
         )
-        rows.setdefault(batch.label, []).append(batch)
-        postings_per_s.append(batch.ok / batch.duration_s * BATCH_TRANSFERS * 2)
-        loadgen.run_async(baselines.reset_schema(stack.admin_url))
-        rows.setdefault("floor: FastAPI INSERT+COMMIT", []).append(
-            baselines.http_insert_baseline(stack, spec)
+        rows.setdefault(label, []).append(result)
+    harness.settle(spec.quiet_wait_s, "two replicas")
+    both = loadgen.run_async(spread_over([url, replica], accounts, ops, tag, args))
+    rows.setdefault(both.label, []).append(both)
+    harness.settle(spec.quiet_wait_s, "batch")
+    batch = loadgen.run_async(
+        loadgen.run_load(
+            f"{url}/v1/transfers/batch",
+            make_request=batch_requests(accounts, ops, tag),
+            on_response=check_batch,
+            connections=BATCH_CONNECTIONS,
+            duration_s=args.duration_s,
+            warmup_s=args.warmup_s,
+            label=f"batch of {BATCH_TRANSFERS} transfers",
         )
-        rows.setdefault("floor: asyncpg INSERT+COMMIT", []).append(
-            baselines.pg_insert_baseline(stack, spec)
-        )
-    loadgen.run_async(baselines.drop_schema(stack.admin_url))
+    )
+    rows.setdefault(batch.label, []).append(batch)
+    postings_per_s.append(batch.ok / batch.duration_s * BATCH_TRANSFERS * 2)
+    loadgen.run_async(baselines.reset_schema(stack.admin_url))
+    rows.setdefault("floor: FastAPI INSERT+COMMIT", []).append(
+        baselines.http_insert_baseline(stack, spec)
+    )
+    rows.setdefault("floor: asyncpg INSERT+COMMIT", []).append(
+        baselines.pg_insert_baseline(stack, spec)
+    )
 
+
+def report(
+    rows: dict[str, list[loadgen.LoadResult]],
+    postings_per_s: list[float],
+    args: argparse.Namespace,
+) -> None:
     print(loadgen.format_table(list(rows.items())))
     med = {
         label: statistics.median(r.ok / r.duration_s for r in results)
@@ -253,6 +382,7 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
     }
     spread = med["transfers, 1,000 accounts"]
     hot_rate = med["transfers, 10 hot accounts"]
+    two = med["transfers, 1,000 accounts, 2 replicas"]
     floor_http = med["floor: FastAPI INSERT+COMMIT"]
     floor_pg = med["floor: asyncpg INSERT+COMMIT"]
     print()
@@ -270,6 +400,12 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
             p99["transfers, 10 hot accounts"],
             f"= {hot_rate / spread:.2f}x the spread case",
         ),
+        (
+            "transfers/s, 2 replicas",
+            two,
+            p99["transfers, 1,000 accounts, 2 replicas"],
+            f"= {two / spread:.2f}x one replica, {two / floor_http:.2f}x the FastAPI floor",
+        ),
         ("postings/s, batch endpoint", statistics.median(postings_per_s), None, ""),
         ("floor: FastAPI INSERT+COMMIT", floor_http, p99["floor: FastAPI INSERT+COMMIT"], ""),
         ("floor: asyncpg INSERT+COMMIT", floor_pg, None, ""),
@@ -277,7 +413,6 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
     for name, rate, p99_ms, note in lines:
         latency = f"p99 {p99_ms:6.1f} ms" if p99_ms is not None else " " * 13
         print(f"  {name:<30} {rate:8.0f}   {latency}   {note}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ class LedgerSettings(ServiceSettings):
     auth_algorithms: tuple[str, ...] = ("Ed25519", "EdDSA", "ES256")
 
     transfer_batch_max: int = Field(default=64, ge=1, le=1000)
-    transfer_batch_workers: int = Field(default=1, ge=1, le=16)  # batches in flight at once
+    # batches in flight at once: while one waits on Postgres, the next gathers requests
+    transfer_batch_workers: int = Field(default=2, ge=1, le=16)
     transfer_queue_max: int = Field(default=10_000, ge=1)
 
     # reconciliation (reconcile.py): the periodic job's interval (0: off); transfers younger
