@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -35,7 +37,10 @@ def test_each_service_is_alive_ready_and_measured(stack, name):
     metrics = httpx.get(f"{url}/metrics")
     families = {f.name for f in text_string_to_metric_families(metrics.text)}
     assert "tickertap_http_request_duration_seconds" in families
-    assert httpx.get(f"{url}/openapi.json").json()["info"]["title"].startswith("tickerTap")
+    document = httpx.get(f"{url}/openapi.json").json()
+    assert document["info"]["title"].startswith("tickerTap")
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(document)))
+    assert refs <= document.get("components", {}).get("schemas", {}).keys(), "every $ref resolves"
 
 
 @pytest.mark.parametrize("name", SERVICE_NAMES)

@@ -20,6 +20,8 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -70,6 +72,8 @@ class ServiceDefinition:
     routers: Sequence[APIRouter] = ()
     on_start: Sequence[StartHook] = ()  # start consumers through runtime.spawn
     description: str = ""
+    # bodies that routes parse themselves (see `with_schemas`), for the OpenAPI components
+    openapi_models: Sequence[type[BaseModel]] = ()
 
 
 def messaging_tables(schema: str) -> tuple[Table, Table]:
@@ -326,9 +330,32 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
     )
     for router in definition.routers:
         app.include_router(router)
+    if definition.openapi_models:
+        with_schemas(app, definition.openapi_models)
     app.add_middleware(BodySizeLimit, body_bytes_max=settings.request_body_bytes_max)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app
+
+
+def with_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Add `models` (and the models they use) to the OpenAPI components, so a route that
+    parses its own body can `$ref` `#/components/schemas/<Model>` in its `openapi_extra`."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        _, top = models_json_schema(
+            [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, schema in top.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

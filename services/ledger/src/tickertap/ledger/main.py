@@ -67,6 +67,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         ),
         migrations=Path(__file__).parent / "migrations",
         routers=[api.build_router(auth)],
+        openapi_models=api.SELF_PARSED_BODIES,
         on_start=[start_ledger, start_reconciler(settings)],
     )
     app = create_service_app(definition, settings)
