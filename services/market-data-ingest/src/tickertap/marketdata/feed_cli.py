@@ -482,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tickertap-feed",
         description="Publish simulated (or replayed) ticks to marketdata.ticks.v1.",
-        epilog="The replay CSV format is described in `pydoc tickertap.marketdata.feed_cli`.",
+        epilog=__doc__[__doc__.index("Replay CSV:") :] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--bootstrap-servers",
