@@ -10,13 +10,12 @@ Errors render as problem details through the runtime's error handlers.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the annotations of
-# the dependency built in `require`, and one of them names a local variable.
+# the dependency `require` returns (`_Requirement.__call__`).
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
+from fastapi.security import HTTPBearer
 
 from tickertap.authn.errors import SCOPE_TOKEN, InsufficientScope, InvalidToken, MissingToken
 from tickertap.authn.principal import Principal
@@ -48,16 +47,7 @@ class BearerAuth:
         `insufficient_scope` when a role or scope is missing.
         """
         roles, scopes = _checked(roles_any, scopes_all)
-        authenticate = self.authenticate
-        scheme = self._scheme
-
-        async def principal(
-            request: Request,
-            _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
-        ) -> Principal:
-            return await authenticate(request, roles, scopes)
-
-        return principal
+        return _Requirement(self, roles, scopes)
 
     async def authenticate(
         self, request: Request, roles_any: frozenset[str], scopes_all: frozenset[str]
@@ -83,6 +73,27 @@ def _checked(
         if not SCOPE_TOKEN.fullmatch(scope):
             raise ValueError(f"not an RFC 6749 scope token: {scope!r}")
     return frozenset(roles_any), scopes
+
+
+class _Requirement(HTTPBearer):
+    """One `require()` dependency. Being itself the bearer security scheme, it puts the
+    scheme in the OpenAPI document and FastAPI calls it with the request alone: one
+    dependency to solve instead of two, about half the per-request cost of the pair."""
+
+    def __init__(self, auth: BearerAuth, roles: frozenset[str], scopes: frozenset[str]) -> None:
+        scheme = auth._scheme
+        super().__init__(
+            bearerFormat="JWT",
+            scheme_name=scheme.scheme_name,
+            description=scheme.model.description,
+            auto_error=False,
+        )
+        self._authenticate = auth.authenticate
+        self._roles = roles
+        self._scopes = scopes
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        return await self._authenticate(request, self._roles, self._scopes)
 
 
 def bearer_token(authorization: Sequence[str]) -> str:
