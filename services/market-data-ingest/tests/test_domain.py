@@ -84,19 +84,15 @@ def test_each_rule_has_its_reason(t: d.Tick, reason: str) -> None:
     assert not result.windows.open_bars
 
 
-def test_valid_edges_are_accepted_and_normalized() -> None:
+def test_valid_edges_are_accepted() -> None:
     ok = [
-        tick(price="100.10000", bid="100.00", ask="100.00", size="0"),  # bid == ask, size 0
+        tick(price="100.10000", bid="100.00", ask="100.00", size="0"),  # zeros beyond the scale
         tick(at=T0 + 5 * S, received=T0, seq=2),  # exactly the future bound
         tick(at=T0 - 3600 * S, received=T0, seq=3),  # exactly the age bound
         tick("BTC-USD", "65000.12345678", "0.001", seq=4),
     ]
-    state = d.PartitionState(0)
-    outcome, normalized = d.apply_tick(state, d.Windows(), ok[0], INSTRUMENTS, POLICY)
-    assert outcome is None
-    assert str(normalized.price) == "100.10"  # at the instrument's scale, nothing rounded
-    for t in ok[1:]:  # each with windows of its own: no watermark makes it late
-        assert d.apply_tick(d.PartitionState(0), d.Windows(), t, INSTRUMENTS, POLICY)[0] is None
+    for t in ok:  # each with windows of its own: no watermark makes it late
+        assert d.apply_tick(d.PartitionState(0), d.Windows(), t, INSTRUMENTS, POLICY) is None
 
 
 def test_duplicates_are_dropped_per_source_and_partition() -> None:
@@ -116,17 +112,17 @@ def test_duplicates_are_dropped_per_source_and_partition() -> None:
     assert result.windows.open_bars[("AAPL", T0)].tick_count == 3
 
 
-def test_sequence_gaps_are_counted_once_holes_expire() -> None:
-    gaps = d.SequenceGaps(window=10, sources_max=2)
-    assert gaps.see("a", 1) == 0
-    assert gaps.see("a", 4) == 0  # 2 and 3 are holes for now
-    assert gaps.see("a", 3) == 0  # 3 arrives late: filled
-    assert gaps.expire() == {}
-    assert gaps.see("a", 20) == 5  # 5..9 are beyond the window at once; 10..19 holes
-    assert gaps.expire() == {"a": 1}  # 2 fell below 20 - 10
-    assert gaps.see("b", 1) == 0
-    assert gaps.see("c", 1) == 0  # over sources_max: not tracked
-    assert gaps.see("c", 9) == 0
+def test_missing_sequence_numbers_settle_when_partitions_catch_up() -> None:
+    gaps = d.SequenceGaps(sources_max=2)
+    for seq in (1, 4, 6):  # one partition ahead of the other
+        gaps.see("a", seq)
+    assert gaps.missing() == {"a": 3}  # 2, 3, 5: in flight or lost
+    for seq in (2, 5):  # the other partition catches up; 3 never comes
+        gaps.see("a", seq)
+    assert gaps.missing() == {"a": 1}
+    gaps.see("b", 1)
+    gaps.see("c", 1)  # over sources_max: not tracked
+    assert set(gaps.missing()) == {"a", "b"}
 
 
 # -- windows ---------------------------------------------------------------------------------

@@ -125,9 +125,10 @@ class IngestPolicy:
         assert self.window_us > 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to build, on the hot path
 class Tick:
-    """One decoded tick and where it came from (partition, offset, receive time)."""
+    """One decoded tick and where it came from (partition, offset, receive time).
+    Treat it as immutable."""
 
     symbol: str
     venue: str
@@ -226,61 +227,44 @@ def window_start_us(exchange_us: int, window_us: int = MINUTE_US) -> int:
 _EXACT: Final = Context(prec=38, traps=[Inexact, InvalidOperation])
 
 
-def _at_scale(value: Decimal, quantum: Decimal) -> Decimal | None:
-    """`value` at exactly the instrument's scale, or None when that would round it."""
+def _at_scale(value: Decimal, quantum: Decimal) -> bool:
+    """Whether `value` has no more places than the instrument's scale (nothing to round)."""
     try:
-        return value.quantize(quantum, context=_EXACT)
+        return value.quantize(quantum, context=_EXACT) == value
     except (Inexact, InvalidOperation):
-        return None
+        return False
 
 
 def check_tick(
     tick: Tick, instruments: Mapping[str, Instrument], policy: IngestPolicy
-) -> tuple[str | None, Tick]:
-    """The first rule `tick` breaks (its reason) or None, and the tick normalized to the
-    instrument's price scale. Does not look at windows or sequences."""
+) -> str | None:
+    """The first rule `tick` breaks (its reason), or None. Does not look at windows or
+    sequences."""
     instrument = instruments.get(tick.symbol)
     if instrument is None:
-        return "unknown_symbol", tick
+        return "unknown_symbol"
     if instrument.status != "active":
-        return "halted", tick
-    if tick.price <= 0:
-        return "price_not_positive", tick
+        return "halted"
+    price = tick.price
+    if price <= 0:
+        return "price_not_positive"
     quantum = instrument.quantum
-    price = _at_scale(tick.price, quantum)
-    if price is None:
-        return "price_scale_exceeded", tick
+    if not _at_scale(price, quantum):
+        return "price_scale_exceeded"
     bid, ask = tick.bid, tick.ask
-    if bid is not None:
-        bid = _at_scale(bid, quantum)
-        if bid is None:
-            return "price_scale_exceeded", tick
-    if ask is not None:
-        ask = _at_scale(ask, quantum)
-        if ask is None:
-            return "price_scale_exceeded", tick
+    if bid is not None and not _at_scale(bid, quantum):
+        return "price_scale_exceeded"
+    if ask is not None and not _at_scale(ask, quantum):
+        return "price_scale_exceeded"
     if tick.size < 0:
-        return "size_negative", tick
+        return "size_negative"
     if bid is not None and ask is not None and bid > ask:
-        return "bid_above_ask", tick
+        return "bid_above_ask"
     if tick.exchange_us > tick.received_us + policy.future_us_max:
-        return "future_timestamp", tick
+        return "future_timestamp"
     if tick.exchange_us < tick.received_us - policy.age_us_max:
-        return "stale_timestamp", tick
-    return None, Tick(
-        tick.symbol,
-        tick.venue,
-        price,
-        tick.size,
-        bid,
-        ask,
-        tick.exchange_us,
-        tick.source_id,
-        tick.source_seq,
-        tick.partition,
-        tick.offset,
-        tick.received_us,
-    )
+        return "stale_timestamp"
+    return None
 
 
 def apply_tick(
@@ -289,9 +273,9 @@ def apply_tick(
     tick: Tick,
     instruments: Mapping[str, Instrument],
     policy: IngestPolicy,
-) -> tuple[str | None, Tick]:
+) -> str | None:
     """Apply one tick of `state`'s partition: None when it went into its bar, `DUPLICATE`
-    when dropped, else the dead-letter reason. Returns the (normalized) tick too.
+    when dropped, else the dead-letter reason.
 
     Updates the partition's sequence and next offset, the symbol's watermark and open bar.
     """
@@ -299,16 +283,16 @@ def apply_tick(
     state.next_offset = tick.offset + 1
     last = state.last_seq.get(tick.source_id)
     if last is not None and tick.source_seq <= last:
-        return DUPLICATE, tick
+        return DUPLICATE
     state.last_seq[tick.source_id] = tick.source_seq
-    reason, tick = check_tick(tick, instruments, policy)
+    reason = check_tick(tick, instruments, policy)
     if reason is not None:
-        return reason, tick
+        return reason
     start = tick.exchange_us - tick.exchange_us % policy.window_us
     watermarks = windows.watermarks
     watermark = watermarks.get(tick.symbol)
     if watermark is not None and start + policy.window_us + policy.grace_us <= watermark:
-        return "late", tick
+        return "late"
     if watermark is None or tick.exchange_us > watermark:
         watermarks[tick.symbol] = tick.exchange_us
     open_bars = windows.open_bars
@@ -331,7 +315,7 @@ def apply_tick(
             ts,
             tick.partition,
         )
-        return None, tick
+        return None
     if price > bar.high:
         bar.high = price
     elif price < bar.low:
@@ -343,7 +327,7 @@ def apply_tick(
     bar.volume += size
     bar.notional += price * size
     bar.tick_count += 1
-    return None, tick
+    return None
 
 
 def close_windows(windows: Windows, symbols: Iterable[str], policy: IngestPolicy) -> list[Bar]:
@@ -392,7 +376,7 @@ def ingest(
             state = out.states.get(tick.partition)
             if state is None:
                 state = out.states[tick.partition] = PartitionState(tick.partition)
-            outcome, _ = apply_tick(state, out.windows, tick, instruments, policy)
+            outcome = apply_tick(state, out.windows, tick, instruments, policy)
             if outcome is None:
                 touched.add(tick.symbol)
             elif outcome == DUPLICATE:
@@ -444,53 +428,37 @@ def derive_bars(bars: Iterable[Bar], interval_s: int) -> list[Bar]:
 class SequenceGaps:
     """Missing sequence numbers per source, over all partitions (a metric only).
 
-    A source's ticks are spread over partitions that are consumed interleaved, so a
-    number may arrive after higher ones: it is a hole until it arrives, and a gap when it
-    has not come by the time the source is `window` numbers further. At most
-    `sources_max` sources and `window` holes per source are tracked; a jump larger than
-    the window counts its excess as gap at once.
+    A source's ticks are spread over partitions that are consumed at different paces, so
+    holes open and fill while they are consumed. Per source this counts the numbers seen
+    (`see`, once per tick that is not a duplicate) and knows the lowest and highest:
+    `missing()` = (highest - lowest + 1) - seen, which settles at the true number of
+    gaps once every partition is caught up. At most `sources_max` sources are tracked.
     """
 
-    def __init__(self, window: int, sources_max: int) -> None:
-        assert window > 0
+    def __init__(self, sources_max: int) -> None:
         assert sources_max > 0
-        self.window = window
         self.sources_max = sources_max
+        self._seen: dict[str, int] = {}
+        self._low: dict[str, int] = {}
         self._high: dict[str, int] = {}
-        self._holes: dict[str, set[int]] = {}
 
-    def see(self, source_id: str, seq: int) -> int:
-        """Note one sequence number; returns the gaps it reveals now (missing numbers)."""
-        high = self._high.get(source_id)
-        if high is None:
-            if len(self._high) >= self.sources_max:
-                return 0
+    def see(self, source_id: str, seq: int) -> None:
+        seen = self._seen.get(source_id)
+        if seen is None:
+            if len(self._seen) >= self.sources_max:
+                return
+            self._seen[source_id] = 1
+            self._low[source_id] = self._high[source_id] = seq
+            return
+        self._seen[source_id] = seen + 1
+        if seq > self._high[source_id]:
             self._high[source_id] = seq
-            self._holes[source_id] = set()
-            return 0
-        if seq == high + 1:
-            self._high[source_id] = seq
-            return 0
-        holes = self._holes[source_id]
-        if seq <= high:
-            holes.discard(seq)
-            return 0
-        gaps = 0
-        first = high + 1
-        if seq - first > self.window:  # too many to track: the oldest are gaps at once
-            gaps = seq - first - self.window
-            first = seq - self.window
-        holes.update(range(first, seq))
-        self._high[source_id] = seq
-        return gaps
+        elif seq < self._low[source_id]:
+            self._low[source_id] = seq
 
-    def expire(self) -> dict[str, int]:
-        """Holes that fell more than `window` below their source's high: gaps now."""
-        found: dict[str, int] = {}
-        for source_id, holes in self._holes.items():
-            floor = self._high[source_id] - self.window
-            old = [seq for seq in holes if seq < floor]
-            if old:
-                holes.difference_update(old)
-                found[source_id] = len(old)
-        return found
+    def missing(self) -> dict[str, int]:
+        """Sequence numbers not seen between each source's lowest and highest."""
+        return {
+            source: self._high[source] - self._low[source] + 1 - seen
+            for source, seen in self._seen.items()
+        }

@@ -41,8 +41,7 @@ class MarketDataSettings(ServiceSettings):
     tick_age_s_max: float = Field(default=3600.0, gt=0, le=30 * 86_400)
     # a 1-minute window stays open this long (in exchange time) after its end
     bar_grace_s: float = Field(default=5.0, ge=0, le=3600)
-    # missing sequence numbers are gaps once the source is this many numbers further
-    sequence_gap_window: int = Field(default=100_000, ge=1, le=10_000_000)
+    # sources whose missing sequence numbers are tracked (a metric)
     sequence_sources_max: int = Field(default=10_000, ge=1)
 
     # the HTTP API's bounds

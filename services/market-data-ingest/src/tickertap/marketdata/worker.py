@@ -16,6 +16,9 @@ offsets. Per batch of up to `ingest_batch_max` messages:
    and source sequences, fenced on the stored offset the batch started from;
 4. then commit the offsets to the broker too (for lag tooling only; never read back).
 
+Steps 2 and 3 of a batch overlap step 1 of the next one (the producer has a thread of its
+own); a batch is persisted only after the one before it.
+
 A crash anywhere repeats at most the uncommitted batch from the stored state, so every tick
 ends up once in a bar, once in the dead-letter outbox, or dropped as a duplicate. Nothing is
 re-read to rebuild windows: open windows are rows of `market.bars_1m`. A broker that lost
@@ -37,7 +40,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, InvalidOperation
 from typing import Any, Final, TypeVar
 
 import fastavro
@@ -52,7 +55,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -77,6 +80,9 @@ PRICES_SCHEMA: Final = "marketdata.prices.v1"
 BARS_SCHEMA: Final = "marketdata.bars.v1"
 EVENT_ID_NAMESPACE: Final = uuid.UUID("0b7e4c52-6f0a-4d0e-9d2b-6d61726b6574")
 WIRE_SCALE: Final = 18  # the ticks schema's decimal scale
+_WIRE_CONTEXT: Final = Context(prec=38, traps=[Inexact, InvalidOperation])  # never rounds
+DECIMAL_CACHE_ENTRIES_MAX: Final = 100_000
+GAPS_LOG_INTERVAL_S: Final = 60.0
 UNSCALED_MAX: Final = 10**38  # decimal(38, 18): more digits than that is not a valid value
 
 _T = TypeVar("_T")
@@ -100,8 +106,9 @@ class TickDecoder:
     The single-object framing with this very schema (what every feed of this project writes)
     is read with the schema's logical types stripped: decimals become integers scaled here,
     timestamps stay integer microseconds, which is several times faster than the codec's
-    conversions. Anything else (Confluent framing, another writer version) goes through
-    `AvroCodec.decode` and is converted afterwards.
+    conversions; the Decimals of byte strings seen before are reused. Anything else
+    (Confluent framing, another writer version) goes through `AvroCodec.decode` and is
+    converted afterwards.
     """
 
     def __init__(self, codec: AvroCodec) -> None:
@@ -109,6 +116,8 @@ class TickDecoder:
         self._codec = codec
         self._header = SINGLE_OBJECT_MAGIC + schema.fingerprint
         self._raw_schema = fastavro.parse_schema(_strip_logical_types(json.loads(schema.text)))
+        # prices and sizes repeat: their bytes map to the same (immutable) Decimal
+        self._decimals: dict[bytes, Decimal] = {}
 
     def decode(self, data: bytes | None, partition: int, offset: int, received_us: int) -> d.Tick:
         if data is None:
@@ -126,14 +135,23 @@ class TickDecoder:
             raise DecodeError(reason, f"{TICKS_SCHEMA}: {type(exc).__name__}: {exc}") from None
         if body.tell() != len(data):
             raise DecodeError("invalid_avro", f"{TICKS_SCHEMA}: bytes after the end of the record")
-        bid, ask = r["bid"], r["ask"]
+        decimals = self._decimals
+        if len(decimals) > DECIMAL_CACHE_ENTRIES_MAX:
+            decimals.clear()
+        raw_price, raw_size, bid, ask = r["price"], r["size"], r["bid"], r["ask"]
+        price = decimals.get(raw_price) or _decimal(raw_price, decimals)
+        size = decimals.get(raw_size) or _decimal(raw_size, decimals)
+        if bid is not None:
+            bid = decimals.get(bid) or _decimal(bid, decimals)
+        if ask is not None:
+            ask = decimals.get(ask) or _decimal(ask, decimals)
         return d.Tick(
             r["symbol"],
             r["venue"],
-            _decimal(r["price"]),
-            _decimal(r["size"]),
-            None if bid is None else _decimal(bid),
-            None if ask is None else _decimal(ask),
+            price,
+            size,
+            bid,
+            ask,
             r["exchange_ts"],
             r["source_id"],
             r["source_seq"],
@@ -160,11 +178,13 @@ class TickDecoder:
         )
 
 
-def _decimal(raw: bytes) -> Decimal:
+def _decimal(raw: bytes, cache: dict[bytes, Decimal]) -> Decimal:
+    """The Decimal of an Avro decimal(38, 18)'s bytes, remembered in `cache`."""
     unscaled = int.from_bytes(raw, "big", signed=True)
     if not -UNSCALED_MAX < unscaled < UNSCALED_MAX:
         raise DecodeError("invalid_avro", f"{TICKS_SCHEMA}: a decimal of more than 38 digits")
-    return Decimal(unscaled).scaleb(-WIRE_SCALE)
+    value = cache[raw] = Decimal(unscaled).scaleb(-WIRE_SCALE, _WIRE_CONTEXT)
+    return value
 
 
 @dataclass(frozen=True)
@@ -184,7 +204,6 @@ class WorkerConfig:
     instruments_refresh_s: float
     instruments_max: int
     policy: d.IngestPolicy
-    sequence_gap_window: int
     sequence_sources_max: int
 
 
@@ -203,7 +222,7 @@ class Batch:
     reasons: dict[str, int] = field(default_factory=dict)
     valid: int = 0
     duplicates: int = 0
-    gaps: int = 0
+    missing: int = 0  # sequence numbers missing, over all sources
 
 
 class _Stopped(Exception):
@@ -221,9 +240,10 @@ class WorkerMetrics:
             ["outcome"],
             registry=r,
         )
-        self.gaps = Counter(
-            "tickertap_marketdata_sequence_gaps",
-            "Sequence numbers of a source that never arrived (within the gap window).",
+        self.missing = Gauge(
+            "tickertap_marketdata_sequence_missing",
+            "Sequence numbers missing between each source's lowest and highest seen since "
+            "start, summed; settles to the gaps once every partition is caught up.",
             registry=r,
         )
         self.bars_closed = Counter(
@@ -250,7 +270,7 @@ class WorkerMetrics:
         self.ticks.labels("dead_lettered").inc(len(batch.dead_letters))
         for reason, count in batch.reasons.items():  # reasons are domain.REASONS: bounded
             self.metrics.dlq_messages.labels(topic=self.topic, reason=reason).inc(count)
-        self.gaps.inc(batch.gaps)
+        self.missing.set(batch.missing)
         self.bars_closed.inc(len(batch.bar_events))
         self.prices.inc(len(batch.price_messages))
         self.batch_duration.observe(time.monotonic() - batch.started)
@@ -282,13 +302,17 @@ class IngestWorker:
         )
         self._stopping = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
+        self._publisher: ThreadPoolExecutor | None = None
+        self._committable: list[TopicPartition] = []
         self._instruments: Mapping[str, d.Instrument] = {}
         self._instruments_version: tuple[int, datetime | None] | None = None
         self._instruments_checked = 0.0
         self._state = repo.IngestState({}, d.Windows())
         self._stored_offsets: dict[int, int | None] = {}
         self._source = config.ticks_topic
-        self._gaps = d.SequenceGaps(config.sequence_gap_window, config.sequence_sources_max)
+        self._gaps = d.SequenceGaps(config.sequence_sources_max)
+        self._gaps_reported: dict[str, int] = {}
+        self._gaps_logged = 0.0
         self.batches = 0  # committed batches, for tests and logs
 
     # -- public ------------------------------------------------------------------------
@@ -298,6 +322,8 @@ class IngestWorker:
         any other error propagates (the service's readiness then fails)."""
         assert self._executor is None, "run() is already running"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+        # the producer has a thread of its own, so prices go out while the next batch is read
+        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-publish")
         attempt = 0
         try:
             while not self._stopping.is_set():
@@ -317,7 +343,9 @@ class IngestWorker:
                     self._metrics.restarts.inc()
                     await self._pause(attempt, "ingest session", exc)
         finally:
-            await self._in_thread(self._producer.close)
+            await asyncio.get_running_loop().run_in_executor(self._publisher, self._producer.close)
+            self._publisher.shutdown(wait=False)
+            self._publisher = None
             self._executor.shutdown(wait=False)
             self._executor = None
 
@@ -356,18 +384,37 @@ class IngestWorker:
                 cfg.ticks_topic,
                 {tp.partition: tp.offset for tp in assignment},
             )
-            while not self._stopping.is_set():
-                await self._refresh_instruments()
-                batch = await self._in_thread(self._consume, consumer)
-                if batch is None:
-                    continue
-                await self._publish(batch)
-                await self._persist(batch)
-                await self._in_thread(self._commit_offsets, consumer, batch)
-                self._metrics.record(batch)
-                self.batches += 1
+            # batch N is published and persisted while batch N+1 is consumed and applied
+            # (its snapshot is taken, so applying N+1 does not change it); N+1 waits for N
+            pending: asyncio.Future[None] | None = None
+            try:
+                while not self._stopping.is_set():
+                    await self._refresh_instruments()
+                    batch = await self._in_thread(self._consume, consumer)
+                    if pending is not None:
+                        await pending
+                        pending = None
+                    if batch is not None:
+                        pending = asyncio.ensure_future(self._complete(batch))
+                if pending is not None:  # stopping: finish the batch in flight
+                    await pending
+            finally:
+                if pending is not None and not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pending
         finally:
             await self._in_thread(consumer.close)
+
+    async def _complete(self, batch: Batch) -> None:
+        await self._publish(batch)
+        await self._persist(batch)
+        self._committable = [
+            TopicPartition(self.config.ticks_topic, p.partition, p.next_offset)
+            for p in batch.progress
+        ]
+        self._metrics.record(batch)
+        self.batches += 1
 
     def _partitions(self) -> tuple[list[int], str | None]:
         """The partitions and the broker's id of the ticks topic (None when the broker
@@ -393,6 +440,12 @@ class IngestWorker:
     # -- the hot path, in the consumer's thread ------------------------------------------------
 
     def _consume(self, consumer: Consumer) -> Batch | None:
+        committable, self._committable = self._committable, []
+        if committable:  # the positions persisted so far, for lag tooling only
+            try:
+                consumer.commit(offsets=committable, asynchronous=True)
+            except KafkaException as exc:
+                log.debug("ingest: offset commit to the broker failed: %s", exc)
         messages = consumer.consume(self.config.batch_max, self.config.poll_timeout_s)
         if not messages:
             return None
@@ -401,15 +454,12 @@ class IngestWorker:
         windows = self._state.windows
         instruments = self._instruments
         policy = self.config.policy
-        window_us = policy.window_us
         decode = self._decoder.decode
         apply = d.apply_tick
         see = self._gaps.see
         latest: dict[str, d.Tick] = {}
         touched_parts: set[int] = set()
-        touched_bars: set[tuple[str, int]] = set()
         touched_symbols: set[str] = set()
-        touched_sources: dict[int, set[str]] = {}
         wall_us = now_us()
         for message in messages:
             error = message.error()
@@ -443,11 +493,10 @@ class IngestWorker:
                 state.next_offset = offset + 1
                 self._dead_letter(batch, message, "undecodable", f"{exc.reason}: {exc.detail}")
                 continue
-            outcome, tick = apply(state, windows, tick, instruments, policy)
+            outcome = apply(state, windows, tick, instruments, policy)
             if outcome is None:
                 batch.valid += 1
                 touched_symbols.add(tick.symbol)
-                touched_bars.add((tick.symbol, tick.exchange_us - tick.exchange_us % window_us))
                 prior = latest.get(tick.symbol)
                 if prior is None or tick.exchange_us >= prior.exchange_us:
                     latest[tick.symbol] = tick
@@ -456,15 +505,11 @@ class IngestWorker:
                 continue
             else:
                 self._dead_letter(batch, message, outcome, _detail(outcome, tick))
-            sources = touched_sources.get(partition)
-            if sources is None:
-                sources = touched_sources[partition] = set()
-            sources.add(tick.source_id)
-            batch.gaps += see(tick.source_id, tick.source_seq)
+            see(tick.source_id, tick.source_seq)
         batch.started = time.monotonic()
         if not batch.messages:
             return None
-        self._finish(batch, touched_parts, touched_symbols, touched_bars, touched_sources, latest)
+        self._finish(batch, touched_parts, touched_symbols, latest)
         return batch
 
     def _finish(
@@ -472,13 +517,10 @@ class IngestWorker:
         batch: Batch,
         touched_parts: set[int],
         touched_symbols: set[str],
-        touched_bars: set[tuple[str, int]],
-        touched_sources: dict[int, set[str]],
         latest: dict[str, d.Tick],
     ) -> None:
         cfg = self.config
         states, windows = self._state.partitions, self._state.windows
-        open_bars = windows.open_bars
         closed = d.close_windows(windows, touched_symbols, cfg.policy)
         for partition in sorted(touched_parts):
             state = states[partition]
@@ -488,12 +530,14 @@ class IngestWorker:
                     partition,
                     self._stored_offsets.get(partition),
                     state.next_offset,
-                    {s: state.last_seq[s] for s in touched_sources.get(partition, ())},
+                    dict(state.last_seq),
                 )
             )
         batch.bars.extend((bar, True) for bar in closed)
         batch.bars.extend(
-            (dataclasses.replace(open_bars[key]), False) for key in touched_bars if key in open_bars
+            (dataclasses.replace(bar), False)
+            for bar in windows.open_bars.values()
+            if bar.symbol in touched_symbols
         )
         occurred = datetime.now(UTC)
         for bar in closed:
@@ -555,9 +599,20 @@ class IngestWorker:
                     ),
                 )
             )
-        for source_id, count in self._gaps.expire().items():
-            batch.gaps += count
-            log.warning("ingest: source %s: %d sequence numbers never arrived", source_id, count)
+        missing = self._gaps.missing()
+        batch.missing = sum(max(0, count) for count in missing.values())
+        now = time.monotonic()
+        if now - self._gaps_logged >= GAPS_LOG_INTERVAL_S:
+            for source_id, count in sorted(missing.items()):
+                if count > self._gaps_reported.get(source_id, 0):
+                    log.warning(
+                        "ingest: source %s: %d sequence numbers missing so far "
+                        "(numbers in flight on other partitions included)",
+                        source_id,
+                        count,
+                    )
+                    self._gaps_logged = now
+                self._gaps_reported[source_id] = count
 
     def _dead_letter(self, batch: Batch, message: Message, reason: str, detail: str) -> None:
         partition, offset = message.partition(), message.offset()
@@ -594,7 +649,9 @@ class IngestWorker:
         messages = batch.price_messages
         while messages:
             attempt += 1
-            deliveries = await self._in_thread(
+            assert self._publisher is not None
+            deliveries = await asyncio.get_running_loop().run_in_executor(
+                self._publisher,
                 kafka.deliver,
                 self._producer.get(),
                 messages,
@@ -604,7 +661,9 @@ class IngestWorker:
             if not failed:
                 return
             if kafka.needs_new_producer(deliveries):
-                await self._in_thread(self._producer.close, True)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._publisher, self._producer.close, True
+                )
             errors = kafka.summarize(deliveries)
             messages = failed
             await self._pause(attempt, "publishing prices", RuntimeError(str(errors)))
@@ -638,16 +697,6 @@ class IngestWorker:
             for progress in batch.progress:
                 self._stored_offsets[progress.partition] = progress.next_offset
             return
-
-    def _commit_offsets(self, consumer: Consumer, batch: Batch) -> None:
-        offsets = [
-            TopicPartition(self.config.ticks_topic, p.partition, p.next_offset)
-            for p in batch.progress
-        ]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:  # informational only: Postgres holds the position
-            log.debug("ingest: offset commit to the broker failed: %s", exc)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -704,6 +753,5 @@ def worker_config(settings: Any) -> WorkerConfig:
         instruments_refresh_s=settings.ingest_instruments_refresh_s,
         instruments_max=settings.ingest_instruments_max,
         policy=settings.ingest_policy(),
-        sequence_gap_window=settings.sequence_gap_window,
         sequence_sources_max=settings.sequence_sources_max,
     )
