@@ -164,7 +164,7 @@ async def test_the_same_request_sent_20_times_at_once_makes_one_transfer(ledger:
     assert await ledger.balance(alice) == Decimal("9.00")
 
 
-async def test_200_withdrawals_race_on_funds_for_50_exactly_50_succeed(ledger: Ledger):
+async def test_200_withdrawals_race_on_funds_for_50_exactly_50_succeed(ledger: Ledger, db):
     owner = new_id()
     account = await ledger.account(owner)
     await ledger.deposit(account, "50.00")
@@ -185,6 +185,12 @@ async def test_200_withdrawals_race_on_funds_for_50_exactly_50_succeed(ledger: L
     assert statuses.count(201) == 50
     assert statuses.count(409) == 150
     assert await ledger.balance(account) == Decimal("0.00")
+    # concurrent batches wrote them: their times still follow their order (as-of is exact)
+    times = await db.fetch(
+        "SELECT posted_at FROM ledger.postings WHERE account_id = $1 ORDER BY id",
+        uuid.UUID(account),
+    )
+    assert [t["posted_at"] for t in times] == sorted(t["posted_at"] for t in times)
 
 
 async def test_random_leg_orders_never_deadlock_and_money_is_conserved(ledger: Ledger, db):

@@ -144,18 +144,15 @@ async def find_system_account(
 
 
 async def get_accounts(
-    conn: AsyncConnection, ids: Iterable[uuid.UUID], *, lock: bool = False
+    conn: AsyncConnection, ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, AccountRow]:
-    """Accounts by id; with `lock`, FOR UPDATE in the one global order (no deadlocks)."""
-    ordered = list(d.lock_order(ids))
-    if not ordered:
+    """Accounts by id, not locked (`batch_context` locks those a transfer posts to)."""
+    wanted = list(set(ids))
+    if not wanted:
         return {}
     rows = await conn.execute(
-        text(
-            f"SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts WHERE id = ANY(:ids) ORDER BY id"
-            + (" FOR UPDATE" if lock else "")
-        ),
-        {"ids": ordered},
+        text(f"SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts WHERE id = ANY(:ids)"),
+        {"ids": wanted},
     )
     return {r.id: _account_row(r) for r in rows}
 
@@ -292,98 +289,12 @@ async def get_transfers(
     }
 
 
-async def existing_transfer_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    rows = await conn.execute(
-        text("SELECT id FROM ledger.transfers WHERE id = ANY(:ids)"), {"ids": list(ids)}
-    )
-    return {r.id for r in rows}
-
-
-async def reversed_ids(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    if not ids:
-        return set()
-    rows = await conn.execute(
-        text("SELECT reverses FROM ledger.transfers WHERE reverses = ANY(:ids)"),
-        {"ids": list(ids)},
-    )
-    return {r.reverses for r in rows}
-
-
 @dataclass(frozen=True, slots=True)
 class NewTransfer:
     transfer: d.Transfer
     event_id: uuid.UUID
     owners: tuple[uuid.UUID, ...]
     scales: Mapping[uuid.UUID, int]  # account id -> its asset's scale
-
-
-async def insert_transfers(
-    conn: AsyncConnection, new: Sequence[NewTransfer], accounts: Mapping[uuid.UUID, d.Account]
-) -> dict[uuid.UUID, datetime]:
-    """Transfers, their postings, and each touched account's new balance: 3 statements."""
-    if not new:
-        return {}
-    created = await conn.execute(
-        text(
-            "INSERT INTO ledger.transfers "
-            "(id, kind, reverses, owner_ids, trade, metadata, event_id) "
-            "SELECT t.id, t.kind, t.reverses, CAST(t.owners AS uuid[]), "
-            "  CAST(t.trade AS jsonb), CAST(t.metadata AS jsonb), t.event "
-            "FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS text[]), "
-            "  CAST(:reverses AS uuid[]), CAST(:owners AS text[]), CAST(:trades AS text[]), "
-            "  CAST(:metadata AS text[]), CAST(:events AS uuid[])) "
-            "AS t(id, kind, reverses, owners, trade, metadata, event) "
-            "RETURNING id, created_at"
-        ),
-        {
-            "ids": [n.transfer.id for n in new],
-            "kinds": [n.transfer.kind.value for n in new],
-            "reverses": [n.transfer.reverses for n in new],
-            "owners": ["{" + ",".join(str(o) for o in n.owners) + "}" for n in new],
-            "trades": [_trade_json(n.transfer.trade) for n in new],
-            "metadata": [json.dumps(dict(n.transfer.metadata)) for n in new],
-            "events": [n.event_id for n in new],
-        },
-    )
-    created_at = {r.id: r.created_at for r in created}
-    postings = [(n, p) for n in new for p in n.transfer.postings]
-    await conn.execute(
-        text(
-            "INSERT INTO ledger.postings "
-            "(transfer_id, account_id, owner_id, asset, scale, amount, balance_after) "
-            "SELECT * FROM unnest(CAST(:transfers AS uuid[]), CAST(:accounts AS uuid[]), "
-            "  CAST(:owners AS uuid[]), CAST(:assets AS text[]), CAST(:scales AS smallint[]), "
-            "  CAST(:amounts AS numeric[]), CAST(:balances AS numeric[]))"
-        ),
-        {
-            "transfers": [p.transfer_id for _, p in postings],
-            "accounts": [p.account_id for _, p in postings],
-            "owners": [accounts[p.account_id].owner_id for _, p in postings],
-            "assets": [p.asset for _, p in postings],
-            "scales": [n.scales[p.account_id] for n, p in postings],
-            "amounts": [p.amount for _, p in postings],
-            "balances": [p.balance_after for _, p in postings],
-        },
-    )
-    final: dict[uuid.UUID, Decimal] = {}
-    counts: dict[uuid.UUID, int] = {}
-    for _, p in postings:  # in posting order: the last one holds the final balance
-        final[p.account_id] = p.balance_after
-        counts[p.account_id] = counts.get(p.account_id, 0) + 1
-    await conn.execute(
-        text(
-            "UPDATE ledger.accounts a SET balance = v.balance, "
-            "  postings_count = a.postings_count + v.n "
-            "FROM unnest(CAST(:ids AS uuid[]), CAST(:balances AS numeric[]), "
-            "  CAST(:counts AS bigint[])) AS v(id, balance, n) WHERE a.id = v.id"
-        ),
-        {
-            "ids": list(final),
-            "balances": list(final.values()),
-            "counts": [counts[i] for i in final],
-        },
-    )
-    return created_at
 
 
 # -- idempotency ----------------------------------------------------------------------
@@ -409,26 +320,6 @@ async def get_idempotency(
         {"keys": list(keys)},
     )
     return {r.owner_key: IdempotencyRecord(r.request_hash, r.transfer_id, r.status) for r in rows}
-
-
-async def insert_idempotency(
-    conn: AsyncConnection, records: Mapping[str, IdempotencyRecord]
-) -> None:
-    if not records:
-        return
-    await conn.execute(
-        text(
-            "INSERT INTO ledger.idempotency_keys (owner_key, request_hash, transfer_id, status) "
-            "SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:hashes AS bytea[]), "
-            "  CAST(:transfers AS uuid[]), CAST(:statuses AS smallint[]))"
-        ),
-        {
-            "keys": list(records),
-            "hashes": [r.request_hash for r in records.values()],
-            "transfers": [r.transfer_id for r in records.values()],
-            "statuses": [r.status for r in records.values()],
-        },
-    )
 
 
 # -- prices ---------------------------------------------------------------------------
@@ -551,9 +442,9 @@ _INSERT_BATCH_SQL = (
     "  RETURNING id, created_at"
     "), p AS ("
     "  INSERT INTO ledger.postings"
-    "    (transfer_id, account_id, owner_id, asset, scale, amount, balance_after)"
-    "  SELECT * FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::text[],"
-    "    $12::smallint[], $13::numeric[], $14::numeric[])"
+    "    (transfer_id, account_id, owner_id, asset, scale, amount, balance_after, posted_at)"
+    "  SELECT *, clock_timestamp() FROM unnest($8::uuid[], $9::uuid[], $10::uuid[],"
+    "    $11::text[], $12::smallint[], $13::numeric[], $14::numeric[])"
     "), a AS ("
     "  UPDATE ledger.accounts a SET balance = v.balance,"
     "    postings_count = a.postings_count + v.n"
@@ -572,7 +463,12 @@ async def insert_batch(
     accounts: Mapping[uuid.UUID, d.Account],
     idempotency: Mapping[str, IdempotencyRecord],
 ) -> dict[uuid.UUID, datetime]:
-    """`insert_transfers` and `insert_idempotency` in one statement (one round trip)."""
+    """Transfers, their postings, each touched account's new balance and the idempotency
+    keys, in one statement (one round trip).
+
+    A posting's `posted_at` is the clock when it is written, after its account's lock
+    is held (not the transaction's start, `now()`): so one account's postings are in
+    time order as they are in id order, and a balance as of any instant is exact."""
     if not new:
         return {}
     postings = [(n, p) for n in new for p in n.transfer.postings]
