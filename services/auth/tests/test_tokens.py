@@ -273,3 +273,20 @@ async def test_other_services_verify_auth_tokens_and_dev_tokens_from_its_jwks(
         assert "ledger:write" in principal.scopes
         dev = await verifier.verify(mint_token("someone", ("ops",)))
         assert dev.roles == {"ops"}
+
+
+async def test_expired_rows_are_purged(api: AuthClient, db, auth: Auth):
+    user, pair = await api.new_user()
+    live = await api.login(user["email"])
+    sid = uuid.UUID(r_sid(pair["access_token"]))
+    await db.execute(
+        "UPDATE auth.sessions SET expires_at = now() - interval '1 second' WHERE id = $1", sid
+    )
+    await auth.purge_expired()
+    assert await db.fetchval("SELECT count(*) FROM auth.sessions WHERE id = $1", sid) == 0
+    assert (
+        await db.fetchval("SELECT count(*) FROM auth.refresh_tokens WHERE session_id = $1", sid)
+        == 0
+    )
+    assert (await api.refresh(pair["refresh_token"])).json()["error"] == "invalid_grant"
+    assert (await api.refresh(live["refresh_token"])).status_code == 200

@@ -188,19 +188,32 @@ async def test_lockout_after_failures_grows_and_answers_429(auth_app, db):
 
 
 async def test_per_ip_rate_limits_on_login_and_registration(auth_app, auth):
+    """A burst passes, then 429 with Retry-After (the buckets refill as time passes, so
+    the 429 may come a few requests after the burst on a slow machine)."""
     async with client_for(auth_app) as http:
         api = AuthClient(http)
-        statuses = []
-        for _ in range(auth.settings.register_burst + 2):
+        burst = auth.settings.register_burst
+        passed = 0
+        for _ in range(burst * 2):
             r = await http.post("/v1/users", json={"email": new_email(), "password": "short"})
-            statuses.append(r.status_code)
-        assert statuses[: auth.settings.register_burst] == [422] * auth.settings.register_burst
-        assert statuses[-1] == 429
+            if r.status_code == 429:
+                break
+            assert r.status_code == 422
+            passed += 1
+        assert r.status_code == 429
+        assert passed >= burst
         assert int(r.headers["Retry-After"]) >= 1
         assert r.json()["code"] == "too_many_requests"
-        for _ in range(auth.settings.login_burst + 2):
+        burst = auth.settings.login_burst
+        passed = 0
+        for _ in range(burst * 2):
             r = await api.token(grant_type="password", username=new_email(), password="x" * 12)
+            if r.status_code == 429:
+                break
+            passed += 1
         assert r.status_code == 429
+        assert passed >= burst
+        assert r.json()["error"] == "too_many_requests"
         assert int(r.headers["Retry-After"]) >= 1
     async with client_for(auth_app) as other:  # another client IP is not limited
         r = await other.post("/v1/users", json={"email": new_email(), "password": "short"})

@@ -764,6 +764,31 @@ class Auth:
         if error is not None:
             raise error
 
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def purge_expired(self) -> int:
+        """Expired refresh tokens, MFA challenges, sessions and login throttles, in
+        bounded batches (revoked sessions are kept a day, for their owners' lists)."""
+        total = 0
+        while True:
+            async with self._writer.begin() as conn:
+                purged = await repo.purge(
+                    conn, self.settings.purge_batch_max, self.settings.lockout_reset_s
+                )
+            total += purged
+            if purged < self.settings.purge_batch_max:
+                return total
+
+    async def run_purge(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval_s)
+            try:
+                purged = await self.purge_expired()
+                if purged:
+                    log.info("expired auth rows purged", extra={"rows": purged})
+            except Exception as exc:  # housekeeping must never take the service down
+                log.warning("auth purge failed", extra={"error": type(exc).__name__})
+
     # -- administration ----------------------------------------------------------------
 
     async def set_role(

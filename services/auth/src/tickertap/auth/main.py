@@ -49,10 +49,12 @@ def create_app(settings: AuthSettings) -> FastAPI:
         )
         await keys.refresh()
         live_keys.keys = keys
-        runtime.state["auth"] = Auth(
+        auth = Auth(
             settings, runtime.writer, runtime.vault, keys, runtime.outbox, runtime.codec, verifier
         )
+        runtime.state["auth"] = auth
         runtime.spawn(keys.run(), "signing-key-rotation", graceful=False)
+        runtime.spawn(auth.run_purge(), "auth-purge", graceful=False)
 
     definition = ServiceDefinition(
         name="auth",

@@ -448,6 +448,33 @@ async def client(conn: AsyncConnection, client_id: str) -> ClientRow | None:
     return ClientRow(row.client_id, row.secret_hash, frozenset(row.scopes), tuple(row.roles))
 
 
+# -- housekeeping ----------------------------------------------------------------------
+
+
+PURGES = (
+    # refresh tokens stay until they expire (a used one must still reveal a replay)
+    "DELETE FROM auth.refresh_tokens WHERE ctid IN (SELECT ctid FROM auth.refresh_tokens "
+    "WHERE expires_at < now() LIMIT :batch)",
+    "DELETE FROM auth.mfa_challenges WHERE ctid IN (SELECT ctid FROM auth.mfa_challenges "
+    "WHERE expires_at < now() LIMIT :batch)",
+    "DELETE FROM auth.sessions WHERE ctid IN (SELECT ctid FROM auth.sessions "
+    "WHERE expires_at < now() OR revoked_at < now() - make_interval(secs => :keep_s) "
+    "LIMIT :batch)",
+    "DELETE FROM auth.login_throttles WHERE ctid IN (SELECT ctid FROM auth.login_throttles "
+    "WHERE locked_until < now() AND last_failure_at < now() - make_interval(secs => :keep_s) "
+    "LIMIT :batch)",
+)
+
+
+async def purge(conn: AsyncConnection, batch_max: int, keep_s: float) -> int:
+    """Delete up to `batch_max` expired rows of each kind; returns how many went."""
+    purged = 0
+    for statement in PURGES:
+        result = await conn.execute(text(statement), {"batch": batch_max, "keep_s": keep_s})
+        purged += result.rowcount
+    return purged
+
+
 # -- audit -----------------------------------------------------------------------------
 
 

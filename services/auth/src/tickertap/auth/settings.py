@@ -76,6 +76,10 @@ class AuthSettings(ServiceSettings):
 
     audit_page_max: int = Field(default=200, ge=1, le=1000)
 
+    # expired tokens, challenges, sessions and throttles are deleted every interval
+    purge_interval_s: float = Field(default=600.0, gt=0, le=86_400)
+    purge_batch_max: int = Field(default=5_000, ge=100, le=100_000)
+
     @model_validator(mode="after")
     def _bounds(self) -> Self:
         if self.lockout_s_max < self.lockout_base_s:
