@@ -4,6 +4,7 @@ rest, no enumeration, lockout and per-IP rate limits."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
@@ -218,3 +219,19 @@ async def test_per_ip_rate_limits_on_login_and_registration(auth_app, auth):
     async with client_for(auth_app) as other:  # another client IP is not limited
         r = await other.post("/v1/users", json={"email": new_email(), "password": "short"})
         assert r.status_code == 422
+
+
+async def test_emails_passwords_and_tokens_are_never_logged(api: AuthClient, caplog):
+    caplog.set_level(logging.DEBUG)
+    email = new_email()
+    await api.register(email)
+    pair = await api.login(email)
+    await api.token(grant_type="password", username=email, password="wrong but long")
+    await api.refresh(pair["refresh_token"])
+    await api.me(pair["access_token"])
+    await api.http.post("/v1/users", json={"email": email, "password": PASSWORD})  # 409
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records).lower()
+    assert caplog.records
+    for secret in (email.lower(), PASSWORD, "wrong but long", pair["refresh_token"].lower(),
+                   pair["access_token"].lower()):  # fmt: skip
+        assert secret not in logged
