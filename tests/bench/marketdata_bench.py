@@ -276,11 +276,17 @@ class RunResult:
     ticks: int
     wall_s: float
     shares: dict[str, float]
+    cpu_s: float  # the measured process's CPU over the measured ticks
     check: str = ""
 
     @property
     def ticks_per_s(self) -> float:
         return self.ticks / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def ticks_per_cpu_s(self) -> float:
+        """Less sensitive to a busy machine than ticks/s: the work per tick, inverted."""
+        return self.ticks / self.cpu_s if self.cpu_s > 0 else 0.0
 
 
 def run_baseline(stack: Stack, topics: dict[str, str], count: int, run: int) -> RunResult:
@@ -301,7 +307,8 @@ def run_baseline(stack: Stack, topics: dict[str, str], count: int, run: int) -> 
         raise
     result = json.loads(stdout)
     assert result["ticks"] == count, f"the baseline read {result['ticks']} of {count} ticks"
-    return RunResult(f"baseline #{run}", count, result["wall_s"], shares.stop(result["cpu_s"]))
+    cpu_s = result["cpu_s"]
+    return RunResult(f"baseline #{run}", count, result["wall_s"], shares.stop(cpu_s), cpu_s)
 
 
 # -- (b) the ingest worker --------------------------------------------------------------
@@ -449,22 +456,27 @@ async def stored_offsets(conn: asyncpg.Connection, topic: str) -> dict[int, int]
 
 
 async def follow_worker(
-    admin_url: str, topic: str, ends: dict[int, int], timeout_s: float
-) -> tuple[int, float, int]:
+    admin_url: str, topic: str, ends: dict[int, int], timeout_s: float, pid: int | None = None
+) -> tuple[int, float, int, float]:
     """Poll the stored offsets until they reach `ends`; returns (ticks measured, seconds,
-    sum of the bars' tick counts). The clock starts at the first progress seen."""
+    sum of the bars' tick counts, CPU seconds of process `pid` meanwhile). The clock starts
+    at the first progress seen."""
     total = sum(ends.values())
     conn = await asyncpg.connect(admin_url)
     try:
         deadline = time.monotonic() + timeout_s
-        start_done, start_t = 0, 0.0
+        start_done, start_t, start_cpu_s = 0, 0.0, 0.0
         while True:
             offsets = await stored_offsets(conn, topic)
             now = time.monotonic()
             done = sum(min(offsets.get(p, 0), end) for p, end in ends.items())
             if not start_t and done > 0:
                 start_done, start_t = done, now
+                start_cpu_s = harness.process_tree_cpu_s(pid) if pid else 0.0
             if done >= total:
+                end_cpu_s = harness.process_tree_cpu_s(pid) if pid else 0.0
+                if not start_t:  # all done before the first look: nothing was measured
+                    start_done, start_t, start_cpu_s = total, now, end_cpu_s
                 break
             if now > deadline:
                 raise TimeoutError(f"the worker stored {done} of {total} offsets in {timeout_s} s")
@@ -473,7 +485,7 @@ async def follow_worker(
             "SELECT coalesce(sum(tick_count), 0) FROM market.bars_1m WHERE source_topic = $1",
             topic,
         )
-        return total - start_done, now - start_t, int(counted)
+        return total - start_done, now - start_t, int(counted), end_cpu_s - start_cpu_s
     finally:
         await conn.close()
 
@@ -492,13 +504,13 @@ def run_worker(
     shares = Shares({"postgres": stack.postgres_pid, "broker": stack.broker_pid})
     with ingest_service(stack, topics, secret_file, ingest=True, log=log) as proc:
         shares.add("worker", proc.pid)
-        ticks, wall_s, counted = asyncio.run(
-            follow_worker(stack.admin_url, topics["ticks"], produced.ends, timeout_s)
+        ticks, wall_s, counted, cpu_s = asyncio.run(
+            follow_worker(stack.admin_url, topics["ticks"], produced.ends, timeout_s, proc.pid)
         )
         cpu = shares.stop()
     good = produced.count - produced.bad
     check = "ok" if counted == good else f"bars count {counted} ticks, expected {good}"
-    return RunResult(f"worker #{run}", ticks, wall_s, cpu, check)
+    return RunResult(f"worker #{run}", ticks, wall_s, cpu, cpu_s, check)
 
 
 # -- latency: tick publish to price publish ----------------------------------------------
@@ -592,14 +604,20 @@ def print_report(
 ) -> None:
     base_rate = statistics.median(r.ticks_per_s for r in baseline) if baseline else 0.0
     work_rate = statistics.median(r.ticks_per_s for r in worker) if worker else 0.0
+    base_cpu = statistics.median(r.ticks_per_cpu_s for r in baseline) if baseline else 0.0
+    work_cpu = statistics.median(r.ticks_per_cpu_s for r in worker) if worker else 0.0
     print(
         f"\nmarket-data ingest: {args.ticks:,} ticks, {args.symbols} symbols, "
         f"{PARTITIONS} partitions; median of {args.runs} run(s)"
     )
-    print(f"  baseline (consume, decode, produce)  {base_rate:12,.0f} ticks/s")
-    print(f"  ingest worker (to bars and prices)   {work_rate:12,.0f} ticks/s")
-    if base_rate:
-        print(f"  ratio worker / baseline              {work_rate / base_rate:12.2f}")
+    print("                                            ticks/s   ticks per CPU-second")
+    print(f"  baseline (consume, decode, produce)  {base_rate:12,.0f} {base_cpu:14,.0f}")
+    print(f"  ingest worker (to bars and prices)   {work_rate:12,.0f} {work_cpu:14,.0f}")
+    if base_rate and base_cpu:
+        print(
+            f"  ratio worker / baseline              {work_rate / base_rate:12.2f} "
+            f"{work_cpu / base_cpu:14.2f}"
+        )
     if latencies:
         print(
             f"  tick publish -> price publish        p50 {percentile(latencies, 50):.1f} ms, "
@@ -607,13 +625,23 @@ def print_report(
             f"({len(latencies)} prices; {args.latency_rate:.0f} ticks/s for "
             f"{args.latency_duration_s:.0f} s)"
         )
-    print("\n  run                 ticks/s     seconds  CPU (% of one core)            check")
+    print(
+        "\n  run                 ticks/s  ticks/CPU-s  seconds  CPU (% of one core)"
+        "                       check"
+    )
     for result in [r for pair in zip(baseline, worker, strict=False) for r in pair]:
         shares = "  ".join(f"{k} {v:.0f}" for k, v in sorted(result.shares.items()))
         print(
-            f"  {result.label:<14} {result.ticks_per_s:12,.0f} {result.wall_s:11.1f}  "
-            f"{shares:<32} {result.check}"
+            f"  {result.label:<14} {result.ticks_per_s:12,.0f} {result.ticks_per_cpu_s:12,.0f}"
+            f" {result.wall_s:8.1f}  {shares:<44} {result.check}"
         )
+
+
+def _figures(result: RunResult) -> dict[str, Any]:
+    return result.__dict__ | {
+        "ticks_per_s": result.ticks_per_s,
+        "ticks_per_cpu_s": result.ticks_per_cpu_s,
+    }
 
 
 def main() -> int:
@@ -679,8 +707,8 @@ def main() -> int:
     print_report(baseline, worker, latencies, args)
     if args.json:
         figures = {
-            "baseline": [r.__dict__ | {"ticks_per_s": r.ticks_per_s} for r in baseline],
-            "worker": [r.__dict__ | {"ticks_per_s": r.ticks_per_s} for r in worker],
+            "baseline": [_figures(r) for r in baseline],
+            "worker": [_figures(r) for r in worker],
             "latency_ms": {
                 "p50": percentile(latencies, 50),
                 "p99": percentile(latencies, 99),
