@@ -49,4 +49,9 @@ def is_transient_error(error: BaseException) -> bool:
         return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
     if isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError):
         return True
+    code = sqlstate(error)  # asyncpg's own errors, on a raw connection
+    if code is not None:
+        return code.startswith(TRANSIENT_SQLSTATE_PREFIXES)
+    if type(error).__module__.startswith("asyncpg") and "closed" in str(error):
+        return True  # asyncpg.InterfaceError: the connection is closed
     return isinstance(error, OSError | TimeoutError)
