@@ -50,7 +50,7 @@ from devkeys import mint  # noqa: E402
 
 STACK = [sys.executable, str(ROOT / "deploy" / "local" / "stack.py")]
 ENV = {**os.environ, "TICKERTAP_PROFILE": "bench"}
-STATE = ROOT / ".tickertap" / "bench"
+STATE = Path(os.environ.get("TICKERTAP_STATE_DIR") or ROOT / ".tickertap" / "bench")
 ACCOUNTS_SPREAD = 1000
 ACCOUNTS_HOT = 10
 BATCH_TRANSFERS = 100
