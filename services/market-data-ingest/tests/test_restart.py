@@ -269,6 +269,9 @@ async def test_bars_survive_sigkill(
     finally:
         worker.stop()
 
+    # batches are fenced on the positions they start from: none was refused in a normal run
+    assert "reloading the state" not in (tmp_path / "worker.log").read_text()
+
     # bars: what the worker persisted (closed and still open) equals the offline result
     rows = await db.fetch(
         "SELECT symbol, window_start, open, high, low, close, volume, notional, tick_count,"

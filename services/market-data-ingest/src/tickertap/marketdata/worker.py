@@ -307,8 +307,12 @@ class IngestWorker:
         self._instruments: Mapping[str, d.Instrument] = {}
         self._instruments_version: tuple[int, datetime | None] | None = None
         self._instruments_checked = 0.0
+        self._instruments_stale = False  # a batch met an unknown symbol: read them again
+        self._instruments_fresh = False  # just read: an unknown symbol is unknown
         self._state = repo.IngestState({}, d.Windows())
-        self._stored_offsets: dict[int, int | None] = {}
+        # per partition, the next offset stored once every batch made so far is persisted:
+        # what the next batch's fence expects (batches persist in order)
+        self._expected_offsets: dict[int, int | None] = {}
         self._source = config.ticks_topic
         self._gaps = d.SequenceGaps(config.sequence_sources_max)
         self._gaps_reported: dict[str, int] = {}
@@ -361,7 +365,7 @@ class IngestWorker:
         self._source = f"{cfg.ticks_topic}/{topic_id or ''}"
         async with self._engine.begin() as conn:
             self._state = await repo.load_state(conn, cfg.ticks_topic, partitions, topic_id)
-        self._stored_offsets = {p: s.next_offset for p, s in self._state.partitions.items()}
+        self._expected_offsets = {p: s.next_offset for p, s in self._state.partitions.items()}
         await self._refresh_instruments(force=True)
         consumer = await self._in_thread(
             Consumer,
@@ -389,7 +393,7 @@ class IngestWorker:
             pending: asyncio.Future[None] | None = None
             try:
                 while not self._stopping.is_set():
-                    await self._refresh_instruments()
+                    await self._refresh_instruments(force=self._instruments_stale)
                     batch = await self._in_thread(self._consume, consumer)
                     if pending is not None:
                         await pending
@@ -461,7 +465,8 @@ class IngestWorker:
         touched_parts: set[int] = set()
         touched_symbols: set[str] = set()
         wall_us = now_us()
-        for message in messages:
+        fresh, self._instruments_fresh = self._instruments_fresh, False
+        for index, message in enumerate(messages):
             error = message.error()
             if error is not None:
                 if error.fatal():
@@ -483,16 +488,24 @@ class IngestWorker:
                     state.next_offset,
                     offset,
                 )
-            batch.messages += 1
-            touched_parts.add(partition)
             ts_type, ts_ms = message.timestamp()
             received_us = ts_ms * 1000 if ts_type != TIMESTAMP_NOT_AVAILABLE else wall_us
             try:
                 tick = decode(message.value(), partition, offset, received_us)
             except DecodeError as exc:
+                batch.messages += 1
+                touched_parts.add(partition)
                 state.next_offset = offset + 1
                 self._dead_letter(batch, message, "undecodable", f"{exc.reason}: {exc.detail}")
                 continue
+            if not fresh and tick.symbol not in instruments:
+                # maybe listed since the instruments were read: end the batch here, read
+                # them again, and see this message (and those after it) once more
+                self._rewind(consumer, messages[index:])
+                self._instruments_stale = True
+                break
+            batch.messages += 1
+            touched_parts.add(partition)
             outcome = apply(state, windows, tick, instruments, policy)
             if outcome is None:
                 batch.valid += 1
@@ -512,6 +525,16 @@ class IngestWorker:
         self._finish(batch, touched_parts, touched_symbols, latest)
         return batch
 
+    def _rewind(self, consumer: Consumer, rest: list[Message]) -> None:
+        """Seek each partition back to its first message in `rest` (not applied)."""
+        firsts: dict[int, int] = {}
+        for message in rest:
+            partition, offset = message.partition(), message.offset()
+            if message.error() is None and partition is not None and offset is not None:
+                firsts.setdefault(partition, offset)
+        for partition, offset in firsts.items():
+            consumer.seek(TopicPartition(self.config.ticks_topic, partition, offset))
+
     def _finish(
         self,
         batch: Batch,
@@ -528,11 +551,12 @@ class IngestWorker:
             batch.progress.append(
                 repo.PartitionProgress(
                     partition,
-                    self._stored_offsets.get(partition),
+                    self._expected_offsets.get(partition),
                     state.next_offset,
                     dict(state.last_seq),
                 )
             )
+            self._expected_offsets[partition] = state.next_offset
         batch.bars.extend((bar, True) for bar in closed)
         batch.bars.extend(
             (dataclasses.replace(bar), False)
@@ -694,8 +718,6 @@ class IngestWorker:
                 # the commit may have happened: the fence then sends us to reload
                 await self._pause(attempt, "persisting a batch", exc)
                 continue
-            for progress in batch.progress:
-                self._stored_offsets[progress.partition] = progress.next_offset
             return
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -710,6 +732,9 @@ class IngestWorker:
             if force or version != self._instruments_version:
                 self._instruments = await repo.load_instruments(conn, self.config.instruments_max)
                 self._instruments_version = version
+        if force:  # the next batch dead-letters unknown symbols without asking again
+            self._instruments_stale = False
+            self._instruments_fresh = True
 
     async def _pause(self, attempt: int, what: str, exc: BaseException) -> None:
         delay_s = backoff_delay_s(
