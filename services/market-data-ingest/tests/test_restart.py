@@ -307,6 +307,23 @@ async def test_bars_survive_sigkill(
     )  # fmt: skip
     assert persisted == offline
 
+    # the latest price per symbol: the accepted tick with the latest exchange time
+    rejected = {(p, o) for p, o, _ in expected.dead_letters} | set(expected.duplicates)
+    latest: dict[str, d.Tick] = {}
+    for t in ticks:
+        if (t.partition, t.offset) not in rejected:
+            prior = latest.get(t.symbol)
+            if prior is None or (t.exchange_us, t.offset) >= (prior.exchange_us, prior.offset):
+                latest[t.symbol] = t
+    prices = await db.fetch(
+        "SELECT symbol, price, source_partition, source_offset FROM market.prices"
+        " WHERE symbol = ANY($1::text[])",
+        symbols,
+    )
+    assert {
+        (r["symbol"], r["price"], r["source_partition"], r["source_offset"]) for r in prices
+    } == {(t.symbol, t.price, t.partition, t.offset) for t in latest.values()}
+
     # every tick once: in a bar, or one dead-letter row, or a dropped duplicate
     letters = await db.fetch("SELECT headers FROM market.outbox WHERE topic = $1", dlq_topic)
     dead = sorted(

@@ -581,7 +581,6 @@ class IngestWorker:
                 "tick_count": bar.tick_count,
             }
             batch.bar_events.append((event_id, bar.symbol, self._codec.encode(BARS_SCHEMA, record)))
-        received = datetime.now(UTC)
         for symbol in sorted(latest):
             tick = latest[symbol]
             batch.prices.append(
@@ -608,7 +607,8 @@ class IngestWorker:
                 "bid": tick.bid,
                 "ask": tick.ask,
                 "exchange_ts": repo.to_datetime(tick.exchange_us),
-                "received_at": received,
+                # the broker's timestamp of the tick: a replay republishes the same record
+                "received_at": repo.to_datetime(tick.received_us),
                 "source_topic": cfg.ticks_topic,
                 "source_partition": tick.partition,
                 "source_offset": tick.offset,
