@@ -491,7 +491,8 @@ class Auth:
                     failure = _oauth_throttled(d.Throttled(state.retry_after_s(time.time())))
             else:
                 assert user is not None
-                await repo.clear_throttle(conn, index)
+                if state != d.LoginThrottle():  # most logins have no failures to forget
+                    await repo.clear_throttle(conn, index)
                 if self.passwords.needs_rehash(user.password_hash):
                     await repo.update_user(
                         conn, user.id, password_hash=await self.passwords.hash(password)
