@@ -223,6 +223,7 @@ class Batch:
     valid: int = 0
     duplicates: int = 0
     missing: int = 0  # sequence numbers missing, over all sources
+    newest_us: int = 0  # the latest broker timestamp of a tick in the batch
 
 
 class _Stopped(Exception):
@@ -258,6 +259,11 @@ class WorkerMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
+        self.delay = Gauge(
+            "tickertap_marketdata_ingest_delay_seconds",
+            "When the last batch was persisted, minus the broker timestamp of its newest tick.",
+            registry=r,
+        )
         self.restarts = Counter(
             "tickertap_marketdata_worker_restarts",
             "Times the worker reloaded its state from Postgres (fenced or transient error).",
@@ -274,6 +280,8 @@ class WorkerMetrics:
         self.bars_closed.inc(len(batch.bar_events))
         self.prices.inc(len(batch.price_messages))
         self.batch_duration.observe(time.monotonic() - batch.started)
+        if batch.newest_us:
+            self.delay.set(max(0.0, (now_us() - batch.newest_us) / d.US_PER_S))
 
 
 class IngestWorker:
@@ -466,6 +474,7 @@ class IngestWorker:
         touched_symbols: set[str] = set()
         wall_us = now_us()
         fresh, self._instruments_fresh = self._instruments_fresh, False
+        newest_us = 0
         for index, message in enumerate(messages):
             error = message.error()
             if error is not None:
@@ -481,6 +490,7 @@ class IngestWorker:
             if state is None:  # a partition added after the start: picked up on restart
                 continue
             if state.next_offset is not None and offset < state.next_offset:
+                # once: the next message is past the new next_offset again
                 log.warning(
                     "ingest: %s[%d] went back from %d to %d (topic recreated?); following it",
                     self.config.ticks_topic,
@@ -506,6 +516,8 @@ class IngestWorker:
                 break
             batch.messages += 1
             touched_parts.add(partition)
+            if received_us > newest_us:
+                newest_us = received_us
             outcome = apply(state, windows, tick, instruments, policy)
             if outcome is None:
                 batch.valid += 1
@@ -520,6 +532,7 @@ class IngestWorker:
                 self._dead_letter(batch, message, outcome, _detail(outcome, tick))
             see(tick.source_id, tick.source_seq)
         batch.started = time.monotonic()
+        batch.newest_us = newest_us
         if not batch.messages:
             return None
         self._finish(batch, touched_parts, touched_symbols, latest)
