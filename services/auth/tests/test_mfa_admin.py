@@ -125,17 +125,45 @@ async def test_totp_enrollment_login_second_step_recovery_and_disable(api: AuthC
         assert expected in actions
 
 
-async def test_mfa_challenges_allow_few_attempts(api: AuthClient, auth: Auth):
+async def test_wrong_codes_lock_the_account_like_wrong_passwords(api: AuthClient, auth: Auth):
+    """Knowing the password must not allow guessing codes without end: wrong codes count
+    towards the lockout, and the password alone does not reset it."""
     user, pair = await api.new_user()
-    await enable_totp(api, pair["access_token"])
+    totp, _ = await enable_totp(api, pair["access_token"])
+    statuses = []
+    for _ in range(auth.settings.lockout_failures_max):
+        challenge = (
+            await api.token(grant_type="password", username=user["email"], password=PASSWORD)
+        ).json()
+        assert challenge["error"] == "mfa_required"
+        r = await api.token(
+            grant_type=MFA_GRANT, mfa_token=challenge["mfa_token"], otp=wrong_code(totp)
+        )
+        statuses.append(r.status_code)
+    assert statuses[:-1] == [400] * (auth.settings.lockout_failures_max - 1)
+    assert statuses[-1] == 429
+    assert int(r.headers["Retry-After"]) >= 1
+    r = await api.token(grant_type="password", username=user["email"], password=PASSWORD)
+    assert r.status_code == 429
+    r = await api.token(grant_type=MFA_GRANT, mfa_token=challenge["mfa_token"])
+    assert r.json()["error"] == "invalid_request"
+
+
+async def test_an_mfa_challenge_allows_few_attempts(api: AuthClient, auth: Auth, db):
+    user, pair = await api.new_user()
+    totp, _ = await enable_totp(api, pair["access_token"])
     challenge = (
         await api.token(grant_type="password", username=user["email"], password=PASSWORD)
     ).json()
-    for _ in range(auth.settings.mfa_attempts_max + 1):
-        r = await api.token(grant_type=MFA_GRANT, mfa_token=challenge["mfa_token"], otp="000001")
-    assert r.json()["error"] == "invalid_grant"
-    r = await api.token(grant_type=MFA_GRANT, mfa_token=challenge["mfa_token"])
-    assert r.json()["error"] == "invalid_request"
+    await db.execute(
+        "UPDATE auth.mfa_challenges SET attempts = $1 WHERE user_id = $2",
+        auth.settings.mfa_attempts_max,
+        uuid.UUID(user["id"]),
+    )
+    r = await api.token(
+        grant_type=MFA_GRANT, mfa_token=challenge["mfa_token"], otp=totp.at(time.time() + 30)
+    )
+    assert r.json()["error"] == "invalid_grant"  # even the right code: the challenge is spent
 
 
 async def test_admins_grant_and_revoke_roles_audited_with_events(api: AuthClient, db, auth: Auth):

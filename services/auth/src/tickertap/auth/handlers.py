@@ -491,7 +491,9 @@ class Auth:
                     failure = _oauth_throttled(d.Throttled(state.retry_after_s(time.time())))
             else:
                 assert user is not None
-                if state != d.LoginThrottle():  # most logins have no failures to forget
+                # failures are forgotten once every factor passed (a right password with a
+                # wrong code keeps counting: the password alone must not reset the lockout)
+                if state != d.LoginThrottle() and not user.mfa_enabled:
                     await repo.clear_throttle(conn, index)
                 if self.passwords.needs_rehash(user.password_hash):
                     await repo.update_user(
@@ -545,6 +547,10 @@ class Auth:
                 raise d.OAuthError("invalid_grant", "the MFA token is unknown or expired")
             ok = False
             method = "otp" if otp is not None else "recovery_code"
+            # wrong codes count towards the email's lockout, like wrong passwords
+            throttle = await repo.throttle(conn, user.email_index, lock=True)
+            if throttle.retry_after_s(time.time()) > 0:
+                raise _oauth_throttled(d.Throttled(throttle.retry_after_s(time.time())))
             if challenge.attempts > self.settings.mfa_attempts_max:
                 await repo.close_mfa_challenge(conn, digest)
             elif otp is not None:
@@ -566,6 +572,8 @@ class Auth:
                 )
             if ok:
                 await repo.close_mfa_challenge(conn, digest)
+                if throttle != d.LoginThrottle():
+                    await repo.clear_throttle(conn, user.email_index)
                 pair = await self._issue(conn, user, challenge.scope)
                 await self._audit(
                     conn,
@@ -585,6 +593,18 @@ class Auth:
                     details={"method": method},
                 )
                 failure = d.OAuthError("invalid_grant", "the one-time code is not valid")
+                throttle = throttle.failed(self._lockout, time.time())
+                await repo.save_throttle(conn, user.email_index, throttle)
+                if throttle.retry_after_s(time.time()) > 0:
+                    await self._audit(
+                        conn,
+                        ctx,
+                        "login.lockout",
+                        "denied",
+                        subject_id=user.id,
+                        details={"lockouts": str(throttle.lockouts)},
+                    )
+                    failure = _oauth_throttled(d.Throttled(throttle.retry_after_s(time.time())))
         if failure is not None:
             raise failure
         assert pair is not None
