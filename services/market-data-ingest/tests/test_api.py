@@ -220,25 +220,13 @@ async def test_ticks_become_prices_bars_and_dead_letters(api: Api, stack: Any) -
     assert body["source_topic"] == "marketdata.ticks.v1"
 
     # 1-minute bars: every good tick counted once; pages of 4 cover them all
-    bars: list[dict[str, Any]] = []
-    cursor = None
     params: dict[str, Any] = {
         "interval": "1m",
         "from": _iso(start),
         "to": _iso(now_us() + 60_000_000),
         "limit": 4,
     }
-    for _ in range(20):
-        r = await api.client.get(
-            f"/v1/bars/{good}",
-            params={**params, **({"cursor": cursor} if cursor else {})},
-            headers=api.reader,
-        )
-        assert r.status_code == 200, r.text
-        bars += r.json()["items"]
-        cursor = r.json()["next_cursor"]
-        if cursor is None:
-            break
+    bars = await pages(api, good, params)
     assert sum(b["tick_count"] for b in bars) == len(ticks)
     assert len({b["window_start"] for b in bars}) == len(bars) == 10
     assert sum(Decimal(b["volume"]) for b in bars) == sum(t["size"] for t in ticks)
@@ -249,6 +237,10 @@ async def test_ticks_become_prices_bars_and_dead_letters(api: Api, stack: Any) -
     )
     five = r.json()["items"]
     assert sum(b["tick_count"] for b in five) == len(ticks)
+    for interval in ("5m", "1h"):  # one bar a page: pages still cover every tick once
+        paged = await pages(api, good, {**params, "interval": interval, "limit": 1})
+        assert sum(b["tick_count"] for b in paged) == len(ticks)
+        assert len({b["window_start"] for b in paged}) == len(paged)
     assert five[0]["open"] == bars[0]["open"]
     assert five[-1]["close"] == bars[-1]["close"]
 
@@ -289,6 +281,23 @@ async def test_ticks_become_prices_bars_and_dead_letters(api: Api, stack: Any) -
         lambda ms: len([m for m in ms if m.key() == good.encode()]) >= len(closed),
     )
     assert len([m for m in published if m.key() == good.encode()]) == len(closed)
+
+
+async def pages(api: Api, symbol: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(50):  # bounded
+        r = await api.client.get(
+            f"/v1/bars/{symbol}",
+            params={**params, **({"cursor": cursor} if cursor else {})},
+            headers=api.reader,
+        )
+        assert r.status_code == 200, r.text
+        items += r.json()["items"]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("more than 50 pages")
 
 
 def _iso(us: int) -> str:

@@ -295,14 +295,20 @@ def build_router(auth: BearerAuth, settings: MarketDataSettings) -> APIRouter:
             instrument = await repo.get_instrument(conn, symbol)
             if instrument is None:
                 raise InstrumentNotFound(f"no instrument {symbol}")
-            rows = await repo.get_bars_1m(conn, symbol, repo.to_datetime(first_us), to, rows_max)
+            rows = await repo.get_bars_1m(
+                conn, symbol, repo.to_datetime(first_us), to, rows_max + 1
+            )
+        extra = rows[rows_max][0] if len(rows) > rows_max else None  # there is more
+        rows = rows[:rows_max]
         bars = d.derive_bars([bar for bar, _ in rows], interval_s)
-        rest: d.Bar | None = None  # the first bar of the next page
+        rest_us: int | None = None  # where the next page starts
         if len(bars) > page:
-            rest = bars[page]
+            rest_us = bars[page].start_us
             bars = bars[:page]
-        elif len(rows) == rows_max and len(bars) > 1:
-            rest = bars.pop()  # its rows may go on past the limit: the next page has it whole
+        elif extra is not None:
+            rest_us = d.window_start_us(extra.start_us, interval_us)
+            if bars and bars[-1].start_us == rest_us:  # its rows go on: the next page has it
+                bars.pop()
         scale = int(instrument["price_scale"])
         open_starts = [bar.start_us for bar, closed in rows if not closed]
         now_us = repo.to_us(datetime.now(UTC))
@@ -313,10 +319,10 @@ def build_router(auth: BearerAuth, settings: MarketDataSettings) -> APIRouter:
             )
             items.append(s.BarPublic.of(bar, interval, scale, closed))
         next_cursor = None
-        if rest is not None:
+        if rest_us is not None:
             origin_us = d.window_start_us(repo.to_us(frm), interval_us)
             next_cursor = _encode_cursor(
-                {"sym": symbol, "i": interval, "f": origin_us, "t": to_us, "n": rest.start_us}
+                {"sym": symbol, "i": interval, "f": origin_us, "t": to_us, "n": rest_us}
             )
         return s.BarPage(items=items, next_cursor=next_cursor)
 
