@@ -160,3 +160,35 @@ async def test_fuzzed_requests_never_get_a_5xx(
         else:
             r = await http.request(method, path, json=body, headers=headers)
     assert r.status_code < 500, (method, path, r.status_code, r.text)
+
+
+async def test_without_vault_logins_and_registrations_are_503_and_write_nothing(
+    api: AuthClient, auth: Auth, db
+):
+    from tickertap.secrets import Vault
+
+    user = await api.register()
+    before = await db.fetchval("SELECT count(*) FROM auth.users")
+    sessions = await db.fetchval("SELECT count(*) FROM auth.sessions")
+    real, auth._vault = auth._vault, Vault("http://127.0.0.1:9", timeout_s=0.5)
+    keys_vault, auth.keys._vault = auth.keys._vault, auth._vault
+    try:
+        r = await api.http.post("/v1/users", json={"email": "x@y.test", "password": PASSWORD})
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "unavailable"
+        assert r.headers["retry-after"] == "1"
+        r = await api.token(grant_type="password", username=user["email"], password=PASSWORD)
+        assert r.status_code == 503, r.text
+    finally:
+        auth._vault, auth.keys._vault = real, keys_vault
+    assert await db.fetchval("SELECT count(*) FROM auth.users") == before
+    assert await db.fetchval("SELECT count(*) FROM auth.sessions") == sessions
+    # the blind index answers but signing does not: no session is left behind
+    keys_vault, auth.keys._vault = auth.keys._vault, Vault("http://127.0.0.1:9", timeout_s=0.5)
+    try:
+        r = await api.token(grant_type="password", username=user["email"], password=PASSWORD)
+        assert r.status_code == 503, r.text
+    finally:
+        auth.keys._vault = keys_vault
+    assert await db.fetchval("SELECT count(*) FROM auth.sessions") == sessions
+    await api.login(user["email"])

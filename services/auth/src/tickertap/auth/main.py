@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,9 @@ from tickertap.auth.keys import SigningKeys
 from tickertap.auth.settings import AuthSettings
 from tickertap.authn import AccessTokenVerifier, BearerAuth
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, problem, serve
+from tickertap.secrets import VaultError
+
+log = logging.getLogger(__name__)
 
 
 class LiveKeys:
@@ -81,7 +85,15 @@ def create_app(settings: AuthSettings) -> FastAPI:
         assert isinstance(exc, OAuthError)
         return api.oauth_error_response(exc)
 
+    async def on_vault_error(_: Request, exc: Exception) -> JSONResponse:
+        # Vault signs tokens and guards emails: without it nothing is issued or written
+        log.warning("vault unavailable", extra={"error": type(exc).__name__})
+        response = problem(503, "unavailable", "a dependency is unavailable; retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response
+
     app.add_exception_handler(AuthError, on_auth_error)
+    app.add_exception_handler(VaultError, on_vault_error)
     app.add_exception_handler(OAuthError, on_oauth_error)
     return app
 
