@@ -388,6 +388,37 @@ class Quote:
 
 
 @dataclass(frozen=True, slots=True)
+class PositionFigures:
+    """What valuation needs of a position, under both methods (also what the database keeps)."""
+
+    symbol: str
+    currency: str
+    quantity: Decimal
+    cost_fifo: Decimal
+    cost_average: Decimal
+    realized_fifo: Decimal
+    realized_average: Decimal
+
+    @classmethod
+    def of(cls, position: Position) -> PositionFigures:
+        return cls(
+            position.symbol,
+            position.currency,
+            position.quantity,
+            position.cost_basis(Method.FIFO),
+            position.cost_basis(Method.AVERAGE),
+            position.realized_pnl(Method.FIFO),
+            position.realized_pnl(Method.AVERAGE),
+        )
+
+    def cost(self, method: Method) -> Decimal:
+        return self.cost_fifo if method is Method.FIFO else self.cost_average
+
+    def realized(self, method: Method) -> Decimal:
+        return self.realized_fifo if method is Method.FIFO else self.realized_average
+
+
+@dataclass(frozen=True, slots=True)
 class PositionValue:
     symbol: str
     currency: str
@@ -423,44 +454,44 @@ class Valuation:
 
 
 def value_position(
-    position: Position, quote: Quote | None, method: Method, scales: Scales
+    figures: PositionFigures, quote: Quote | None, method: Method, scales: Scales
 ) -> PositionValue:
-    places = scales.of(position.currency)
-    quantity = position.quantity
+    places = scales.of(figures.currency)
+    quantity = figures.quantity
     with localcontext(WORK):
-        cost = round_to(position.cost_basis(method), places)  # already at scale, unless empty
+        cost = round_to(figures.cost(method), places)  # already at scale, unless empty
         average = round_to(cost / quantity, UNIT_COST_PLACES) if quantity else ZERO
         market_value = unrealized = None
         if quote is not None:
             market_value = round_to(quantity * quote.price, places)
             unrealized = market_value - cost
     return PositionValue(
-        position.symbol,
-        position.currency,
+        figures.symbol,
+        figures.currency,
         quantity,
         cost,
         average,
-        position.realized_pnl(method),
+        figures.realized(method),
         quote,
         market_value,
         unrealized,
     )
 
 
-def valuate(
-    holdings: Holdings,
+def valuate_figures(
+    positions: Iterable[PositionFigures],
+    cash: Mapping[str, Decimal],
     quotes: Mapping[str, Quote],
     method: Method,
     base_currency: str,
     scales: Scales | None = None,
 ) -> Valuation:
-    """The portfolio's positions and totals at `quotes` (see Valuation)."""
+    """The positions and totals at `quotes` (see Valuation)."""
     scales = scales or Scales()
     values = tuple(
-        value_position(p, quotes.get(symbol), method, scales)
-        for symbol, p in sorted(holdings.positions.items())
+        value_position(f, quotes.get(f.symbol), method, scales)
+        for f in sorted(positions, key=lambda f: f.symbol)
     )
-    cash = holdings.cash()
     with localcontext(WORK):
         in_base = [v for v in values if v.currency == base_currency]
         market = sum(
@@ -472,8 +503,29 @@ def valuate(
         cash_value = cash.get(base_currency, ZERO)
         total = market + cash_value
     return Valuation(
-        method, base_currency, values, cash, market, cost, unrealized, realized, cash_value, total
+        method,
+        base_currency,
+        values,
+        dict(sorted(cash.items())),
+        market,
+        cost,
+        unrealized,
+        realized,
+        cash_value,
+        total,
     )
+
+
+def valuate(
+    holdings: Holdings,
+    quotes: Mapping[str, Quote],
+    method: Method,
+    base_currency: str,
+    scales: Scales | None = None,
+) -> Valuation:
+    """The portfolio's positions and totals at `quotes` (see Valuation)."""
+    figures = [PositionFigures.of(p) for p in holdings.positions.values()]
+    return valuate_figures(figures, holdings.cash(), quotes, method, base_currency, scales)
 
 
 def realized_between(

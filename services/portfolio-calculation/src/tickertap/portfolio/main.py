@@ -1,25 +1,109 @@
-"""Composition root of the portfolio calculation service: `create_app(settings)` and `main()`."""
+"""Composition root of the portfolio calculation service: `create_app(settings)` and `main()`.
+
+At start the service consumes ledger.transfers.v1 and marketdata.prices.v1 (inbox
+consumers, consumer.py) and runs the update publisher, which turns portfolios
+marked dirty into coalesced portfolio.updates.v1 events through the outbox.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from tickertap.portfolio.settings import PortfolioSettings
-from tickertap.runtime import ServiceDefinition, create_service_app, serve
-
-DEFINITION = ServiceDefinition(
-    name="portfolio-calculation",
-    title="tickerTap portfolio calculation",
-    version="0.1.0",
-    description=("Positions, cost basis, realized and unrealized P&L, valuations."),
-    migrations=Path(__file__).parent / "migrations",
+from tickertap.authn import AccessTokenVerifier, BearerAuth, HttpJwks, JwksSource, StaticJwks
+from tickertap.messaging.retry import is_transient_error
+from tickertap.money import install_context
+from tickertap.portfolio import api, handlers
+from tickertap.portfolio.consumer import (
+    PRICES_TOPIC,
+    TRANSFERS_TOPIC,
+    apply_price,
+    transfer_handler,
 )
+from tickertap.portfolio.settings import PortfolioSettings
+from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, serve
+
+log = logging.getLogger(__name__)
+PUBLISH_RETRY_S_MAX = 5.0
+
+
+def key_source(settings: PortfolioSettings) -> JwksSource:
+    if settings.auth_jwks_url is not None:
+        return HttpJwks(settings.auth_jwks_url)
+    assert settings.auth_jwks_file is not None
+    return StaticJwks(json.loads(settings.auth_jwks_file.read_text()))
+
+
+async def publish_updates(runtime: ServiceRuntime, settings: PortfolioSettings) -> None:
+    """Every poll interval, publish the portfolios that are due (several batches if many);
+    a database away for a moment is retried, never fatal."""
+    poll_s = settings.update_poll_interval_ms / 1000
+    scales = settings.scales()
+    delay_s = poll_s
+    while True:
+        await asyncio.sleep(delay_s)
+        try:
+            while True:
+                async with runtime.writer.begin() as conn:
+                    added = await handlers.publish_due(
+                        conn,
+                        runtime.outbox,
+                        runtime.codec,
+                        interval_ms=settings.update_interval_ms,
+                        batch_max=settings.update_batch_max,
+                        base_currency=settings.base_currency,
+                        scales=scales,
+                    )
+                if added < settings.update_batch_max:
+                    break
+            delay_s = poll_s
+        except Exception as exc:
+            if not is_transient_error(exc):
+                raise
+            delay_s = min(max(delay_s * 2, poll_s), PUBLISH_RETRY_S_MAX)
+            log.warning("update publishing failed; retrying", extra={"error": type(exc).__name__})
 
 
 def create_app(settings: PortfolioSettings) -> FastAPI:
-    return create_service_app(DEFINITION, settings)
+    install_context()
+    auth = BearerAuth(
+        AccessTokenVerifier(
+            key_source(settings),
+            issuer=settings.auth_issuer,
+            audience=settings.auth_audience,
+            algorithms=settings.auth_algorithms,
+        )
+    )
+
+    async def start_portfolio(runtime: ServiceRuntime) -> None:
+        runtime.start_consumer(
+            name="transfers",
+            topics=[TRANSFERS_TOPIC],
+            handler=transfer_handler(settings.scales()),
+            batch_max=settings.transfer_consumer_batch_max,
+        )
+        runtime.start_consumer(
+            name="prices",
+            topics=[PRICES_TOPIC],
+            handler=apply_price,
+            batch_max=settings.price_consumer_batch_max,
+        )
+        runtime.spawn(publish_updates(runtime, settings), "update-publisher", graceful=False)
+
+    definition = ServiceDefinition(
+        name="portfolio-calculation",
+        title="tickerTap portfolio calculation",
+        version="0.1.0",
+        description="Positions, cost basis (FIFO and average), realized and unrealized P&L.",
+        migrations=Path(__file__).parent / "migrations",
+        routers=[api.build_router(auth, settings)],
+        on_start=[start_portfolio],
+    )
+    return create_service_app(definition, settings)
 
 
 def main() -> None:

@@ -1,0 +1,184 @@
+"""Use cases of the portfolio service, each inside the caller's transaction.
+
+    apply_transfer   a ledger transfer: record it in the history of each portfolio it
+                     concerns, recompute that portfolio's state from its history
+    apply_price      a market price: keep it if newer, mark the portfolios holding it
+    snapshot         a portfolio's valuation and where its inputs came from
+    publish_due      portfolio.updates.v1 events of the portfolios due, through the outbox
+
+The consumer calls the first two in the transaction that claims the event in the
+inbox, so each event is applied exactly once; the publisher calls the last in its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tickertap.messaging import OutboxEvent, add_events
+from tickertap.messaging.outbox import Encoder
+from tickertap.portfolio import domain as d
+from tickertap.portfolio import repository as repo
+
+log = logging.getLogger(__name__)
+
+UPDATES_TOPIC = "portfolio.updates.v1"
+
+
+async def recompute(conn: AsyncConnection, owner_id: uuid.UUID, scales: d.Scales) -> d.Holdings:
+    """The portfolio's state from its whole history, saved over the derived rows."""
+    await repo.lock_portfolio(conn, owner_id)
+    holdings = d.compute(await repo.history(conn, owner_id), scales)
+    await repo.save_holdings(conn, owner_id, holdings)
+    return holdings
+
+
+async def apply_transfer(
+    conn: AsyncConnection,
+    transfers: Mapping[uuid.UUID, d.PortfolioTransfer],
+    source: repo.Source,
+    scales: d.Scales,
+) -> int:
+    """Apply one ledger transfer (split per portfolio); how many portfolios changed."""
+    await repo.see_all(conn)
+    changed = 0
+    for owner_id in sorted(transfers):  # one lock order, so concurrent appliers never deadlock
+        if await repo.add_transfer(conn, owner_id, transfers[owner_id], source):
+            await recompute(conn, owner_id, scales)
+            changed += 1
+    return changed
+
+
+async def apply_price(conn: AsyncConnection, price: repo.PriceUpdate) -> int:
+    """Keep a newer price; how many portfolios holding the symbol are marked for an update."""
+    await repo.see_all(conn)
+    if not await repo.record_price(conn, price):
+        return 0
+    return await repo.mark_holders(conn, price.quote.symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    owner_id: uuid.UUID
+    portfolio: repo.PortfolioRow
+    fifo: d.Valuation
+    average: d.Valuation
+    prices: Mapping[str, repo.StoredPrice]
+    transfer_sources: list[repo.Source]
+
+
+async def snapshot(
+    conn: AsyncConnection, owner_id: uuid.UUID, base_currency: str, scales: d.Scales
+) -> Snapshot | None:
+    """The portfolio valued at the latest prices under both methods; None if unknown."""
+    row = await repo.portfolio(conn, owner_id)
+    if row is None:
+        return None
+    figures = await repo.positions(conn, owner_id)
+    cash = await repo.cash(conn, owner_id)
+    stored = await repo.prices(conn, (f.symbol for f in figures))
+    quotes = {s: p.quote for s, p in stored.items()}
+    fifo = d.valuate_figures(figures, cash, quotes, d.Method.FIFO, base_currency, scales)
+    average = d.valuate_figures(figures, cash, quotes, d.Method.AVERAGE, base_currency, scales)
+    sources = await repo.transfer_sources(conn, owner_id)
+    return Snapshot(owner_id, row, fifo, average, stored, sources)
+
+
+def as_of(s: Snapshot) -> datetime:
+    """The latest transfer or price time the snapshot reflects."""
+    times = [p.quote.exchange_ts for p in s.prices.values()]
+    if s.portfolio.last_transfer_at is not None:
+        times.append(s.portfolio.last_transfer_at)
+    return max(times, default=s.portfolio.updated_at)
+
+
+def update_record(s: Snapshot, now: datetime) -> dict[str, Any]:
+    """The portfolio.updates.v1 record of a snapshot (FIFO figures plus the average ones)."""
+    average = {v.symbol: v for v in s.average.positions}
+    positions = []
+    for v in s.fifo.positions:
+        a = average[v.symbol]
+        q = v.quote
+        positions.append(
+            {
+                "symbol": v.symbol,
+                "quantity": v.quantity,
+                "cost_basis": v.cost_basis,
+                "average_cost": v.average_cost,
+                "price": q.price if q else None,
+                "price_as_of": q.exchange_ts if q else None,
+                "market_value": v.market_value,
+                "unrealized_pnl": v.unrealized_pnl,
+                "realized_pnl": v.realized_pnl,
+                "currency": v.currency,
+                "cost_basis_average": a.cost_basis,
+                "unrealized_pnl_average": a.unrealized_pnl,
+                "realized_pnl_average": a.realized_pnl,
+                "price_source_topic": q.source_topic if q else None,
+                "price_source_partition": q.source_partition if q else None,
+                "price_source_offset": q.source_offset if q else None,
+            }
+        )
+    sources = {(x.topic, x.partition): x.offset for x in s.transfer_sources}
+    for p in s.prices.values():
+        key = (p.event.topic, p.event.partition)
+        sources[key] = max(sources.get(key, -1), p.event.offset)
+    f = s.fifo
+    return {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": now,
+        "portfolio_id": str(s.owner_id),
+        "owner_id": str(s.owner_id),
+        "base_currency": f.base_currency,
+        "as_of": as_of(s),
+        "positions": positions,
+        "cash": [{"asset": a, "amount": v} for a, v in f.cash.items()],
+        "totals": {
+            "market_value": f.market_value,
+            "cost_basis": f.cost_basis,
+            "unrealized_pnl": f.unrealized_pnl,
+            "realized_pnl": f.realized_pnl,
+            "cash_value": f.cash_value,
+            "total_value": f.total_value,
+            "cost_basis_average": s.average.cost_basis,
+            "unrealized_pnl_average": s.average.unrealized_pnl,
+            "realized_pnl_average": s.average.realized_pnl,
+        },
+        "source_offsets": [
+            {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(sources.items())
+        ],
+    }
+
+
+async def publish_due(
+    conn: AsyncConnection,
+    outbox: Table,
+    codec: Encoder,
+    *,
+    interval_ms: int,
+    batch_max: int,
+    base_currency: str,
+    scales: d.Scales,
+) -> int:
+    """Add an update event for each dirty portfolio whose last one is `interval_ms` old,
+    computed from the current state (so always the latest); how many were added."""
+    await repo.see_all(conn)
+    due = await repo.due_for_update(conn, interval_ms, batch_max)
+    if not due:
+        return 0
+    now = datetime.now(UTC)
+    events = []
+    for owner_id in due:
+        s = await snapshot(conn, owner_id, base_currency, scales)
+        if s is not None:
+            events.append(OutboxEvent(UPDATES_TOPIC, update_record(s, now), str(owner_id)))
+    await add_events(conn, outbox, codec, events, notify=True)
+    await repo.mark_published(conn, due)
+    return len(events)

@@ -1,0 +1,505 @@
+"""SQL of the portfolio projection (tables of migration 0002).
+
+Every function takes the caller's `AsyncConnection` inside an open transaction;
+row-level security needs `see_all` or `see_owner` first in that transaction.
+Decimals go in and out as NUMERIC (asyncpg hands back Decimal); the JSON columns
+hold decimals as strings.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tickertap.portfolio import domain as d
+
+
+def plain(value: Decimal) -> str:
+    """A decimal as a string without exponent (what JSON columns and the API carry)."""
+    return format(value, "f")
+
+
+async def see_all(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT set_config('tickertap.scope', 'all', true)"))
+
+
+async def see_owner(conn: AsyncConnection, owner_id: uuid.UUID) -> None:
+    await conn.execute(
+        text("SELECT set_config('tickertap.owner_id', :owner, true)"), {"owner": str(owner_id)}
+    )
+
+
+# -- the history -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input event was read: topic, partition, offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def _trade_json(trade: d.Trade | None) -> str | None:
+    if trade is None:
+        return None
+    return json.dumps(
+        {
+            "symbol": trade.symbol,
+            "side": trade.side.value,
+            "quantity": plain(trade.quantity),
+            "price": plain(trade.price),
+            "notional": plain(trade.notional),
+            "fee": plain(trade.fee),
+            "currency": trade.currency,
+        }
+    )
+
+
+def _trade_of(data: Mapping[str, Any] | None) -> d.Trade | None:
+    if data is None:
+        return None
+    return d.Trade(
+        data["symbol"],
+        d.Side(data["side"]),
+        Decimal(data["quantity"]),
+        Decimal(data["price"]),
+        Decimal(data["notional"]),
+        Decimal(data["fee"]),
+        data["currency"],
+    )
+
+
+async def add_transfer(
+    conn: AsyncConnection, owner_id: uuid.UUID, t: d.PortfolioTransfer, source: Source
+) -> bool:
+    """Record `t` in the portfolio's history; False when it is already there."""
+    result = await conn.execute(
+        text(
+            "INSERT INTO portfolio.transfers (owner_id, transfer_id, occurred_at, kind, reverses,"
+            " amounts, trade, source_topic, source_partition, source_offset)"
+            " VALUES (:owner, :id, :at, :kind, :reverses, CAST(:amounts AS jsonb),"
+            " CAST(:trade AS jsonb), :topic, :partition, :offset)"
+            " ON CONFLICT DO NOTHING"
+        ),
+        {
+            "owner": owner_id,
+            "id": t.transfer_id,
+            "at": t.occurred_at,
+            "kind": t.kind,
+            "reverses": t.reverses,
+            "amounts": json.dumps({a: plain(v) for a, v in t.amounts.items()}),
+            "trade": _trade_json(t.trade),
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+        },
+    )
+    return bool(result.rowcount)
+
+
+async def history(conn: AsyncConnection, owner_id: uuid.UUID) -> list[d.PortfolioTransfer]:
+    rows = await conn.execute(
+        text(
+            "SELECT transfer_id, occurred_at, kind, reverses, amounts, trade"
+            " FROM portfolio.transfers WHERE owner_id = :owner ORDER BY occurred_at, transfer_id"
+        ),
+        {"owner": owner_id},
+    )
+    return [
+        d.PortfolioTransfer(
+            r.transfer_id,
+            r.occurred_at,
+            r.kind,
+            {a: Decimal(v) for a, v in r.amounts.items()},
+            _trade_of(r.trade),
+            r.reverses,
+        )
+        for r in rows
+    ]
+
+
+async def owners(conn: AsyncConnection) -> list[uuid.UUID]:
+    rows = await conn.execute(text("SELECT owner_id FROM portfolio.portfolios ORDER BY owner_id"))
+    return [r.owner_id for r in rows]
+
+
+async def transfer_sources(conn: AsyncConnection, owner_id: uuid.UUID) -> list[Source]:
+    """The last offset of each input partition that contributed to the portfolio."""
+    rows = await conn.execute(
+        text(
+            "SELECT source_topic, source_partition, max(source_offset) AS source_offset"
+            " FROM portfolio.transfers WHERE owner_id = :owner"
+            " GROUP BY source_topic, source_partition ORDER BY 1, 2"
+        ),
+        {"owner": owner_id},
+    )
+    return [Source(r.source_topic, r.source_partition, r.source_offset) for r in rows]
+
+
+# -- derived state ---------------------------------------------------------------------------
+
+
+async def lock_portfolio(conn: AsyncConnection, owner_id: uuid.UUID) -> None:
+    """Create the portfolio's row if new and lock it: one writer of its state at a time."""
+    await conn.execute(
+        text("INSERT INTO portfolio.portfolios (owner_id) VALUES (:owner) ON CONFLICT DO NOTHING"),
+        {"owner": owner_id},
+    )
+    await conn.execute(
+        text("SELECT 1 FROM portfolio.portfolios WHERE owner_id = :owner FOR UPDATE"),
+        {"owner": owner_id},
+    )
+
+
+async def save_holdings(conn: AsyncConnection, owner_id: uuid.UUID, h: d.Holdings) -> None:
+    """Replace the portfolio's derived rows with `h` and mark it for an update event."""
+    for table in ("balances", "positions", "lots", "realized"):
+        await conn.execute(
+            text(f"DELETE FROM portfolio.{table} WHERE owner_id = :owner"), {"owner": owner_id}
+        )
+    if h.balances:
+        await conn.execute(
+            text(
+                "INSERT INTO portfolio.balances (owner_id, asset, amount)"
+                " VALUES (:owner, :asset, :amount)"
+            ),
+            [{"owner": owner_id, "asset": a, "amount": v} for a, v in h.balances.items()],
+        )
+    figures = [d.PositionFigures.of(p) for p in h.positions.values()]
+    if figures:
+        await conn.execute(
+            text(
+                "INSERT INTO portfolio.positions (owner_id, symbol, currency, quantity, cost_fifo,"
+                " cost_average, realized_fifo, realized_average) VALUES (:owner, :symbol,"
+                " :currency, :quantity, :cost_fifo, :cost_average, :realized_fifo,"
+                " :realized_average)"
+            ),
+            [
+                {
+                    "owner": owner_id,
+                    "symbol": f.symbol,
+                    "currency": f.currency,
+                    "quantity": f.quantity,
+                    "cost_fifo": f.cost_fifo,
+                    "cost_average": f.cost_average,
+                    "realized_fifo": f.realized_fifo,
+                    "realized_average": f.realized_average,
+                }
+                for f in figures
+            ],
+        )
+    lots = [
+        (p.symbol, seq, lot)
+        for p in h.positions.values()
+        for seq, lot in enumerate(p.lots)
+        if lot.quantity
+    ]
+    if lots:
+        await conn.execute(
+            text(
+                "INSERT INTO portfolio.lots (owner_id, symbol, seq, transfer_id, acquired_at,"
+                " quantity_acquired, quantity, price, fees, cost) VALUES (:owner, :symbol, :seq,"
+                " :transfer_id, :acquired_at, :quantity_acquired, :quantity, :price, :fees, :cost)"
+            ),
+            [
+                {
+                    "owner": owner_id,
+                    "symbol": symbol,
+                    "seq": seq,
+                    "transfer_id": lot.transfer_id,
+                    "acquired_at": lot.acquired_at,
+                    "quantity_acquired": lot.quantity_acquired,
+                    "quantity": lot.quantity,
+                    "price": lot.price,
+                    "fees": lot.fees,
+                    "cost": lot.cost,
+                }
+                for symbol, seq, lot in lots
+            ],
+        )
+    realized = [(seq, r) for method in d.Method for seq, r in enumerate(h.realizations(method))]
+    if realized:
+        await conn.execute(
+            text(
+                "INSERT INTO portfolio.realized (owner_id, method, seq, symbol, currency,"
+                " sale_transfer_id, occurred_at, quantity, proceeds, cost, pnl,"
+                " uncovered_quantity, lots) VALUES (:owner, :method, :seq, :symbol, :currency,"
+                " :sale, :at, :quantity, :proceeds, :cost, :pnl, :uncovered,"
+                " CAST(:lots AS jsonb))"
+            ),
+            [
+                {
+                    "owner": owner_id,
+                    "method": r.method.value,
+                    "seq": seq,
+                    "symbol": r.symbol,
+                    "currency": r.currency,
+                    "sale": r.sale_transfer_id,
+                    "at": r.occurred_at,
+                    "quantity": r.quantity,
+                    "proceeds": r.proceeds,
+                    "cost": r.cost,
+                    "pnl": r.pnl,
+                    "uncovered": r.uncovered_quantity,
+                    "lots": json.dumps(
+                        [
+                            {
+                                "transfer_id": str(u.transfer_id),
+                                "quantity": plain(u.quantity),
+                                "cost": plain(u.cost),
+                            }
+                            for u in r.lots
+                        ]
+                    ),
+                }
+                for seq, r in realized
+            ],
+        )
+    await conn.execute(
+        text(
+            "UPDATE portfolio.portfolios SET transfers_applied = :n, last_transfer_at = :at,"
+            " updated_at = now(), dirty = true, dirty_since = coalesce(dirty_since, now())"
+            " WHERE owner_id = :owner"
+        ),
+        {"owner": owner_id, "n": h.transfers_applied, "at": h.last_transfer_at},
+    )
+
+
+# -- reading the state -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioRow:
+    owner_id: uuid.UUID
+    transfers_applied: int
+    last_transfer_at: datetime | None
+    updated_at: datetime
+
+
+async def portfolio(conn: AsyncConnection, owner_id: uuid.UUID) -> PortfolioRow | None:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT owner_id, transfers_applied, last_transfer_at, updated_at"
+                " FROM portfolio.portfolios WHERE owner_id = :owner"
+            ),
+            {"owner": owner_id},
+        )
+    ).first()
+    if row is None:
+        return None
+    return PortfolioRow(row.owner_id, row.transfers_applied, row.last_transfer_at, row.updated_at)
+
+
+async def balances(conn: AsyncConnection, owner_id: uuid.UUID) -> dict[str, Decimal]:
+    rows = await conn.execute(
+        text("SELECT asset, amount FROM portfolio.balances WHERE owner_id = :owner ORDER BY 1"),
+        {"owner": owner_id},
+    )
+    return {r.asset: r.amount for r in rows}
+
+
+async def positions(conn: AsyncConnection, owner_id: uuid.UUID) -> list[d.PositionFigures]:
+    rows = await conn.execute(
+        text(
+            "SELECT symbol, currency, quantity, cost_fifo, cost_average, realized_fifo,"
+            " realized_average FROM portfolio.positions WHERE owner_id = :owner ORDER BY symbol"
+        ),
+        {"owner": owner_id},
+    )
+    return [
+        d.PositionFigures(
+            r.symbol,
+            r.currency,
+            r.quantity,
+            r.cost_fifo,
+            r.cost_average,
+            r.realized_fifo,
+            r.realized_average,
+        )
+        for r in rows
+    ]
+
+
+async def cash(conn: AsyncConnection, owner_id: uuid.UUID) -> dict[str, Decimal]:
+    """Balances of the assets that are not positions."""
+    rows = await conn.execute(
+        text(
+            "SELECT b.asset, b.amount FROM portfolio.balances b WHERE b.owner_id = :owner"
+            " AND NOT EXISTS (SELECT 1 FROM portfolio.positions p"
+            " WHERE p.owner_id = b.owner_id AND p.symbol = b.asset) ORDER BY 1"
+        ),
+        {"owner": owner_id},
+    )
+    return {r.asset: r.amount for r in rows}
+
+
+async def lots(conn: AsyncConnection, owner_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            "SELECT symbol, seq, transfer_id, acquired_at, quantity_acquired, quantity, price,"
+            " fees, cost FROM portfolio.lots WHERE owner_id = :owner ORDER BY symbol, seq"
+            " LIMIT :limit"
+        ),
+        {"owner": owner_id, "limit": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def realized(
+    conn: AsyncConnection,
+    owner_id: uuid.UUID,
+    method: d.Method,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Realized entries of sales in [start, end) under `method`, oldest first."""
+    rows = await conn.execute(
+        text(
+            "SELECT symbol, currency, sale_transfer_id, occurred_at, quantity, proceeds, cost,"
+            " pnl, uncovered_quantity, lots FROM portfolio.realized"
+            " WHERE owner_id = :owner AND method = :method"
+            " AND (CAST(:start AS timestamptz) IS NULL OR occurred_at >= :start)"
+            " AND (CAST(:end AS timestamptz) IS NULL OR occurred_at < :end)"
+            " ORDER BY seq LIMIT :limit"
+        ),
+        {"owner": owner_id, "method": method.value, "start": start, "end": end, "limit": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+# -- prices ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PriceUpdate:
+    quote: d.Quote
+    received_at: datetime
+    event: Source
+
+
+async def record_price(conn: AsyncConnection, p: PriceUpdate) -> bool:
+    """Keep `p` if it is newer (exchange time, then receipt) than the stored price."""
+    q = p.quote
+    result = await conn.execute(
+        text(
+            "INSERT INTO portfolio.prices AS old (symbol, price, exchange_ts, received_at,"
+            " source_topic, source_partition, source_offset, event_topic, event_partition,"
+            " event_offset) VALUES (:symbol, :price, :exchange_ts, :received_at, :topic,"
+            " :partition, :offset, :event_topic, :event_partition, :event_offset)"
+            " ON CONFLICT (symbol) DO UPDATE SET price = EXCLUDED.price,"
+            " exchange_ts = EXCLUDED.exchange_ts, received_at = EXCLUDED.received_at,"
+            " source_topic = EXCLUDED.source_topic, source_partition = EXCLUDED.source_partition,"
+            " source_offset = EXCLUDED.source_offset, event_topic = EXCLUDED.event_topic,"
+            " event_partition = EXCLUDED.event_partition, event_offset = EXCLUDED.event_offset,"
+            " updated_at = now()"
+            " WHERE (EXCLUDED.exchange_ts, EXCLUDED.received_at)"
+            " > (old.exchange_ts, old.received_at)"
+        ),
+        {
+            "symbol": q.symbol,
+            "price": q.price,
+            "exchange_ts": q.exchange_ts,
+            "received_at": p.received_at,
+            "topic": q.source_topic,
+            "partition": q.source_partition,
+            "offset": q.source_offset,
+            "event_topic": p.event.topic,
+            "event_partition": p.event.partition,
+            "event_offset": p.event.offset,
+        },
+    )
+    return bool(result.rowcount)
+
+
+async def mark_holders(conn: AsyncConnection, symbol: str) -> int:
+    """Mark every portfolio holding `symbol` for an update event; how many were marked."""
+    result = await conn.execute(
+        text(
+            "UPDATE portfolio.portfolios SET dirty = true, dirty_since = now()"
+            " WHERE NOT dirty AND owner_id IN (SELECT owner_id FROM portfolio.positions"
+            " WHERE symbol = :symbol AND quantity <> 0)"
+        ),
+        {"symbol": symbol},
+    )
+    return int(result.rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrice:
+    quote: d.Quote
+    event: Source
+
+
+async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, StoredPrice]:
+    wanted = sorted(set(symbols))
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT symbol, price, exchange_ts, source_topic, source_partition, source_offset,"
+            " event_topic, event_partition, event_offset FROM portfolio.prices"
+            " WHERE symbol = ANY(:symbols)"
+        ),
+        {"symbols": wanted},
+    )
+    return {
+        r.symbol: StoredPrice(
+            d.Quote(
+                r.symbol,
+                r.price,
+                r.exchange_ts,
+                r.source_topic,
+                r.source_partition,
+                r.source_offset,
+            ),
+            Source(r.event_topic, r.event_partition, r.event_offset),
+        )
+        for r in rows
+    }
+
+
+# -- update events ---------------------------------------------------------------------------
+
+
+async def due_for_update(
+    conn: AsyncConnection, interval_ms: int, batch_max: int
+) -> Sequence[uuid.UUID]:
+    """Dirty portfolios whose last update is at least `interval_ms` old, locked (skip locked)."""
+    rows = await conn.execute(
+        text(
+            "SELECT owner_id FROM portfolio.portfolios WHERE dirty AND (last_published_at IS NULL"
+            " OR last_published_at <= now() - make_interval(secs => :interval_s))"
+            " ORDER BY dirty_since LIMIT :batch FOR UPDATE SKIP LOCKED"
+        ),
+        {"interval_s": interval_ms / 1000, "batch": batch_max},
+    )
+    return [r.owner_id for r in rows]
+
+
+async def mark_published(conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]) -> None:
+    await conn.execute(
+        text(
+            "UPDATE portfolio.portfolios SET dirty = false, dirty_since = NULL,"
+            " last_published_at = now() WHERE owner_id = ANY(:owners)"
+        ),
+        {"owners": list(owner_ids)},
+    )
+
+
+def day_bounds(start: date | None, end: date | None) -> tuple[datetime | None, datetime | None]:
+    """[start 00:00 UTC, the day after end 00:00 UTC) for inclusive day ranges."""
+    lo = datetime.combine(start, time(), UTC) if start else None
+    hi = datetime.combine(end + timedelta(days=1), time(), UTC) if end else None
+    return lo, hi
