@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import random
 import socket
@@ -36,7 +38,7 @@ import time
 import urllib.request
 import uuid
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +174,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def second_replica(port: int) -> Iterator[str]:
+def second_replica(port: int) -> Iterator[tuple[str, int]]:
     """Another ledger process on `port`, with the environment the launcher gives the
     ledger (`stack.py exec ledger`); stopped by its PID at the end."""
     argv = [*STACK, "exec", "ledger", "--", "env", f"TICKERTAP_HTTP_PORT={port}"]
@@ -192,7 +194,7 @@ def second_replica(port: int) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the second ledger was not ready in time")
             time.sleep(0.2)
-        yield url
+        yield url, process.pid  # `exec` replaced itself with the ledger: the same PID
     finally:
         process.terminate()
         try:
@@ -209,6 +211,35 @@ def _ready(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def with_cpu(
+    load: Callable[[], loadgen.LoadResult], server_pids: Sequence[int], stack: harness.BenchStack
+) -> loadgen.LoadResult:
+    """`load()`, with the CPU its servers and Postgres used: percent of one core, and the
+    servers' CPU per successful request, which a busy machine distorts far less than
+    requests per second."""
+    t0 = time.perf_counter()
+    busy0 = harness.system_busy_s()
+    server0 = sum(harness.process_tree_cpu_s(p) for p in server_pids)
+    pg0 = stack.postgres_cpu_s()
+    result = load()
+    wall_s = time.perf_counter() - t0
+    server_s = sum(harness.process_tree_cpu_s(p) for p in server_pids) - server0
+    pg_s = stack.postgres_cpu_s() - pg0
+    other_s = harness.system_busy_s() - busy0 - server_s - pg_s - result.client_cpu_s
+    figures = {
+        "server_cpu_pct": 100.0 * server_s / wall_s,
+        "postgres_cpu_pct": 100.0 * pg_s / wall_s,
+        "other_cpu_pct": max(0.0, 100.0 * other_s / wall_s),
+        "server_us_per_ok": server_cpu_us_per_ok(100.0 * server_s / wall_s, result),
+    }
+    return dataclasses.replace(result, extra={**result.extra, **figures})
+
+
+def server_cpu_us_per_ok(server_cpu_pct: float, result: loadgen.LoadResult) -> float:
+    rate = result.ok / result.duration_s if result.duration_s > 0 else 0.0
+    return server_cpu_pct / 100.0 / rate * 1e6 if rate > 0 else math.nan
 
 
 def merged(label: str, results: Sequence[loadgen.LoadResult]) -> loadgen.LoadResult:
@@ -299,10 +330,20 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
     spec = baselines.RunSpec(duration_s=args.duration_s, warmup_s=args.warmup_s)
     rows: dict[str, list[loadgen.LoadResult]] = {}
     postings_per_s: list[float] = []
-    with second_replica(free_port()) as replica:
+    ledger_pid = int(services["ledger"]["pid"])
+    with second_replica(free_port()) as (replica, replica_pid):
         for run_no in range(args.runs):
             measure_once(
-                run_no, url, replica, accounts, ops, stack, spec, args, rows, postings_per_s
+                run_no,
+                (url, ledger_pid),
+                (replica, replica_pid),
+                accounts,
+                ops,
+                stack,
+                spec,
+                args,
+                rows,
+                postings_per_s,
             )
     report(rows, postings_per_s, args)
     loadgen.run_async(baselines.drop_schema(stack.admin_url))
@@ -311,8 +352,8 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
 
 def measure_once(
     run_no: int,
-    url: str,
-    replica: str,
+    ledger: tuple[str, int],
+    second: tuple[str, int],
     accounts: list[str],
     ops: str,
     stack: harness.BenchStack,
@@ -321,6 +362,7 @@ def measure_once(
     rows: dict[str, list[loadgen.LoadResult]],
     postings_per_s: list[float],
 ) -> None:
+    (url, ledger_pid), (replica, replica_pid) = ledger, second
     hot = accounts[:ACCOUNTS_HOT]
     tag = f"r{run_no}-{uuid.uuid4().hex[:8]}"
     for label, name, pool in (
@@ -328,39 +370,52 @@ def measure_once(
         ("transfers, 10 hot accounts", "hot", hot),
     ):
         harness.settle(spec.quiet_wait_s, label)
-        result = loadgen.run_async(
-            loadgen.run_load(
-                f"{url}/v1/transfers",
-                make_request=transfer_requests(pool, ops, f"{tag}-{name}"),
-                on_response=check_created,
-                connections=CONNECTIONS,
-                duration_s=args.duration_s,
-                warmup_s=args.warmup_s,
-                label=label,
-            )
+        result = with_cpu(
+            lambda pool=pool, name=name, label=label: loadgen.run_async(
+                loadgen.run_load(
+                    f"{url}/v1/transfers",
+                    make_request=transfer_requests(pool, ops, f"{tag}-{name}"),
+                    on_response=check_created,
+                    connections=CONNECTIONS,
+                    duration_s=args.duration_s,
+                    warmup_s=args.warmup_s,
+                    label=label,
+                )
+            ),
+            [ledger_pid],
+            stack,
         )
         rows.setdefault(label, []).append(result)
     harness.settle(spec.quiet_wait_s, "two replicas")
-    both = loadgen.run_async(spread_over([url, replica], accounts, ops, tag, args))
+    both = with_cpu(
+        lambda: loadgen.run_async(spread_over([url, replica], accounts, ops, tag, args)),
+        [ledger_pid, replica_pid],
+        stack,
+    )
     rows.setdefault(both.label, []).append(both)
     harness.settle(spec.quiet_wait_s, "batch")
-    batch = loadgen.run_async(
-        loadgen.run_load(
-            f"{url}/v1/transfers/batch",
-            make_request=batch_requests(accounts, ops, tag),
-            on_response=check_batch,
-            connections=BATCH_CONNECTIONS,
-            duration_s=args.duration_s,
-            warmup_s=args.warmup_s,
-            label=f"batch of {BATCH_TRANSFERS} transfers",
-        )
+    batch = with_cpu(
+        lambda: loadgen.run_async(
+            loadgen.run_load(
+                f"{url}/v1/transfers/batch",
+                make_request=batch_requests(accounts, ops, tag),
+                on_response=check_batch,
+                connections=BATCH_CONNECTIONS,
+                duration_s=args.duration_s,
+                warmup_s=args.warmup_s,
+                label=f"batch of {BATCH_TRANSFERS} transfers",
+            )
+        ),
+        [ledger_pid],
+        stack,
     )
     rows.setdefault(batch.label, []).append(batch)
     postings_per_s.append(batch.ok / batch.duration_s * BATCH_TRANSFERS * 2)
     loadgen.run_async(baselines.reset_schema(stack.admin_url))
-    rows.setdefault("floor: FastAPI INSERT+COMMIT", []).append(
-        baselines.http_insert_baseline(stack, spec)
-    )
+    floor = baselines.http_insert_baseline(stack, spec)
+    floor_cpu = floor.extra.get("server_cpu_pct", math.nan)
+    floor.extra["server_us_per_ok"] = server_cpu_us_per_ok(floor_cpu, floor)
+    rows.setdefault("floor: FastAPI INSERT+COMMIT", []).append(floor)
     rows.setdefault("floor: asyncpg INSERT+COMMIT", []).append(
         baselines.pg_insert_baseline(stack, spec)
     )
@@ -371,7 +426,12 @@ def report(
     postings_per_s: list[float],
     args: argparse.Namespace,
 ) -> None:
-    print(loadgen.format_table(list(rows.items())))
+    print(
+        loadgen.format_table(
+            list(rows.items()),
+            extra=["server_cpu_pct", "postgres_cpu_pct", "other_cpu_pct", "server_us_per_ok"],
+        )
+    )
     med = {
         label: statistics.median(r.ok / r.duration_s for r in results)
         for label, results in rows.items()
@@ -413,6 +473,15 @@ def report(
     for name, rate, p99_ms, note in lines:
         latency = f"p99 {p99_ms:6.1f} ms" if p99_ms is not None else " " * 13
         print(f"  {name:<30} {rate:8.0f}   {latency}   {note}")
+    cpu = {
+        label: statistics.median(r.extra.get("server_us_per_ok", math.nan) for r in results)
+        for label, results in rows.items()
+    }
+    one, floor = cpu["transfers, 1,000 accounts"], cpu["floor: FastAPI INSERT+COMMIT"]
+    print(
+        f"  server CPU per request: transfer {one:.0f} us, FastAPI INSERT floor {floor:.0f} us"
+        f" (= {floor / one:.2f}x the floor's efficiency; a busy machine distorts this least)"
+    )
 
 
 if __name__ == "__main__":
