@@ -315,8 +315,7 @@ class IngestWorker:
         self._instruments: Mapping[str, d.Instrument] = {}
         self._instruments_version: tuple[int, datetime | None] | None = None
         self._instruments_checked = 0.0
-        self._instruments_stale = False  # a batch met an unknown symbol: read them again
-        self._instruments_fresh = False  # just read: an unknown symbol is unknown
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._state = repo.IngestState({}, d.Windows())
         # per partition, the next offset stored once every batch made so far is persisted:
         # what the next batch's fence expects (batches persist in order)
@@ -333,6 +332,7 @@ class IngestWorker:
         """Consume until `stop()`. Reloads from Postgres after a fence or a transient error;
         any other error propagates (the service's readiness then fails)."""
         assert self._executor is None, "run() is already running"
+        self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         # the producer has a thread of its own, so prices go out while the next batch is read
         self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-publish")
@@ -401,7 +401,7 @@ class IngestWorker:
             pending: asyncio.Future[None] | None = None
             try:
                 while not self._stopping.is_set():
-                    await self._refresh_instruments(force=self._instruments_stale)
+                    await self._refresh_instruments()
                     batch = await self._in_thread(self._consume, consumer)
                     if pending is not None:
                         await pending
@@ -473,9 +473,9 @@ class IngestWorker:
         touched_parts: set[int] = set()
         touched_symbols: set[str] = set()
         wall_us = now_us()
-        fresh, self._instruments_fresh = self._instruments_fresh, False
+        fresh = False  # the instruments were read again during this batch
         newest_us = 0
-        for index, message in enumerate(messages):
+        for message in messages:
             error = message.error()
             if error is not None:
                 if error.fatal():
@@ -489,14 +489,16 @@ class IngestWorker:
             state = states.get(partition)
             if state is None:  # a partition added after the start: picked up on restart
                 continue
-            if state.next_offset is not None and offset < state.next_offset:
-                # once: the next message is past the new next_offset again
+            expected = state.next_offset
+            if expected is not None and offset != expected:
+                # once: next_offset follows this message; a jump ahead is retention or
+                # compaction, one back a topic recreated under the same id
                 log.warning(
-                    "ingest: %s[%d] went back from %d to %d (topic recreated?); following it",
+                    "ingest: %s[%d] continues at offset %d instead of %d; following it",
                     self.config.ticks_topic,
                     partition,
-                    state.next_offset,
                     offset,
+                    expected,
                 )
             ts_type, ts_ms = message.timestamp()
             received_us = ts_ms * 1000 if ts_type != TIMESTAMP_NOT_AVAILABLE else wall_us
@@ -509,11 +511,10 @@ class IngestWorker:
                 self._dead_letter(batch, message, "undecodable", f"{exc.reason}: {exc.detail}")
                 continue
             if not fresh and tick.symbol not in instruments:
-                # maybe listed since the instruments were read: end the batch here, read
-                # them again, and see this message (and those after it) once more
-                self._rewind(consumer, messages[index:])
-                self._instruments_stale = True
-                break
+                # maybe listed since the instruments were read: read them again (once a
+                # batch) before this tick is dead-lettered as unknown
+                self._refresh_from_thread()
+                instruments, fresh = self._instruments, True
             batch.messages += 1
             touched_parts.add(partition)
             if received_us > newest_us:
@@ -538,15 +539,12 @@ class IngestWorker:
         self._finish(batch, touched_parts, touched_symbols, latest)
         return batch
 
-    def _rewind(self, consumer: Consumer, rest: list[Message]) -> None:
-        """Seek each partition back to its first message in `rest` (not applied)."""
-        firsts: dict[int, int] = {}
-        for message in rest:
-            partition, offset = message.partition(), message.offset()
-            if message.error() is None and partition is not None and offset is not None:
-                firsts.setdefault(partition, offset)
-        for partition, offset in firsts.items():
-            consumer.seek(TopicPartition(self.config.ticks_topic, partition, offset))
+    def _refresh_from_thread(self) -> None:
+        """Read the instruments again, from the consumer's thread, on the event loop (which
+        is free: it awaits this thread)."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._refresh_instruments(force=True), self._loop)
+        future.result(timeout=self.config.publish_timeout_s)
 
     def _finish(
         self,
@@ -745,9 +743,6 @@ class IngestWorker:
             if force or version != self._instruments_version:
                 self._instruments = await repo.load_instruments(conn, self.config.instruments_max)
                 self._instruments_version = version
-        if force:  # the next batch dead-letters unknown symbols without asking again
-            self._instruments_stale = False
-            self._instruments_fresh = True
 
     async def _pause(self, attempt: int, what: str, exc: BaseException) -> None:
         delay_s = backoff_delay_s(
