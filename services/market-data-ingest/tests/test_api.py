@@ -280,7 +280,8 @@ async def test_ticks_become_prices_bars_and_dead_letters(api: Api, stack: Any) -
         "marketdata.bars.v1",
         lambda ms: len([m for m in ms if m.key() == good.encode()]) >= len(closed),
     )
-    assert len([m for m in published if m.key() == good.encode()]) == len(closed)
+    ids = {decode_headers(m.headers())["x-event-id"] for m in published if m.key() == good.encode()}
+    assert len(ids) == len(closed)  # one event per closed bar (the relay may repeat one)
 
 
 async def pages(api: Api, symbol: str, params: dict[str, Any]) -> list[dict[str, Any]]:

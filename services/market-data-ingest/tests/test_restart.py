@@ -50,7 +50,7 @@ from tickertap.messaging.headers import decode_headers
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[3]
-TICKS = 24_000
+TICKS = 20_000
 SYMBOLS = 12
 KILLS = 3
 PARTITIONS = 6
