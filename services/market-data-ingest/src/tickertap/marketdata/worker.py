@@ -19,11 +19,18 @@ offsets. Per batch of up to `ingest_batch_max` messages:
 Steps 2 and 3 of a batch overlap step 1 of the next one (the producer has a thread of its
 own); a batch is persisted only after the one before it.
 
-A crash anywhere repeats at most the uncommitted batch from the stored state, so every tick
-ends up once in a bar, once in the dead-letter outbox, or dropped as a duplicate. Nothing is
-re-read to rebuild windows: open windows are rows of `market.bars_1m`. A broker that lost
-its topics (Tansu after a restart) resets the partitions to their start: the worker then
-consumes them from the beginning and keeps its stored bars.
+A crash anywhere repeats at most the uncommitted batches from the stored state, so every
+tick ends up once in a bar, once in the dead-letter outbox, or dropped as a duplicate.
+Nothing is re-read to rebuild windows: open windows are rows of `market.bars_1m`, and each
+symbol's watermark is its latest price's exchange time. (Re-reading from the oldest open
+window's offset would also need the instruments, watermarks and sequences as they were
+then, to repeat the same decisions; storing the open bars is exact and costs one upsert
+per symbol and batch.) A broker that lost its topics (Tansu after a restart) is noticed by
+the topic's id: the worker then consumes the new partitions from their start and keeps its
+stored bars.
+
+Instruments are read again every `ingest_instruments_refresh_s`, and at once when a tick
+names an unknown symbol (once per batch), so a just-listed instrument's first ticks count.
 """
 
 from __future__ import annotations
