@@ -503,3 +503,104 @@ def day_bounds(start: date | None, end: date | None) -> tuple[datetime | None, d
     lo = datetime.combine(start, time(), UTC) if start else None
     hi = datetime.combine(end + timedelta(days=1), time(), UTC) if end else None
     return lo, hi
+
+
+# -- comparing stored state with a recomputation (the rebuild command) ------------------------
+
+StateRows = dict[str, list[tuple[Any, ...]]]
+
+
+def rows_of(h: d.Holdings) -> StateRows:
+    """The derived rows `save_holdings` writes for `h`, in a comparable shape."""
+    realized = [
+        (
+            r.method.value,
+            seq,
+            r.symbol,
+            r.currency,
+            r.sale_transfer_id,
+            r.occurred_at,
+            r.quantity,
+            r.proceeds,
+            r.cost,
+            r.pnl,
+            r.uncovered_quantity,
+            tuple((u.transfer_id, u.quantity, u.cost) for u in r.lots),
+        )
+        for method in d.Method
+        for seq, r in enumerate(h.realizations(method))
+    ]
+    return {
+        "balances": sorted(h.balances.items()),
+        "positions": [
+            (
+                f.symbol,
+                f.currency,
+                f.quantity,
+                f.cost_fifo,
+                f.cost_average,
+                f.realized_fifo,
+                f.realized_average,
+            )
+            for f in sorted(
+                (d.PositionFigures.of(p) for p in h.positions.values()), key=lambda f: f.symbol
+            )
+        ],
+        "lots": sorted(
+            (
+                p.symbol,
+                seq,
+                lot.transfer_id,
+                lot.acquired_at,
+                lot.quantity_acquired,
+                lot.quantity,
+                lot.price,
+                lot.fees,
+                lot.cost,
+            )
+            for p in h.positions.values()
+            for seq, lot in enumerate(p.lots)
+            if lot.quantity
+        ),
+        "realized": sorted(realized, key=lambda r: (r[0], r[1])),
+    }
+
+
+async def stored_rows(conn: AsyncConnection, owner_id: uuid.UUID) -> StateRows:
+    """The portfolio's derived rows as stored, in the shape of `rows_of`."""
+    params = {"owner": owner_id}
+
+    async def fetch(sql: str) -> list[Any]:
+        return list(await conn.execute(text(sql), params))
+
+    balances = await fetch(
+        "SELECT asset, amount FROM portfolio.balances WHERE owner_id = :owner ORDER BY asset"
+    )
+    positions = await fetch(
+        "SELECT symbol, currency, quantity, cost_fifo, cost_average, realized_fifo,"
+        " realized_average FROM portfolio.positions WHERE owner_id = :owner ORDER BY symbol"
+    )
+    lots = await fetch(
+        "SELECT symbol, seq, transfer_id, acquired_at, quantity_acquired, quantity, price, fees,"
+        " cost FROM portfolio.lots WHERE owner_id = :owner ORDER BY symbol, seq"
+    )
+    realized = await fetch(
+        "SELECT method, seq, symbol, currency, sale_transfer_id, occurred_at, quantity, proceeds,"
+        " cost, pnl, uncovered_quantity, lots FROM portfolio.realized WHERE owner_id = :owner"
+        " ORDER BY method, seq"
+    )
+    return {
+        "balances": [tuple(r) for r in balances],
+        "positions": [tuple(r) for r in positions],
+        "lots": [tuple(r) for r in lots],
+        "realized": [
+            (
+                *tuple(r)[:11],
+                tuple(
+                    (uuid.UUID(u["transfer_id"]), Decimal(u["quantity"]), Decimal(u["cost"]))
+                    for u in r.lots
+                ),
+            )
+            for r in realized
+        ],
+    }
