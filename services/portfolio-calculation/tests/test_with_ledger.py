@@ -1,10 +1,17 @@
 """The portfolio follows the real ledger: transfers posted through the ledger's HTTP API
 arrive on ledger.transfers.v1 (its outbox) and the portfolio's balances equal the ledger's.
-Row-level security keeps a customer's transaction to their own rows."""
+Row-level security keeps a customer's transaction to their own rows; the reconciliation
+command compares portfolios with the ledger's API and names the one that drifts."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,6 +24,8 @@ from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 
 pytestmark = pytest.mark.stack
 D = Decimal
+ROOT = Path(__file__).resolve().parents[3]
+RUN_TIMEOUT_S = 120
 
 
 @pytest.fixture
@@ -121,3 +130,66 @@ async def test_row_level_security_shows_a_customer_only_their_rows(stack, client
             assert await db.fetchval("SELECT count(*) FROM portfolio.portfolios") == 0
     finally:
         await db.close()
+
+
+async def run_reconcile(stack, token: str, *owners: str) -> tuple[int, dict[str, Any]]:
+    """The command as an operator runs it: through the launcher, as the service's role."""
+    args = [f"--portfolio={o}" for o in owners]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "local" / "stack.py"),
+            "exec",
+            "portfolio-calculation",
+            "--",
+            "python",
+            "-m",
+            "tickertap.portfolio.reconcile",
+            f"--ledger-url={stack.service_url('ledger')}",
+            "--settle-s=0.5",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+        env={**os.environ, "RECONCILE_LEDGER_TOKEN": token},
+    )
+    assert done.returncode in (0, 1), done.stderr
+    assert token not in done.stdout + done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+async def test_reconciliation_with_the_ledger_finds_drift(stack, clients, mint_token) -> None:
+    ledger, portfolio = clients
+    token = mint_token(new_id(), ("ops",))
+    ops = {"Authorization": f"Bearer {token}"}
+    real = new_id()
+    cash = (await post(ledger, "/v1/accounts", {"asset": "USD", "owner_id": real}, ops))["id"]
+    deposit = {"transfer_id": new_id(), "account_id": cash, "amount": "25.00"}
+    await post(ledger, "/v1/deposits", deposit, ops)
+    # a transfer the ledger never posted: this portfolio drifts from the ledger
+    codec = AvroCodec(load_schemas(find_schemas_dir()))
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
+    fake = Book()
+    record = fake.deposit("7.00")
+    await publish(producer, codec, TRANSFERS, record["transfer_id"], record)
+    for owner in (real, fake.owner):
+
+        async def applied(owner: str = owner) -> bool:
+            r = await portfolio.get(f"/v1/portfolios/{owner}", headers=ops)
+            return r.status_code == 200
+
+        await eventually(applied, "both portfolios known")
+
+    code, report = await run_reconcile(stack, token, real)
+    assert (code, report["portfolios"], report["drifting"]) == (0, 1, 0), report
+    code, report = await run_reconcile(stack, token, real, fake.owner)
+    assert (code, report["drifting"]) == (1, 1)
+    assert report["items"] == [
+        {
+            "portfolio_id": fake.owner,
+            "balances": {"USD": {"portfolio": "7.000000000000000000", "ledger": "0"}},
+        }
+    ]
