@@ -57,8 +57,13 @@ async def apply_transfer(
 
 
 async def apply_price(conn: AsyncConnection, price: repo.PriceUpdate) -> int:
-    """Keep a newer price; how many portfolios holding the symbol are marked for an update."""
+    """Keep a newer price; how many portfolios holding the symbol are marked for an update.
+
+    The symbol's price lock is held until commit, so the publisher never values a
+    portfolio with this symbol while the price is half applied (see `publish_due`).
+    """
     await repo.see_all(conn)
+    await repo.lock_price(conn, price.quote.symbol)
     if not await repo.record_price(conn, price):
         return 0
     return await repo.mark_holders(conn, price.quote.symbol)
@@ -168,17 +173,31 @@ async def publish_due(
     scales: d.Scales,
 ) -> int:
     """Add an update event for each dirty portfolio whose last one is `interval_ms` old,
-    computed from the current state (so always the latest); how many were added."""
+    computed from the current state (so always the latest); how many were published.
+
+    Why no change is lost: a due portfolio's row is locked here (others are skipped),
+    and the flag is cleared in the same transaction that reads the state. A transfer
+    locks the row too, so it either waits and sets the flag again or is skipped over.
+    A price marks holders only where the flag is clear, so a price committed after
+    the state was read would be lost: its lock, held while it is applied, makes this
+    transaction skip such a portfolio (try-lock, never wait: no deadlock) until the
+    price is in, and a price that starts later waits for these shared locks and then
+    finds the flag cleared and sets it.
+    """
     await repo.see_all(conn)
     due = await repo.due_for_update(conn, interval_ms, batch_max)
     if not due:
         return 0
     now = datetime.now(UTC)
-    events = []
+    events, published = [], []
     for owner_id in due:
+        symbols = [f.symbol for f in await repo.positions(conn, owner_id)]
+        if not await repo.try_share_prices(conn, symbols):
+            continue  # a price of it is being applied: next round
         s = await snapshot(conn, owner_id, base_currency, scales)
         if s is not None:
             events.append(OutboxEvent(UPDATES_TOPIC, update_record(s, now), str(owner_id)))
+        published.append(owner_id)
     await add_events(conn, outbox, codec, events, notify=True)
-    await repo.mark_published(conn, due)
-    return len(events)
+    await repo.mark_published(conn, published)
+    return len(published)

@@ -423,6 +423,32 @@ async def record_price(conn: AsyncConnection, p: PriceUpdate) -> bool:
     return bool(result.rowcount)
 
 
+PRICE_LOCK_SPACE = 0x50465052  # advisory lock space of the price of a symbol ("PFPR")
+
+
+async def lock_price(conn: AsyncConnection, symbol: str) -> None:
+    """Hold the symbol's price lock until the transaction ends (a price being applied)."""
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(:space, hashtext(:symbol))"),
+        {"space": PRICE_LOCK_SPACE, "symbol": symbol},
+    )
+
+
+async def try_share_prices(conn: AsyncConnection, symbols: Sequence[str]) -> bool:
+    """Share the price locks of `symbols` until the transaction ends, without waiting;
+    False when a price of one of them is being applied right now."""
+    if not symbols:
+        return True
+    result = await conn.execute(
+        text(
+            "SELECT bool_and(pg_try_advisory_xact_lock_shared(:space, hashtext(s)))"
+            " FROM unnest(CAST(:symbols AS text[])) AS s"
+        ),
+        {"space": PRICE_LOCK_SPACE, "symbols": sorted(set(symbols))},
+    )
+    return bool(result.scalar())
+
+
 async def mark_holders(conn: AsyncConnection, symbol: str) -> int:
     """Mark every portfolio holding `symbol` for an update event; how many were marked."""
     result = await conn.execute(
