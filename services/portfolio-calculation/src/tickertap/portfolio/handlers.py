@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,24 +76,49 @@ class Snapshot:
     fifo: d.Valuation
     average: d.Valuation
     prices: Mapping[str, repo.StoredPrice]
-    transfer_sources: list[repo.Source]
+
+    @property
+    def transfer_sources(self) -> list[repo.Source]:
+        return self.portfolio.sources
+
+
+async def snapshots(
+    conn: AsyncConnection,
+    owner_ids: Sequence[uuid.UUID],
+    base_currency: str,
+    scales: d.Scales,
+    *,
+    skip_busy_prices: bool = False,
+) -> dict[uuid.UUID, Snapshot]:
+    """The portfolios valued at the latest prices under both methods, a few queries for
+    all of them; unknown portfolios are left out, and with `skip_busy_prices` those
+    holding a symbol whose price is being applied (see `publish_due`)."""
+    rows = await repo.portfolios(conn, owner_ids)
+    figures = await repo.positions_of(conn, list(rows))
+    symbols = {f.symbol for fs in figures.values() for f in fs}
+    busy = await repo.busy_prices(conn, symbols) if skip_busy_prices else set()
+    ready = [o for o in rows if not busy.intersection(f.symbol for f in figures[o])]
+    cash = await repo.cash_of(conn, ready)
+    stored = await repo.prices(conn, symbols)
+    quotes = {s: p.quote for s, p in stored.items()}
+    found = {}
+    for o in ready:
+        fs = figures[o]
+        found[o] = Snapshot(
+            o,
+            rows[o],
+            d.valuate_figures(fs, cash[o], quotes, d.Method.FIFO, base_currency, scales),
+            d.valuate_figures(fs, cash[o], quotes, d.Method.AVERAGE, base_currency, scales),
+            {f.symbol: stored[f.symbol] for f in fs if f.symbol in stored},
+        )
+    return found
 
 
 async def snapshot(
     conn: AsyncConnection, owner_id: uuid.UUID, base_currency: str, scales: d.Scales
 ) -> Snapshot | None:
-    """The portfolio valued at the latest prices under both methods; None if unknown."""
-    row = await repo.portfolio(conn, owner_id)
-    if row is None:
-        return None
-    figures = await repo.positions(conn, owner_id)
-    cash = await repo.cash(conn, owner_id)
-    stored = await repo.prices(conn, (f.symbol for f in figures))
-    quotes = {s: p.quote for s, p in stored.items()}
-    fifo = d.valuate_figures(figures, cash, quotes, d.Method.FIFO, base_currency, scales)
-    average = d.valuate_figures(figures, cash, quotes, d.Method.AVERAGE, base_currency, scales)
-    sources = await repo.transfer_sources(conn, owner_id)
-    return Snapshot(owner_id, row, fifo, average, stored, sources)
+    """One portfolio's snapshot; None if unknown."""
+    return (await snapshots(conn, [owner_id], base_currency, scales)).get(owner_id)
 
 
 def as_of(s: Snapshot) -> datetime:
@@ -189,15 +214,11 @@ async def publish_due(
     if not due:
         return 0
     now = datetime.now(UTC)
-    events, published = [], []
-    for owner_id in due:
-        symbols = [f.symbol for f in await repo.positions(conn, owner_id)]
-        if not await repo.try_share_prices(conn, symbols):
-            continue  # a price of it is being applied: next round
-        s = await snapshot(conn, owner_id, base_currency, scales)
-        if s is not None:
-            events.append(OutboxEvent(UPDATES_TOPIC, update_record(s, now), str(owner_id)))
-        published.append(owner_id)
+    found = await snapshots(conn, due, base_currency, scales, skip_busy_prices=True)
+    events = [
+        OutboxEvent(UPDATES_TOPIC, update_record(s, now), str(owner_id))
+        for owner_id, s in found.items()
+    ]
     await add_events(conn, outbox, codec, events, notify=True)
-    await repo.mark_published(conn, published)
-    return len(published)
+    await repo.mark_published(conn, list(found))
+    return len(found)

@@ -133,19 +133,6 @@ async def owners(conn: AsyncConnection) -> list[uuid.UUID]:
     return [r.owner_id for r in rows]
 
 
-async def transfer_sources(conn: AsyncConnection, owner_id: uuid.UUID) -> list[Source]:
-    """The last offset of each input partition that contributed to the portfolio."""
-    rows = await conn.execute(
-        text(
-            "SELECT source_topic, source_partition, max(source_offset) AS source_offset"
-            " FROM portfolio.transfers WHERE owner_id = :owner"
-            " GROUP BY source_topic, source_partition ORDER BY 1, 2"
-        ),
-        {"owner": owner_id},
-    )
-    return [Source(r.source_topic, r.source_partition, r.source_offset) for r in rows]
-
-
 # -- derived state ---------------------------------------------------------------------------
 
 
@@ -268,7 +255,11 @@ async def save_holdings(conn: AsyncConnection, owner_id: uuid.UUID, h: d.Holding
     await conn.execute(
         text(
             "UPDATE portfolio.portfolios SET transfers_applied = :n, last_transfer_at = :at,"
-            " updated_at = now(), dirty = true, dirty_since = coalesce(dirty_since, now())"
+            " updated_at = now(), dirty = true, dirty_since = coalesce(dirty_since, now()),"
+            " sources = coalesce((SELECT jsonb_agg(jsonb_build_array(topic, partition, last)"
+            " ORDER BY topic, partition) FROM (SELECT source_topic AS topic, source_partition"
+            " AS partition, max(source_offset) AS last FROM portfolio.transfers t"
+            " WHERE t.owner_id = :owner GROUP BY 1, 2) AS s), '[]'::jsonb)"
             " WHERE owner_id = :owner"
         ),
         {"owner": owner_id, "n": h.transfers_applied, "at": h.last_transfer_at},
@@ -284,21 +275,33 @@ class PortfolioRow:
     transfers_applied: int
     last_transfer_at: datetime | None
     updated_at: datetime
+    sources: list[Source]  # the last offset of each input partition of its transfers
+
+
+async def portfolios(
+    conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, PortfolioRow]:
+    rows = await conn.execute(
+        text(
+            "SELECT owner_id, transfers_applied, last_transfer_at, updated_at, sources"
+            " FROM portfolio.portfolios WHERE owner_id = ANY(:owners)"
+        ),
+        {"owners": list(owner_ids)},
+    )
+    return {
+        r.owner_id: PortfolioRow(
+            r.owner_id,
+            r.transfers_applied,
+            r.last_transfer_at,
+            r.updated_at,
+            [Source(t, p, o) for t, p, o in r.sources],
+        )
+        for r in rows
+    }
 
 
 async def portfolio(conn: AsyncConnection, owner_id: uuid.UUID) -> PortfolioRow | None:
-    row = (
-        await conn.execute(
-            text(
-                "SELECT owner_id, transfers_applied, last_transfer_at, updated_at"
-                " FROM portfolio.portfolios WHERE owner_id = :owner"
-            ),
-            {"owner": owner_id},
-        )
-    ).first()
-    if row is None:
-        return None
-    return PortfolioRow(row.owner_id, row.transfers_applied, row.last_transfer_at, row.updated_at)
+    return (await portfolios(conn, [owner_id])).get(owner_id)
 
 
 async def balances(conn: AsyncConnection, owner_id: uuid.UUID) -> dict[str, Decimal]:
@@ -309,39 +312,54 @@ async def balances(conn: AsyncConnection, owner_id: uuid.UUID) -> dict[str, Deci
     return {r.asset: r.amount for r in rows}
 
 
-async def positions(conn: AsyncConnection, owner_id: uuid.UUID) -> list[d.PositionFigures]:
+async def positions_of(
+    conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[d.PositionFigures]]:
+    """Each portfolio's positions, by symbol (an empty list for none)."""
     rows = await conn.execute(
         text(
-            "SELECT symbol, currency, quantity, cost_fifo, cost_average, realized_fifo,"
-            " realized_average FROM portfolio.positions WHERE owner_id = :owner ORDER BY symbol"
+            "SELECT owner_id, symbol, currency, quantity, cost_fifo, cost_average, realized_fifo,"
+            " realized_average FROM portfolio.positions WHERE owner_id = ANY(:owners)"
+            " ORDER BY owner_id, symbol"
         ),
-        {"owner": owner_id},
+        {"owners": list(owner_ids)},
     )
-    return [
-        d.PositionFigures(
-            r.symbol,
-            r.currency,
-            r.quantity,
-            r.cost_fifo,
-            r.cost_average,
-            r.realized_fifo,
-            r.realized_average,
+    found: dict[uuid.UUID, list[d.PositionFigures]] = {o: [] for o in owner_ids}
+    for r in rows:
+        found[r.owner_id].append(
+            d.PositionFigures(
+                r.symbol,
+                r.currency,
+                r.quantity,
+                r.cost_fifo,
+                r.cost_average,
+                r.realized_fifo,
+                r.realized_average,
+            )
         )
-        for r in rows
-    ]
+    return found
 
 
-async def cash(conn: AsyncConnection, owner_id: uuid.UUID) -> dict[str, Decimal]:
-    """Balances of the assets that are not positions."""
+async def positions(conn: AsyncConnection, owner_id: uuid.UUID) -> list[d.PositionFigures]:
+    return (await positions_of(conn, [owner_id]))[owner_id]
+
+
+async def cash_of(
+    conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Decimal]]:
+    """Each portfolio's balances of the assets that are not positions."""
     rows = await conn.execute(
         text(
-            "SELECT b.asset, b.amount FROM portfolio.balances b WHERE b.owner_id = :owner"
-            " AND NOT EXISTS (SELECT 1 FROM portfolio.positions p"
-            " WHERE p.owner_id = b.owner_id AND p.symbol = b.asset) ORDER BY 1"
+            "SELECT b.owner_id, b.asset, b.amount FROM portfolio.balances b"
+            " WHERE b.owner_id = ANY(:owners) AND NOT EXISTS (SELECT 1 FROM portfolio.positions p"
+            " WHERE p.owner_id = b.owner_id AND p.symbol = b.asset) ORDER BY 1, 2"
         ),
-        {"owner": owner_id},
+        {"owners": list(owner_ids)},
     )
-    return {r.asset: r.amount for r in rows}
+    found: dict[uuid.UUID, dict[str, Decimal]] = {o: {} for o in owner_ids}
+    for r in rows:
+        found[r.owner_id][r.asset] = r.amount
+    return found
 
 
 async def lots(conn: AsyncConnection, owner_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
@@ -434,19 +452,20 @@ async def lock_price(conn: AsyncConnection, symbol: str) -> None:
     )
 
 
-async def try_share_prices(conn: AsyncConnection, symbols: Sequence[str]) -> bool:
-    """Share the price locks of `symbols` until the transaction ends, without waiting;
-    False when a price of one of them is being applied right now."""
-    if not symbols:
-        return True
-    result = await conn.execute(
+async def busy_prices(conn: AsyncConnection, symbols: Iterable[str]) -> set[str]:
+    """Share the price locks of `symbols` until the transaction ends, without waiting; the
+    symbols whose price is being applied right now (their lock could not be shared)."""
+    wanted = sorted(set(symbols))
+    if not wanted:
+        return set()
+    rows = await conn.execute(
         text(
-            "SELECT bool_and(pg_try_advisory_xact_lock_shared(:space, hashtext(s)))"
-            " FROM unnest(CAST(:symbols AS text[])) AS s"
+            "SELECT s FROM unnest(CAST(:symbols AS text[])) AS s"
+            " WHERE NOT pg_try_advisory_xact_lock_shared(:space, hashtext(s))"
         ),
-        {"space": PRICE_LOCK_SPACE, "symbols": sorted(set(symbols))},
+        {"space": PRICE_LOCK_SPACE, "symbols": wanted},
     )
-    return bool(result.scalar())
+    return {r.s for r in rows}
 
 
 async def mark_holders(conn: AsyncConnection, symbol: str) -> int:
