@@ -308,3 +308,12 @@ def test_cost_taken_plus_cost_left_is_what_was_paid(raw: list) -> None:
     for method in d.Method:
         taken = sum((r.cost for r in position.realized[method]), D(0))
         assert taken + position.cost_basis(method) == paid
+
+
+def test_day_change_values_the_quantity_held_at_the_previous_close() -> None:
+    holdings = d.compute([CASH, B1, B2, trade(3, "sell", "15", "130.00", "1.95")])
+    q = d.Quote("AAPL", D("140.00"), at(1000), previous_close=D("135.125"))
+    v = d.valuate(holdings, {"AAPL": q}, d.Method.FIFO, "USD")
+    assert v.positions[0].day_change == D("24.38")  # 700.00 - 675.625 at the cent (675.62)
+    assert v.day_change == D("24.38")
+    assert d.valuate(holdings, quote("140.00"), d.Method.FIFO, "USD").day_change == 0

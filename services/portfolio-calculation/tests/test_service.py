@@ -317,3 +317,29 @@ async def test_an_invalid_transfer_is_dead_lettered_and_the_stream_goes_on(
         consumer.close()
     assert headers["x-dlq-reason"] == b"invalid_event"
     assert headers["x-dlq-source-topic"] == TRANSFERS.encode()
+
+
+async def test_day_change_from_the_previous_close(api, support, producer, codec) -> None:
+    book, symbol = Book(), new_symbol()
+    await send(
+        producer, codec, book.deposit("100.00"), book.trade(symbol, "buy", "3", "10.00", "0")
+    )
+    now = datetime.now(UTC)
+    yesterday = now - timedelta(days=1)
+    for record in (
+        price_record(symbol, "9.50", yesterday - timedelta(minutes=5), 1),
+        price_record(symbol, "10.20", yesterday, 2),  # the close
+        price_record(symbol, "11.00", now - timedelta(seconds=1), 3),
+        price_record(symbol, "11.10", now, 4),
+    ):
+        await publish(producer, codec, PRICES, symbol, record)
+
+    async def settled() -> Any:
+        r = await api.get(f"/v1/portfolios/{book.owner}/positions", headers=support)
+        p = r.json()["positions"][0] if r.status_code == 200 and r.json()["positions"] else None
+        return p if p and p["price"] and p["price"]["source_offset"] == 4 else None
+
+    p = await eventually(settled, "the last price applied")
+    assert (p["price"]["previous_close"], p["day_change"]) == ("10.2", "2.70")  # 33.30 - 30.60
+    s = await summary_after(api, support, book.owner, 2)
+    assert s["totals"]["day_change"] == "2.70"

@@ -110,6 +110,7 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             "realized_pnl": money(v.realized_pnl, base, scales),
             "cash_value": money(v.cash_value, base, scales),
             "total_value": money(v.total_value, base, scales),
+            "day_change": money(v.day_change, base, scales),
         }
 
     def position(v: d.PositionValue, stored: repo.StoredPrice | None) -> dict[str, Any]:
@@ -124,6 +125,7 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             "realized_pnl": money(v.realized_pnl, c, scales),
             "market_value": money(v.market_value, c, scales),
             "unrealized_pnl": money(v.unrealized_pnl, c, scales),
+            "day_change": money(v.day_change, c, scales),
             "price": None
             if q is None
             else {
@@ -134,6 +136,10 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
                 "source_offset": q.source_offset,
                 "event_partition": stored.event.partition if stored else None,
                 "event_offset": stored.event.offset if stored else None,
+                "previous_close": exact(q.previous_close),
+                "previous_close_ts": q.previous_close_ts.isoformat()
+                if q.previous_close_ts
+                else None,
             },
         }
 

@@ -30,6 +30,11 @@ and average cost agree on the total P&L (realized + unrealized) to the unit of
 the currency's scale. Market value (quantity x price) is rounded to the same
 scale; `average_cost` per unit is for display only, at UNIT_COST_PLACES places.
 
+Day change: the position's market value now minus the same quantity valued at the
+symbol's previous close (its last price of an earlier UTC day). It holds the
+quantity fixed: a position bought today shows the move since yesterday's close,
+not since its purchase.
+
 What a transfer does to a position:
 - a trade (kind trade, with trade details) of the portfolio's symbol: a buy adds
   a lot costing notional + fee; a sale takes lots first in, first out (the average
@@ -385,6 +390,8 @@ class Quote:
     source_topic: str = ""
     source_partition: int = -1
     source_offset: int = -1
+    previous_close: Decimal | None = None  # the last price of an earlier UTC day
+    previous_close_ts: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +436,7 @@ class PositionValue:
     quote: Quote | None
     market_value: Decimal | None
     unrealized_pnl: Decimal | None
+    day_change: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +446,7 @@ class Valuation:
     Totals are in `base_currency` and count only positions and cash in it: there
     is no exchange-rate source yet, so other currencies are listed, not converted.
     A position without a price counts at its cost basis in market_value and zero
-    in unrealized_pnl.
+    in unrealized_pnl; one without a previous close zero in day_change.
     """
 
     method: Method
@@ -451,6 +459,7 @@ class Valuation:
     realized_pnl: Decimal
     cash_value: Decimal
     total_value: Decimal
+    day_change: Decimal = ZERO
 
 
 def value_position(
@@ -461,10 +470,12 @@ def value_position(
     with localcontext(WORK):
         cost = round_to(figures.cost(method), places)  # already at scale, unless empty
         average = round_to(cost / quantity, UNIT_COST_PLACES) if quantity else ZERO
-        market_value = unrealized = None
+        market_value = unrealized = day_change = None
         if quote is not None:
             market_value = round_to(quantity * quote.price, places)
             unrealized = market_value - cost
+            if quote.previous_close is not None:
+                day_change = market_value - round_to(quantity * quote.previous_close, places)
     return PositionValue(
         figures.symbol,
         figures.currency,
@@ -475,6 +486,7 @@ def value_position(
         quote,
         market_value,
         unrealized,
+        day_change,
     )
 
 
@@ -502,6 +514,7 @@ def valuate_figures(
         realized = sum((v.realized_pnl for v in in_base), ZERO)
         cash_value = cash.get(base_currency, ZERO)
         total = market + cash_value
+        day_change = sum((v.day_change or ZERO for v in in_base), ZERO)
     return Valuation(
         method,
         base_currency,
@@ -513,6 +526,7 @@ def valuate_figures(
         realized,
         cash_value,
         total,
+        day_change,
     )
 
 

@@ -154,6 +154,8 @@ def update_record(s: Snapshot, now: datetime) -> dict[str, Any]:
                 "price_source_topic": q.source_topic if q else None,
                 "price_source_partition": q.source_partition if q else None,
                 "price_source_offset": q.source_offset if q else None,
+                "previous_close": q.previous_close if q else None,
+                "day_change": v.day_change,
             }
         )
     sources = {(x.topic, x.partition): x.offset for x in s.transfer_sources}
@@ -180,6 +182,7 @@ def update_record(s: Snapshot, now: datetime) -> dict[str, Any]:
             "cost_basis_average": s.average.cost_basis,
             "unrealized_pnl_average": s.average.unrealized_pnl,
             "realized_pnl_average": s.average.realized_pnl,
+            "day_change": f.day_change,
         },
         "source_offsets": [
             {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(sources.items())

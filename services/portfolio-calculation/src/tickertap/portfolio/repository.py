@@ -421,7 +421,14 @@ async def record_price(conn: AsyncConnection, p: PriceUpdate) -> bool:
             " source_topic = EXCLUDED.source_topic, source_partition = EXCLUDED.source_partition,"
             " source_offset = EXCLUDED.source_offset, event_topic = EXCLUDED.event_topic,"
             " event_partition = EXCLUDED.event_partition, event_offset = EXCLUDED.event_offset,"
-            " updated_at = now()"
+            " updated_at = now(),"
+            # a price of a later UTC day makes the last one of the earlier day the close
+            " previous_close = CASE WHEN (EXCLUDED.exchange_ts AT TIME ZONE 'UTC')::date"
+            " > (old.exchange_ts AT TIME ZONE 'UTC')::date THEN old.price"
+            " ELSE old.previous_close END,"
+            " previous_close_ts = CASE WHEN (EXCLUDED.exchange_ts AT TIME ZONE 'UTC')::date"
+            " > (old.exchange_ts AT TIME ZONE 'UTC')::date THEN old.exchange_ts"
+            " ELSE old.previous_close_ts END"
             " WHERE (EXCLUDED.exchange_ts, EXCLUDED.received_at)"
             " > (old.exchange_ts, old.received_at)"
         ),
@@ -494,8 +501,8 @@ async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, Sto
     rows = await conn.execute(
         text(
             "SELECT symbol, price, exchange_ts, source_topic, source_partition, source_offset,"
-            " event_topic, event_partition, event_offset FROM portfolio.prices"
-            " WHERE symbol = ANY(:symbols)"
+            " event_topic, event_partition, event_offset, previous_close, previous_close_ts"
+            " FROM portfolio.prices WHERE symbol = ANY(:symbols)"
         ),
         {"symbols": wanted},
     )
@@ -508,6 +515,8 @@ async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, Sto
                 r.source_topic,
                 r.source_partition,
                 r.source_offset,
+                r.previous_close,
+                r.previous_close_ts,
             ),
             Source(r.event_topic, r.event_partition, r.event_offset),
         )
