@@ -247,6 +247,15 @@ async def test_updates_are_coalesced_and_carry_the_latest_state(
     gaps = [(b["occurred_at"] - a["occurred_at"]).total_seconds() for a, b in pairwise(mine)]
     assert all(gap >= 0.23 for gap in gaps), gaps
 
+    metrics = (await api.get("/metrics")).text
+    for name in (
+        "tickertap_portfolio_updates_published_total",
+        "tickertap_portfolio_recompute_transfers_count",
+        "tickertap_portfolio_price_holders_marked_total",
+    ):
+        (value,) = [line.split()[-1] for line in metrics.splitlines() if line.startswith(name)]
+        assert float(value) > 0, name
+
 
 async def test_api_errors(api, support, mint_token, producer, codec) -> None:
     book = Book()

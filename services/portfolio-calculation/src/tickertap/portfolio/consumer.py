@@ -28,6 +28,7 @@ from tickertap.messaging.consumer import Handler
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import handlers
 from tickertap.portfolio import repository as repo
+from tickertap.portfolio.metrics import PortfolioMetrics
 
 TRANSFERS_TOPIC = "ledger.transfers.v1"
 PRICES_TOPIC = "marketdata.prices.v1"
@@ -100,11 +101,13 @@ def portfolio_transfers(record: Mapping[str, Any]) -> dict[uuid.UUID, d.Portfoli
         raise InvalidEvent(exc.reason, exc.detail) from exc
 
 
-def transfer_handler(scales: d.Scales) -> Handler:
+def transfer_handler(scales: d.Scales, metrics: PortfolioMetrics | None = None) -> Handler:
     async def apply(conn: AsyncConnection, event: ConsumedEvent) -> None:
         transfers = portfolio_transfers(event.record)
         source = repo.Source(event.topic, event.partition, event.offset)
-        await handlers.apply_transfer(conn, transfers, source, scales)
+        for holdings in await handlers.apply_transfer(conn, transfers, source, scales):
+            if metrics is not None:
+                metrics.recompute_transfers.observe(holdings.transfers_applied)
 
     return apply
 
@@ -133,5 +136,10 @@ def price_update(event: ConsumedEvent) -> repo.PriceUpdate:
     )
 
 
-async def apply_price(conn: AsyncConnection, event: ConsumedEvent) -> None:
-    await handlers.apply_price(conn, price_update(event))
+def price_handler(metrics: PortfolioMetrics | None = None) -> Handler:
+    async def apply(conn: AsyncConnection, event: ConsumedEvent) -> None:
+        marked = await handlers.apply_price(conn, price_update(event))
+        if metrics is not None:
+            metrics.holders_marked.inc(marked)
+
+    return apply

@@ -45,14 +45,13 @@ async def apply_transfer(
     transfers: Mapping[uuid.UUID, d.PortfolioTransfer],
     source: repo.Source,
     scales: d.Scales,
-) -> int:
-    """Apply one ledger transfer (split per portfolio); how many portfolios changed."""
+) -> list[d.Holdings]:
+    """Apply one ledger transfer (split per portfolio); the portfolios' new states."""
     await repo.see_all(conn)
-    changed = 0
+    changed = []
     for owner_id in sorted(transfers):  # one lock order, so concurrent appliers never deadlock
         if await repo.add_transfer(conn, owner_id, transfers[owner_id], source):
-            await recompute(conn, owner_id, scales)
-            changed += 1
+            changed.append(await recompute(conn, owner_id, scales))
     return changed
 
 

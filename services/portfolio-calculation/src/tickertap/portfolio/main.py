@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -21,9 +22,10 @@ from tickertap.portfolio import api, handlers
 from tickertap.portfolio.consumer import (
     PRICES_TOPIC,
     TRANSFERS_TOPIC,
-    apply_price,
+    price_handler,
     transfer_handler,
 )
+from tickertap.portfolio.metrics import PortfolioMetrics
 from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, serve
 
@@ -38,7 +40,9 @@ def key_source(settings: PortfolioSettings) -> JwksSource:
     return StaticJwks(json.loads(settings.auth_jwks_file.read_text()))
 
 
-async def publish_updates(runtime: ServiceRuntime, settings: PortfolioSettings) -> None:
+async def publish_updates(
+    runtime: ServiceRuntime, settings: PortfolioSettings, metrics: PortfolioMetrics
+) -> None:
     """Every poll interval, publish the portfolios that are due (several batches if many);
     a database away for a moment is retried, never fatal."""
     poll_s = settings.update_poll_interval_ms / 1000
@@ -48,6 +52,7 @@ async def publish_updates(runtime: ServiceRuntime, settings: PortfolioSettings) 
         await asyncio.sleep(delay_s)
         try:
             while True:
+                started = time.perf_counter()
                 async with runtime.writer.begin() as conn:
                     added = await handlers.publish_due(
                         conn,
@@ -58,6 +63,9 @@ async def publish_updates(runtime: ServiceRuntime, settings: PortfolioSettings) 
                         base_currency=settings.base_currency,
                         scales=scales,
                     )
+                if added:
+                    metrics.updates_published.inc(added)
+                    metrics.update_batch_duration.observe(time.perf_counter() - started)
                 if added < settings.update_batch_max:
                     break
             delay_s = poll_s
@@ -80,19 +88,22 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
     )
 
     async def start_portfolio(runtime: ServiceRuntime) -> None:
+        metrics = PortfolioMetrics(runtime.metrics.registry)
         runtime.start_consumer(
             name="transfers",
             topics=[TRANSFERS_TOPIC],
-            handler=transfer_handler(settings.scales()),
+            handler=transfer_handler(settings.scales(), metrics),
             batch_max=settings.transfer_consumer_batch_max,
         )
         runtime.start_consumer(
             name="prices",
             topics=[PRICES_TOPIC],
-            handler=apply_price,
+            handler=price_handler(metrics),
             batch_max=settings.price_consumer_batch_max,
         )
-        runtime.spawn(publish_updates(runtime, settings), "update-publisher", graceful=False)
+        runtime.spawn(
+            publish_updates(runtime, settings, metrics), "update-publisher", graceful=False
+        )
 
     definition = ServiceDefinition(
         name="portfolio-calculation",
