@@ -3,6 +3,7 @@ prices and bars the in-service worker makes of ticks published to marketdata.tic
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,9 @@ from tickertap.marketdata.feed import SymbolSpec, simulate
 from tickertap.messaging.headers import decode_headers
 
 pytestmark = pytest.mark.stack
+REFRESH_S = (
+    1.5  # the worker rereads instruments every second (TICKERTAP_INGEST_INSTRUMENTS_REFRESH_S)
+)
 
 
 @pytest.fixture
@@ -308,3 +312,47 @@ async def pages(api: Api, symbol: str, params: dict[str, Any]) -> list[dict[str,
 def _iso(us: int) -> str:
     ts = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
     return ts.isoformat().replace("+00:00", "Z")
+
+
+async def test_halt_and_resume_reach_the_running_worker(api: Api, stack: Any) -> None:
+    symbol = fresh_symbol("Q")
+    await api.instrument(symbol)
+    spec = SymbolSpec(symbol, Decimal("50.00"), 2, Decimal(5), Decimal(4))
+    feed = simulate(
+        [spec], seed=9, source_id=symbol, start_us=now_us() - 10_000_000, step_us=1000, count=500
+    )
+    key = symbol.encode()
+
+    async def until(what: str, done: Any) -> None:
+        """Send the next tick every 0.25 s until `done()` (the worker rereads instruments
+        every second, so a halt or a resume reaches it within a few ticks)."""
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            produce(stack.kafka_bootstrap, "marketdata.ticks.v1", [next(feed)])
+            await asyncio.sleep(0.25)
+            if await done():
+                return
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def halted_letters() -> bool:
+        letters = read_topic(
+            stack.kafka_bootstrap, "marketdata.ticks.dlq.v1", lambda ms: False, timeout_s=0.5
+        )
+        return any(
+            m.key() == key and decode_headers(m.headers())["x-dlq-reason"] == "halted"
+            for m in letters
+        )
+
+    async def priced_after(offset: int) -> bool:
+        r = await api.client.get(f"/v1/prices/{symbol}", headers=api.reader)
+        return r.status_code == 200 and int(r.json()["source_offset"]) > offset
+
+    await until("a first price", lambda: priced_after(-1))
+    r = await api.client.post(f"/v1/instruments/{symbol}/halt", headers=api.admin)
+    assert r.json()["status"] == "halted"
+    await until("a halted dead letter", halted_letters)
+    r = await api.client.get(f"/v1/prices/{symbol}", headers=api.reader)
+    offset_halted = int(r.json()["source_offset"])
+    r = await api.client.post(f"/v1/instruments/{symbol}/resume", headers=api.admin)
+    assert r.json()["status"] == "active"
+    await until("a price after the resume", lambda: priced_after(offset_halted))
