@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -317,3 +318,61 @@ def test_day_change_values_the_quantity_held_at_the_previous_close() -> None:
     assert v.positions[0].day_change == D("24.38")  # 700.00 - 675.625 at the cent (675.62)
     assert v.day_change == D("24.38")
     assert d.valuate(holdings, quote("140.00"), d.Method.FIFO, "USD").day_change == 0
+
+
+def test_appendable() -> None:
+    holdings = d.compute([CASH, B1])
+    assert d.appendable(holdings, trade(5, "sell", "1", "110.00", "0"))
+    assert not d.appendable(holdings, reversal(5, B1))
+    moved_in = d.PortfolioTransfer(uuid.uuid4(), at(3), "transfer", {"MSFT": D(2)})
+    with_msft = d.compute([CASH, B1, moved_in])
+    assert not d.appendable(with_msft, trade(5, "buy", "1", "300.00", "0", symbol="MSFT"))
+
+
+def reloaded(h: d.Holdings, t: d.PortfolioTransfer) -> d.Holdings:
+    """What the repository loads to append `t`: every balance, the positions `t` moves with
+    their lots and average pool, their realized entries folded into carried totals."""
+    positions = {}
+    for symbol in t.amounts:
+        p = h.positions.get(symbol)
+        if p is not None:
+            positions[symbol] = d.Position(
+                p.symbol,
+                p.currency,
+                [dataclasses.replace(lot) for lot in p.lots],
+                p.average_cost_pool,
+                realized_carried={m: p.realized_pnl(m) for m in d.Method},
+            )
+    return d.Holdings(dict(h.balances), positions, h.transfers_applied, h.last_transfer_at)
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps)
+def test_appending_in_order_equals_recomputing(raw: list) -> None:
+    history = history_of(raw)
+    full = d.compute(history)
+    live = d.Holdings()
+    realized: dict[d.Method, list[d.Realization]] = {m: [] for m in d.Method}
+    for t in history:
+        step = reloaded(live, t)
+        assert d.appendable(step, t)
+        currency_of = {s: p.currency for s, p in step.positions.items()}
+        if t.trade is not None:
+            currency_of.setdefault(t.trade.symbol, t.trade.currency)
+        d.apply(step, t, currency_of, d.Scales())
+        for p in step.positions.values():
+            for m in d.Method:
+                realized[m] += p.realized[m]
+        live.balances = step.balances
+        live.positions.update(step.positions)
+        live.transfers_applied, live.last_transfer_at = step.transfers_applied, t.occurred_at
+    assert live.balances == full.balances
+    assert (live.transfers_applied, live.last_transfer_at) == (
+        full.transfers_applied,
+        full.last_transfer_at,
+    )
+    for symbol, p in full.positions.items():
+        assert d.PositionFigures.of(live.positions[symbol]) == d.PositionFigures.of(p)
+        assert live.positions[symbol].lots == p.lots
+    for m in d.Method:
+        assert realized[m] == full.realizations(m)

@@ -105,9 +105,9 @@ def transfer_handler(scales: d.Scales, metrics: PortfolioMetrics | None = None) 
     async def apply(conn: AsyncConnection, event: ConsumedEvent) -> None:
         transfers = portfolio_transfers(event.record)
         source = repo.Source(event.topic, event.partition, event.offset)
-        for holdings in await handlers.apply_transfer(conn, transfers, source, scales):
+        for _, replayed in await handlers.apply_transfer(conn, transfers, source, scales):
             if metrics is not None:
-                metrics.recompute_transfers.observe(holdings.transfers_applied)
+                metrics.recompute_transfers.observe(replayed)
 
     return apply
 

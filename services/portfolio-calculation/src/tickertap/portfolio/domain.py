@@ -223,6 +223,10 @@ class Position:
     realized: dict[Method, list[Realization]] = field(
         default_factory=lambda: {Method.FIFO: [], Method.AVERAGE: []}
     )
+    # realized P&L of entries not in `realized` (a position loaded to append a transfer)
+    realized_carried: dict[Method, Decimal] = field(
+        default_factory=lambda: {Method.FIFO: ZERO, Method.AVERAGE: ZERO}
+    )
 
     @property
     def quantity(self) -> Decimal:
@@ -237,7 +241,7 @@ class Position:
 
     def realized_pnl(self, method: Method) -> Decimal:
         with localcontext(WORK):
-            return sum((r.pnl for r in self.realized[method]), ZERO)
+            return self.realized_carried[method] + sum((r.pnl for r in self.realized[method]), ZERO)
 
     def buy(
         self,
@@ -333,48 +337,77 @@ def effective(history: Iterable[PortfolioTransfer]) -> list[PortfolioTransfer]:
     return sorted(kept, key=lambda t: (t.occurred_at, str(t.transfer_id)))
 
 
-def compute(history: Iterable[PortfolioTransfer], scales: Scales | None = None) -> Holdings:
-    """The portfolio's state from the transfers that concern it (see the module docstring)."""
-    scales = scales or Scales()
-    transfers = effective(history)
+def traded_currencies(transfers: Iterable[PortfolioTransfer]) -> dict[str, str]:
+    """The instruments among the assets (symbols traded in the history) and their currency."""
     currency_of: dict[str, str] = {}
     for t in transfers:
         if t.trade is not None and t.trade.symbol in t.amounts:
             currency_of.setdefault(t.trade.symbol, t.trade.currency)
-    holdings = Holdings()
-    balances: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    return currency_of
+
+
+def apply(
+    holdings: Holdings, t: PortfolioTransfer, currency_of: Mapping[str, str], scales: Scales
+) -> None:
+    """Apply one transfer that counts, after every earlier one (the step of `compute`)."""
     with localcontext(WORK):
-        for t in transfers:
-            for asset, amount in t.amounts.items():
-                balances[asset] += amount
-            traded = t.trade.symbol if t.trade is not None and t.kind == "trade" else None
-            for asset, amount in t.amounts.items():
-                if asset not in currency_of:
-                    continue
-                currency = currency_of[asset]
-                position = holdings.positions.setdefault(asset, Position(asset, currency))
-                places = scales.of(currency)
-                if asset == traded and t.trade is not None:
-                    trade = t.trade
-                    if trade.side is Side.BUY:
-                        position.buy(
-                            t.transfer_id,
-                            t.occurred_at,
-                            trade.quantity,
-                            trade.price,
-                            trade.notional,
-                            trade.fee,
-                        )
-                    else:
-                        position.sell(t.transfer_id, t.occurred_at, trade, places)
-                elif amount > ZERO:
-                    position.buy(t.transfer_id, t.occurred_at, amount, ZERO, ZERO, ZERO)
+        for asset, amount in t.amounts.items():
+            balance = holdings.balances.get(asset, ZERO) + amount
+            if balance:
+                holdings.balances[asset] = balance
+            else:
+                holdings.balances.pop(asset, None)
+        traded = t.trade.symbol if t.trade is not None and t.kind == "trade" else None
+        for asset, amount in t.amounts.items():
+            if asset not in currency_of:
+                continue
+            currency = currency_of[asset]
+            position = holdings.positions.setdefault(asset, Position(asset, currency))
+            places = scales.of(currency)
+            if asset == traded and t.trade is not None:
+                trade = t.trade
+                if trade.side is Side.BUY:
+                    position.buy(
+                        t.transfer_id,
+                        t.occurred_at,
+                        trade.quantity,
+                        trade.price,
+                        trade.notional,
+                        trade.fee,
+                    )
                 else:
-                    position.take(-amount, places)
-            holdings.transfers_applied += 1
-            holdings.last_transfer_at = t.occurred_at
-    holdings.balances = {a: v for a, v in sorted(balances.items()) if v}
+                    position.sell(t.transfer_id, t.occurred_at, trade, places)
+            elif amount > ZERO:
+                position.buy(t.transfer_id, t.occurred_at, amount, ZERO, ZERO, ZERO)
+            else:
+                position.take(-amount, places)
+        holdings.transfers_applied += 1
+        holdings.last_transfer_at = t.occurred_at
+
+
+def compute(history: Iterable[PortfolioTransfer], scales: Scales | None = None) -> Holdings:
+    """The portfolio's state from the transfers that concern it (see the module docstring)."""
+    scales = scales or Scales()
+    transfers = effective(history)
+    currency_of = traded_currencies(transfers)
+    holdings = Holdings()
+    for t in transfers:
+        apply(holdings, t, currency_of, scales)
+    holdings.balances = dict(sorted(holdings.balances.items()))
     return holdings
+
+
+def appendable(holdings: Holdings, t: PortfolioTransfer) -> bool:
+    """Whether `t`, later than every transfer in `holdings` and reversed by none, can be
+    applied on top of them: not a reversal, and not the first trade of an asset the
+    portfolio already holds (its earlier movements would become lots: recompute)."""
+    if t.reverses is not None or t.kind == "reversal":
+        return False
+    if t.trade is not None and t.trade.symbol in t.amounts:
+        symbol = t.trade.symbol
+        if symbol not in holdings.positions and holdings.balances.get(symbol, ZERO):
+            return False
+    return True
 
 
 # -- valuation -------------------------------------------------------------------------------

@@ -45,13 +45,32 @@ async def apply_transfer(
     transfers: Mapping[uuid.UUID, d.PortfolioTransfer],
     source: repo.Source,
     scales: d.Scales,
-) -> list[d.Holdings]:
-    """Apply one ledger transfer (split per portfolio); the portfolios' new states."""
+) -> list[tuple[d.Holdings, int]]:
+    """Apply one ledger transfer (split per portfolio); the portfolios' new states, each
+    with the number of transfers replayed to get it (1 when appended).
+
+    A transfer later than all others of its portfolio (the usual case: one owner's
+    transfers arrive in order) is applied on top of the saved state; any other (late,
+    a reversal, reversed already, the first trade of an asset already held) makes the
+    portfolio recompute from its whole history. Both give the same rows, which the
+    rebuild command checks.
+    """
     await repo.see_all(conn)
     changed = []
     for owner_id in sorted(transfers):  # one lock order, so concurrent appliers never deadlock
-        if await repo.add_transfer(conn, owner_id, transfers[owner_id], source):
-            changed.append(await recompute(conn, owner_id, scales))
+        t = transfers[owner_id]
+        if not await repo.add_transfer(conn, owner_id, t, source):
+            continue
+        await repo.lock_portfolio(conn, owner_id)
+        if await repo.is_latest(conn, owner_id, t):
+            loaded = await repo.load_for_append(conn, owner_id, t)
+            if d.appendable(loaded.holdings, t):
+                d.apply(loaded.holdings, t, loaded.currency_of, scales)
+                await repo.save_append(conn, owner_id, loaded, t, source)
+                changed.append((loaded.holdings, 1))
+                continue
+        holdings = await recompute(conn, owner_id, scales)
+        changed.append((holdings, holdings.transfers_applied))
     return changed
 
 

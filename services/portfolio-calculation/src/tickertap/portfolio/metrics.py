@@ -21,10 +21,10 @@ class PortfolioMetrics:
             buckets=BATCH_BUCKETS_S,
             registry=registry,
         )
-        # a transfer recomputes its portfolio from the whole history: this is that length
+        # a late transfer or a reversal recomputes its portfolio from the whole history
         self.recompute_transfers = Histogram(
             "tickertap_portfolio_recompute_transfers",
-            "Transfers replayed to recompute a portfolio after a transfer event.",
+            "Transfers replayed per portfolio and transfer event (1 when appended in order).",
             buckets=HISTORY_BUCKETS,
             registry=registry,
         )

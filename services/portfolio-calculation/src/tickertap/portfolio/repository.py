@@ -185,85 +185,273 @@ async def save_holdings(conn: AsyncConnection, owner_id: uuid.UUID, h: d.Holding
                 for f in figures
             ],
         )
-    lots = [
-        (p.symbol, seq, lot)
-        for p in h.positions.values()
-        for seq, lot in enumerate(p.lots)
-        if lot.quantity
-    ]
-    if lots:
-        await conn.execute(
-            text(
-                "INSERT INTO portfolio.lots (owner_id, symbol, seq, transfer_id, acquired_at,"
-                " quantity_acquired, quantity, price, fees, cost) VALUES (:owner, :symbol, :seq,"
-                " :transfer_id, :acquired_at, :quantity_acquired, :quantity, :price, :fees, :cost)"
-            ),
-            [
-                {
-                    "owner": owner_id,
-                    "symbol": symbol,
-                    "seq": seq,
-                    "transfer_id": lot.transfer_id,
-                    "acquired_at": lot.acquired_at,
-                    "quantity_acquired": lot.quantity_acquired,
-                    "quantity": lot.quantity,
-                    "price": lot.price,
-                    "fees": lot.fees,
-                    "cost": lot.cost,
-                }
-                for symbol, seq, lot in lots
-            ],
-        )
+    await _insert_lots(conn, owner_id, list(h.positions.values()))
     realized = [(seq, r) for method in d.Method for seq, r in enumerate(h.realizations(method))]
-    if realized:
-        await conn.execute(
-            text(
-                "INSERT INTO portfolio.realized (owner_id, method, seq, symbol, currency,"
-                " sale_transfer_id, occurred_at, quantity, proceeds, cost, pnl,"
-                " uncovered_quantity, lots) VALUES (:owner, :method, :seq, :symbol, :currency,"
-                " :sale, :at, :quantity, :proceeds, :cost, :pnl, :uncovered,"
-                " CAST(:lots AS jsonb))"
-            ),
-            [
-                {
-                    "owner": owner_id,
-                    "method": r.method.value,
-                    "seq": seq,
-                    "symbol": r.symbol,
-                    "currency": r.currency,
-                    "sale": r.sale_transfer_id,
-                    "at": r.occurred_at,
-                    "quantity": r.quantity,
-                    "proceeds": r.proceeds,
-                    "cost": r.cost,
-                    "pnl": r.pnl,
-                    "uncovered": r.uncovered_quantity,
-                    "lots": json.dumps(
-                        [
-                            {
-                                "transfer_id": str(u.transfer_id),
-                                "quantity": plain(u.quantity),
-                                "cost": plain(u.cost),
-                            }
-                            for u in r.lots
-                        ]
-                    ),
-                }
-                for seq, r in realized
-            ],
+    await _insert_realized(conn, owner_id, realized)
+    await _update_portfolio(conn, owner_id, h)
+
+
+async def _insert_lots(
+    conn: AsyncConnection, owner_id: uuid.UUID, positions: Sequence[d.Position]
+) -> None:
+    lots = [
+        (p.symbol, seq, lot) for p in positions for seq, lot in enumerate(p.lots) if lot.quantity
+    ]
+    if not lots:
+        return
+    await conn.execute(
+        text(
+            "INSERT INTO portfolio.lots (owner_id, symbol, seq, transfer_id, acquired_at,"
+            " quantity_acquired, quantity, price, fees, cost) VALUES (:owner, :symbol, :seq,"
+            " :transfer_id, :acquired_at, :quantity_acquired, :quantity, :price, :fees, :cost)"
+        ),
+        [
+            {
+                "owner": owner_id,
+                "symbol": symbol,
+                "seq": seq,
+                "transfer_id": lot.transfer_id,
+                "acquired_at": lot.acquired_at,
+                "quantity_acquired": lot.quantity_acquired,
+                "quantity": lot.quantity,
+                "price": lot.price,
+                "fees": lot.fees,
+                "cost": lot.cost,
+            }
+            for symbol, seq, lot in lots
+        ],
+    )
+
+
+async def _insert_realized(
+    conn: AsyncConnection, owner_id: uuid.UUID, realized: Sequence[tuple[int, d.Realization]]
+) -> None:
+    if not realized:
+        return
+    await conn.execute(
+        text(
+            "INSERT INTO portfolio.realized (owner_id, method, seq, symbol, currency,"
+            " sale_transfer_id, occurred_at, quantity, proceeds, cost, pnl,"
+            " uncovered_quantity, lots) VALUES (:owner, :method, :seq, :symbol, :currency,"
+            " :sale, :at, :quantity, :proceeds, :cost, :pnl, :uncovered,"
+            " CAST(:lots AS jsonb))"
+        ),
+        [
+            {
+                "owner": owner_id,
+                "method": r.method.value,
+                "seq": seq,
+                "symbol": r.symbol,
+                "currency": r.currency,
+                "sale": r.sale_transfer_id,
+                "at": r.occurred_at,
+                "quantity": r.quantity,
+                "proceeds": r.proceeds,
+                "cost": r.cost,
+                "pnl": r.pnl,
+                "uncovered": r.uncovered_quantity,
+                "lots": json.dumps(
+                    [
+                        {
+                            "transfer_id": str(u.transfer_id),
+                            "quantity": plain(u.quantity),
+                            "cost": plain(u.cost),
+                        }
+                        for u in r.lots
+                    ]
+                ),
+            }
+            for seq, r in realized
+        ],
+    )
+
+
+async def _update_portfolio(
+    conn: AsyncConnection, owner_id: uuid.UUID, h: d.Holdings, sources: list[Source] | None = None
+) -> None:
+    """Counters, the last offset per input partition (`sources`, else from the history),
+    and the mark for an update event."""
+    params: dict[str, Any] = {"owner": owner_id, "n": h.transfers_applied, "at": h.last_transfer_at}
+    if sources is None:
+        new_sources = (
+            "coalesce((SELECT jsonb_agg(jsonb_build_array(topic, partition, last)"
+            " ORDER BY topic, partition) FROM (SELECT source_topic AS topic, source_partition"
+            " AS partition, max(source_offset) AS last FROM portfolio.transfers t"
+            " WHERE t.owner_id = :owner GROUP BY 1, 2) AS s), '[]'::jsonb)"
         )
+    else:
+        new_sources = "CAST(:sources AS jsonb)"
+        params["sources"] = json.dumps([[x.topic, x.partition, x.offset] for x in sources])
     await conn.execute(
         text(
             "UPDATE portfolio.portfolios SET transfers_applied = :n, last_transfer_at = :at,"
             " updated_at = now(), dirty = true, dirty_since = coalesce(dirty_since, now()),"
-            " sources = coalesce((SELECT jsonb_agg(jsonb_build_array(topic, partition, last)"
-            " ORDER BY topic, partition) FROM (SELECT source_topic AS topic, source_partition"
-            " AS partition, max(source_offset) AS last FROM portfolio.transfers t"
-            " WHERE t.owner_id = :owner GROUP BY 1, 2) AS s), '[]'::jsonb)"
-            " WHERE owner_id = :owner"
+            f" sources = {new_sources} WHERE owner_id = :owner"
         ),
-        {"owner": owner_id, "n": h.transfers_applied, "at": h.last_transfer_at},
+        params,
     )
+
+
+# -- appending one transfer (the fast path) -------------------------------------------------
+
+
+async def is_latest(conn: AsyncConnection, owner_id: uuid.UUID, t: d.PortfolioTransfer) -> bool:
+    """Whether `t` (already recorded) is after every other transfer of the portfolio and
+    no recorded reversal undoes it: then it can be applied on top of the saved state."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM portfolio.transfers WHERE owner_id = :owner"
+                " AND (occurred_at, transfer_id) > (:at, :id))"
+                " OR EXISTS (SELECT 1 FROM portfolio.transfers WHERE owner_id = :owner"
+                " AND reverses = :id) AS later"
+            ),
+            {"owner": owner_id, "at": t.occurred_at, "id": t.transfer_id},
+        )
+    ).scalar()
+    return not row
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The saved state needed to append a transfer: all balances, the positions it moves."""
+
+    holdings: d.Holdings
+    currency_of: dict[str, str]
+    realized_count: dict[d.Method, int]
+    sources: list[Source]
+
+
+async def load_for_append(
+    conn: AsyncConnection, owner_id: uuid.UUID, t: d.PortfolioTransfer
+) -> Loaded:
+    params = {"owner": owner_id, "assets": sorted(t.amounts)}
+    row = await portfolio(conn, owner_id)
+    holdings = d.Holdings(
+        balances=await balances(conn, owner_id),
+        transfers_applied=row.transfers_applied if row else 0,
+        last_transfer_at=row.last_transfer_at if row else None,
+    )
+    positions_rows = await conn.execute(
+        text(
+            "SELECT symbol, currency, cost_average, realized_fifo, realized_average"
+            " FROM portfolio.positions WHERE owner_id = :owner AND symbol = ANY(:assets)"
+        ),
+        params,
+    )
+    for r in positions_rows:
+        holdings.positions[r.symbol] = d.Position(
+            r.symbol,
+            r.currency,
+            average_cost_pool=r.cost_average,
+            realized_carried={d.Method.FIFO: r.realized_fifo, d.Method.AVERAGE: r.realized_average},
+        )
+    lot_rows = await conn.execute(
+        text(
+            "SELECT symbol, transfer_id, acquired_at, quantity_acquired, quantity, price, fees,"
+            " cost FROM portfolio.lots WHERE owner_id = :owner AND symbol = ANY(:assets)"
+            " ORDER BY symbol, seq"
+        ),
+        params,
+    )
+    for r in lot_rows:
+        holdings.positions[r.symbol].lots.append(
+            d.Lot(
+                r.transfer_id,
+                r.acquired_at,
+                r.quantity_acquired,
+                r.quantity,
+                r.price,
+                r.fees,
+                r.cost,
+            )
+        )
+    counts = await conn.execute(
+        text(
+            "SELECT method, count(*) AS n FROM portfolio.realized WHERE owner_id = :owner"
+            " GROUP BY method"
+        ),
+        params,
+    )
+    realized_count = {d.Method.FIFO: 0, d.Method.AVERAGE: 0}
+    for r in counts:
+        realized_count[d.Method(r.method)] = r.n
+    currency_of = {symbol: p.currency for symbol, p in holdings.positions.items()}
+    if t.trade is not None and t.trade.symbol in t.amounts:
+        currency_of.setdefault(t.trade.symbol, t.trade.currency)
+    return Loaded(holdings, currency_of, realized_count, row.sources if row else [])
+
+
+async def save_append(
+    conn: AsyncConnection,
+    owner_id: uuid.UUID,
+    loaded: Loaded,
+    t: d.PortfolioTransfer,
+    source: Source,
+) -> None:
+    """Write what appending `t` changed: its assets' balances, the positions it moved (their
+    lots rewritten), its realized entries, the portfolio's counters."""
+    h = loaded.holdings
+    for asset in sorted(t.amounts):
+        if asset in h.balances:
+            await conn.execute(
+                text(
+                    "INSERT INTO portfolio.balances (owner_id, asset, amount)"
+                    " VALUES (:owner, :asset, :amount) ON CONFLICT (owner_id, asset)"
+                    " DO UPDATE SET amount = EXCLUDED.amount"
+                ),
+                {"owner": owner_id, "asset": asset, "amount": h.balances[asset]},
+            )
+        else:
+            await conn.execute(
+                text("DELETE FROM portfolio.balances WHERE owner_id = :owner AND asset = :asset"),
+                {"owner": owner_id, "asset": asset},
+            )
+    moved = [h.positions[a] for a in sorted(t.amounts) if a in h.positions]
+    for p in moved:
+        f = d.PositionFigures.of(p)
+        await conn.execute(
+            text(
+                "INSERT INTO portfolio.positions (owner_id, symbol, currency, quantity, cost_fifo,"
+                " cost_average, realized_fifo, realized_average) VALUES (:owner, :symbol,"
+                " :currency, :quantity, :cost_fifo, :cost_average, :realized_fifo,"
+                " :realized_average) ON CONFLICT (owner_id, symbol) DO UPDATE SET"
+                " quantity = EXCLUDED.quantity, cost_fifo = EXCLUDED.cost_fifo,"
+                " cost_average = EXCLUDED.cost_average, realized_fifo = EXCLUDED.realized_fifo,"
+                " realized_average = EXCLUDED.realized_average"
+            ),
+            {
+                "owner": owner_id,
+                "symbol": f.symbol,
+                "currency": f.currency,
+                "quantity": f.quantity,
+                "cost_fifo": f.cost_fifo,
+                "cost_average": f.cost_average,
+                "realized_fifo": f.realized_fifo,
+                "realized_average": f.realized_average,
+            },
+        )
+        await conn.execute(
+            text("DELETE FROM portfolio.lots WHERE owner_id = :owner AND symbol = :symbol"),
+            {"owner": owner_id, "symbol": p.symbol},
+        )
+    await _insert_lots(conn, owner_id, moved)
+    realized = [
+        (loaded.realized_count[method] + i, r)
+        for method in d.Method
+        for i, r in enumerate(
+            sorted(
+                (r for p in moved for r in p.realized[method]),
+                key=lambda r: (r.occurred_at, str(r.sale_transfer_id), r.symbol),
+            )
+        )
+    ]
+    await _insert_realized(conn, owner_id, realized)
+    last = {(x.topic, x.partition): x.offset for x in loaded.sources}
+    key = (source.topic, source.partition)
+    last[key] = max(last.get(key, -1), source.offset)
+    sources = [Source(topic, part, offset) for (topic, part), offset in sorted(last.items())]
+    await _update_portfolio(conn, owner_id, h, sources)
 
 
 # -- reading the state -----------------------------------------------------------------------
