@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -54,15 +54,18 @@ TICKS = 20_000
 SYMBOLS = 12
 KILLS = 3
 PARTITIONS = 6
+WORKER_PORT_OFFSET = 57  # from the service's port: an unused one of the stack's block
 START_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 90.0
 POLICY = d.IngestPolicy(future_us_max=5_000_000, age_us_max=3600_000_000, grace_us=5_000_000)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def worker_port(stack: Any) -> int:
+    """A port of the stack's block that nothing else uses (below the ephemeral range, so no
+    outgoing connection holds it)."""
+    port = urlsplit(stack.service_url("market-data-ingest")).port
+    assert port is not None
+    return port + WORKER_PORT_OFFSET
 
 
 @pytest.fixture
@@ -162,7 +165,7 @@ def worker_env(stack: Any, approle_secret_id: Any, tmp_path: Path) -> dict[str, 
     env.update(
         TICKERTAP_ENVIRONMENT="test",
         TICKERTAP_HTTP_HOST="127.0.0.1",
-        TICKERTAP_HTTP_PORT=str(free_port()),
+        TICKERTAP_HTTP_PORT=str(worker_port(stack)),
         TICKERTAP_DB_HOST=stack.pg_host,
         TICKERTAP_DB_PORT=str(stack.pg_port),
         TICKERTAP_DB_NAME=stack.database,
