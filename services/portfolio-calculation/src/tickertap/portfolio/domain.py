@@ -16,8 +16,10 @@ whatever order they arrived in, and a reversal removes its original transfer and
 itself from the history before anything is computed: the state is exactly the one
 of a history in which the pair never happened (a reversed buy's lot disappears,
 cash comes back, and the realized P&L of later sales is recomputed). Recomputing
-from the history is the simplest correct approach; `compute` is what the consumer
-and the rebuild command both call.
+from the history is the simplest correct approach; `compute` is what the rebuild
+command and the consumer (for a late transfer or a reversal) call. A transfer later
+than all others is applied on top of the saved state with `apply`, the step of
+`compute`, when `appendable` says that gives the same result.
 
 Numbers: every figure is a Decimal; sums and products are exact (a context of 80
 digits, far above NUMERIC(38, 18)'s). Rounding happens only where a division
