@@ -277,18 +277,41 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
         end: Annotated[date | None, Query(alias="to")] = None,
         method: MethodQuery = d.Method.FIFO,
     ) -> dict[str, Any]:
-        """Daily valuations from..to (UTC days, both included). There is no snapshot job
-        yet: only today's valuation exists, computed now at the latest prices."""
+        """Daily valuations from..to (UTC days, both included; default today): past days
+        as stored by the snapshot job (its last snapshot of the day; a day without one is
+        absent), today computed now at the latest prices (`final: false`)."""
         today = datetime.now(UTC).date()
         start = start or today
         end = end or today
         check_range(start, end, settings.valuations_range_days_max)
         async with engine.begin() as conn:
             s = await snapshot(conn, principal, portfolio_id)
+            stored = await repo.valuations(conn, portfolio_id, method, start, end)
         v = s.fifo if method is d.Method.FIFO else s.average
-        days = []
+        days = [
+            {
+                "date": r["day"].isoformat(),
+                "final": True,
+                "as_of": r["as_of"].isoformat(),
+                **{
+                    name: money(r[name], r["base_currency"], scales)
+                    for name in (
+                        "market_value",
+                        "cost_basis",
+                        "unrealized_pnl",
+                        "realized_pnl",
+                        "cash_value",
+                        "total_value",
+                        "day_change",
+                    )
+                },
+            }
+            for r in stored
+            if r["day"] < today
+        ]
         if start <= today <= end:
-            days.append({"date": today.isoformat(), "final": False, **totals(v)})
+            as_of = handlers.as_of(s).isoformat()
+            days.append({"date": today.isoformat(), "final": False, "as_of": as_of, **totals(v)})
         return {"method": method.value, "base_currency": base, "valuations": days}
 
     return router

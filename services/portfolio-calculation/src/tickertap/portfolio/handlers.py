@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tickertap.messaging import OutboxEvent, add_events
 from tickertap.messaging.outbox import Encoder
@@ -243,3 +243,24 @@ async def publish_due(
     await add_events(conn, outbox, codec, events, notify=True)
     await repo.mark_published(conn, list(found))
     return len(found)
+
+
+async def snapshot_valuations(
+    engine: AsyncEngine, base_currency: str, scales: d.Scales, *, batch_max: int
+) -> int:
+    """Store today's valuation (both methods) of every portfolio, a batch per transaction;
+    the last snapshot of a UTC day stands for that day. How many portfolios were stored."""
+    after: uuid.UUID | None = None
+    stored = 0
+    while True:
+        async with engine.begin() as conn:
+            await repo.see_all(conn)
+            owners = await repo.owners_after(conn, after, batch_max)
+            if not owners:
+                return stored
+            day = datetime.now(UTC).date()
+            for owner_id, s in (await snapshots(conn, owners, base_currency, scales)).items():
+                for v in (s.fifo, s.average):
+                    await repo.save_valuation(conn, owner_id, day, v, as_of(s))
+                stored += 1
+            after = owners[-1]

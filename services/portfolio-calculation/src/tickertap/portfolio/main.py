@@ -76,6 +76,24 @@ async def publish_updates(
             log.warning("update publishing failed; retrying", extra={"error": type(exc).__name__})
 
 
+async def snapshot_valuations(runtime: ServiceRuntime, settings: PortfolioSettings) -> None:
+    """Every `valuation_snapshot_interval_s`, store today's valuation of every portfolio."""
+    while True:
+        await asyncio.sleep(settings.valuation_snapshot_interval_s)
+        try:
+            stored = await handlers.snapshot_valuations(
+                runtime.writer,
+                settings.base_currency,
+                settings.scales(),
+                batch_max=settings.valuation_batch_max,
+            )
+            log.info("valuations stored", extra={"portfolios": stored})
+        except Exception as exc:
+            if not is_transient_error(exc):
+                raise
+            log.warning("valuation snapshot failed", extra={"error": type(exc).__name__})
+
+
 def create_app(settings: PortfolioSettings) -> FastAPI:
     install_context()
     auth = BearerAuth(
@@ -104,6 +122,10 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
         runtime.spawn(
             publish_updates(runtime, settings, metrics), "update-publisher", graceful=False
         )
+        if settings.valuation_snapshot_interval_s > 0:
+            runtime.spawn(
+                snapshot_valuations(runtime, settings), "valuation-snapshots", graceful=False
+            )
 
     definition = ServiceDefinition(
         name="portfolio-calculation",

@@ -29,13 +29,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tickertap.db import create_engine
 from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
+from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.settings import PortfolioSettings
-from tickertap.secrets import AppRoleLogin, CredentialRotator, Vault
 
 log = logging.getLogger(__name__)
 
@@ -94,25 +93,9 @@ async def rebuild(engine: AsyncEngine, scales: d.Scales, *, repair: bool, items_
 async def rebuild_with_vault(
     settings: PortfolioSettings, *, repair: bool, items_max: int
 ) -> Report:
-    """Log in as the service does (AppRole, then database credentials) and rebuild; the
-    database lease is revoked on the way out."""
-    vault = Vault(settings.vault_addr)
-    try:
-        await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
-        rotator = CredentialRotator(vault, settings.vault_role, grace_s=0)
-        await rotator.start()
-        try:
-            engine = create_engine(
-                settings.database(), rotator, application_name="portfolio-rebuild"
-            )
-            try:
-                return await rebuild(engine, settings.scales(), repair=repair, items_max=items_max)
-            finally:
-                await engine.dispose()
-        finally:
-            await rotator.stop()
-    finally:
-        vault.close()
+    """Log in as the service does and rebuild (see `ops.service_engine`)."""
+    async with service_engine(settings, "portfolio-rebuild") as engine:
+        return await rebuild(engine, settings.scales(), repair=repair, items_max=items_max)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,12 +38,11 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tickertap.db import create_engine
 from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.portfolio import repository as repo
+from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.settings import PortfolioSettings
-from tickertap.secrets import AppRoleLogin, CredentialRotator, Vault
 
 log = logging.getLogger(__name__)
 
@@ -167,32 +166,17 @@ async def reconcile_with_vault(
     items_max: int,
     only: list[uuid.UUID] | None = None,
 ) -> Report:
-    """Log in as the service does (AppRole, then database credentials) and reconcile."""
-    vault = Vault(settings.vault_addr)
-    try:
-        await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
-        rotator = CredentialRotator(vault, settings.vault_role, grace_s=0)
-        await rotator.start()
-        try:
-            engine = create_engine(
-                settings.database(), rotator, application_name="portfolio-reconcile", read_only=True
-            )
-            try:
-                async with httpx.AsyncClient(
-                    base_url=ledger_url,
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=HTTP_TIMEOUT_S,
-                    follow_redirects=False,
-                ) as client:
-                    return await reconcile(
-                        engine, client, settle_s=settle_s, items_max=items_max, only=only
-                    )
-            finally:
-                await engine.dispose()
-        finally:
-            await rotator.stop()
-    finally:
-        vault.close()
+    """Log in as the service does (see `ops.service_engine`) and reconcile."""
+    async with (
+        service_engine(settings, "portfolio-reconcile", read_only=True) as engine,
+        httpx.AsyncClient(
+            base_url=ledger_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=HTTP_TIMEOUT_S,
+            follow_redirects=False,
+        ) as client,
+    ):
+        return await reconcile(engine, client, settle_s=settle_s, items_max=items_max, only=only)
 
 
 def main(argv: list[str] | None = None) -> int:

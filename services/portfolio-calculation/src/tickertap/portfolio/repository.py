@@ -846,3 +846,70 @@ async def stored_rows(conn: AsyncConnection, owner_id: uuid.UUID) -> StateRows:
             for r in realized
         ],
     }
+
+
+# -- daily valuation snapshots ---------------------------------------------------------------
+
+
+async def owners_after(
+    conn: AsyncConnection, after: uuid.UUID | None, batch_max: int
+) -> list[uuid.UUID]:
+    """Portfolio ids in order, the next `batch_max` after `after` (keyset pages)."""
+    rows = await conn.execute(
+        text(
+            "SELECT owner_id FROM portfolio.portfolios"
+            " WHERE CAST(:after AS uuid) IS NULL OR owner_id > :after"
+            " ORDER BY owner_id LIMIT :batch"
+        ),
+        {"after": after, "batch": batch_max},
+    )
+    return [r.owner_id for r in rows]
+
+
+async def save_valuation(
+    conn: AsyncConnection, owner_id: uuid.UUID, day: date, v: d.Valuation, as_of: datetime
+) -> None:
+    """Store (or replace) the portfolio's valuation of `day` under `v.method`."""
+    await conn.execute(
+        text(
+            "INSERT INTO portfolio.valuations (owner_id, day, method, base_currency, market_value,"
+            " cost_basis, unrealized_pnl, realized_pnl, cash_value, total_value, day_change,"
+            " as_of) VALUES (:owner, :day, :method, :base, :market_value, :cost_basis,"
+            " :unrealized, :realized, :cash_value, :total_value, :day_change, :as_of)"
+            " ON CONFLICT (owner_id, method, day) DO UPDATE SET"
+            " base_currency = EXCLUDED.base_currency, market_value = EXCLUDED.market_value,"
+            " cost_basis = EXCLUDED.cost_basis, unrealized_pnl = EXCLUDED.unrealized_pnl,"
+            " realized_pnl = EXCLUDED.realized_pnl, cash_value = EXCLUDED.cash_value,"
+            " total_value = EXCLUDED.total_value, day_change = EXCLUDED.day_change,"
+            " as_of = EXCLUDED.as_of, taken_at = now()"
+        ),
+        {
+            "owner": owner_id,
+            "day": day,
+            "method": v.method.value,
+            "base": v.base_currency,
+            "market_value": v.market_value,
+            "cost_basis": v.cost_basis,
+            "unrealized": v.unrealized_pnl,
+            "realized": v.realized_pnl,
+            "cash_value": v.cash_value,
+            "total_value": v.total_value,
+            "day_change": v.day_change,
+            "as_of": as_of,
+        },
+    )
+
+
+async def valuations(
+    conn: AsyncConnection, owner_id: uuid.UUID, method: d.Method, start: date, end: date
+) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            "SELECT day, base_currency, market_value, cost_basis, unrealized_pnl, realized_pnl,"
+            " cash_value, total_value, day_change, as_of FROM portfolio.valuations"
+            " WHERE owner_id = :owner AND method = :method AND day BETWEEN :start AND :end"
+            " ORDER BY day"
+        ),
+        {"owner": owner_id, "method": method.value, "start": start, "end": end},
+    )
+    return [dict(r._mapping) for r in rows]

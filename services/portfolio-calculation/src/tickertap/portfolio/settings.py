@@ -42,6 +42,11 @@ class PortfolioSettings(ServiceSettings):
     update_poll_interval_ms: int = Field(default=50, ge=5, le=60_000)
     update_batch_max: int = Field(default=200, ge=1, le=10_000)
 
+    # daily valuations: every interval (0: never) today's valuation of every portfolio is
+    # stored, batch_max portfolios per transaction; the day's last one stands for the day
+    valuation_snapshot_interval_s: float = Field(default=300.0, ge=0, le=86_400)
+    valuation_batch_max: int = Field(default=200, ge=1, le=10_000)
+
     # API bounds
     lots_page_max: int = Field(default=1000, ge=1, le=100_000)
     realized_page_max: int = Field(default=1000, ge=1, le=100_000)
