@@ -251,7 +251,6 @@ async def test_updates_are_coalesced_and_carry_the_latest_state(
     for name in (
         "tickertap_portfolio_updates_published_total",
         "tickertap_portfolio_recompute_transfers_count",
-        "tickertap_portfolio_price_holders_marked_total",
     ):
         (value,) = [line.split()[-1] for line in metrics.splitlines() if line.startswith(name)]
         assert float(value) > 0, name
@@ -352,3 +351,31 @@ async def test_day_change_from_the_previous_close(api, support, producer, codec)
     assert (p["price"]["previous_close"], p["day_change"]) == ("10.2", "2.70")  # 33.30 - 30.60
     s = await summary_after(api, support, book.owner, 2)
     assert s["totals"]["day_change"] == "2.70"
+
+
+async def test_realized_by_day_range_and_pages(api, support, producer, codec) -> None:
+    book, symbol = Book(), new_symbol()
+    book.t0 = datetime.now(UTC) - timedelta(days=3)
+    records = [book.deposit("1000.00"), book.trade(symbol, "buy", "3", "10.00", "0")]
+    records.append(book.trade(symbol, "sell", "1", "12.00", "0"))  # three days ago: +2.00
+    late = [
+        book.trade(symbol, "sell", "1", "13.00", "0"),
+        book.trade(symbol, "sell", "1", "15.00", "0"),
+    ]
+    for i, r in enumerate(late):  # today: +3.00, +5.00
+        r["occurred_at"] = datetime.now(UTC) - timedelta(seconds=10 - i)
+    await send(producer, codec, *records, *late)
+    await summary_after(api, support, book.owner, 5)
+    path = f"/v1/portfolios/{book.owner}/realized"
+
+    r = (await api.get(path, headers=support)).json()
+    assert [e["pnl"] for e in r["entries"]] == ["2.00", "3.00", "5.00"]
+    assert (r["total"], r["next_cursor"]) == ({"USD": "10.00"}, None)
+    today = datetime.now(UTC).date().isoformat()
+    r = (await api.get(path, params={"from": today}, headers=support)).json()
+    assert [e["pnl"] for e in r["entries"]] == ["3.00", "5.00"]
+    assert r["total"] == {"USD": "8.00"}
+    r = (await api.get(path, params={"cursor": 0}, headers=support)).json()
+    assert [e["pnl"] for e in r["entries"]] == ["3.00", "5.00"]  # after the first entry
+    r = await api.get(path, params={"cursor": -1}, headers=support)
+    assert (r.status_code, r.json()["code"]) == (422, "validation_error")

@@ -220,24 +220,24 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
         start: Annotated[date | None, Query(alias="from")] = None,
         end: Annotated[date | None, Query(alias="to")] = None,
         method: MethodQuery = d.Method.FIFO,
+        cursor: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
     ) -> dict[str, Any]:
-        """Realized P&L of the sales on UTC days from..to (both included), each entry naming
-        the lots it consumed (the average method takes the same quantities at the pool's
-        average cost)."""
+        """Realized P&L of the sales on UTC days from..to (both included), oldest first, each
+        entry naming the lots it consumed (the average method takes the same quantities at
+        the pool's average cost). `total` covers the whole range; entries come in pages:
+        pass `next_cursor` back as `cursor` (a late transfer or a reversal renumbers them)."""
         check_range(start, end)
         lo, hi = repo.day_bounds(start, end)
+        page_max = settings.realized_page_max
         async with engine.begin() as conn:
             await scoped(conn, principal, portfolio_id)
             if await repo.portfolio(conn, portfolio_id) is None:
                 raise PortfolioNotFound(f"no transfer of portfolio {portfolio_id} has been applied")
-            rows = await repo.realized(
-                conn, portfolio_id, method, lo, hi, settings.realized_page_max
-            )
+            rows = await repo.realized(conn, portfolio_id, method, lo, hi, page_max, cursor)
+            total = await repo.realized_totals(conn, portfolio_id, method, lo, hi)
         entries = []
-        total: dict[str, Decimal] = {}
         for r in rows:
             c = r["currency"]
-            total[c] = total.get(c, Decimal(0)) + r["pnl"]
             entries.append(
                 {
                     "symbol": r["symbol"],
@@ -264,8 +264,8 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             "from": start.isoformat() if start else None,
             "to": end.isoformat() if end else None,
             "entries": entries,
-            "total": {c: money(x, c, scales) for c, x in sorted(total.items())},
-            "truncated": len(rows) >= settings.realized_page_max,
+            "total": {c: money(x, c, scales) for c, x in total.items()},
+            "next_cursor": rows[-1]["seq"] if len(rows) >= page_max else None,
         }
 
     @router.get("/{portfolio_id}/valuations")

@@ -569,20 +569,51 @@ async def realized(
     start: datetime | None,
     end: datetime | None,
     limit: int,
+    after_seq: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Realized entries of sales in [start, end) under `method`, oldest first."""
+    """Realized entries of sales in [start, end) under `method`, oldest first, after the
+    entry numbered `after_seq` (a page's cursor)."""
     rows = await conn.execute(
         text(
-            "SELECT symbol, currency, sale_transfer_id, occurred_at, quantity, proceeds, cost,"
-            " pnl, uncovered_quantity, lots FROM portfolio.realized"
+            "SELECT seq, symbol, currency, sale_transfer_id, occurred_at, quantity, proceeds,"
+            " cost, pnl, uncovered_quantity, lots FROM portfolio.realized"
             " WHERE owner_id = :owner AND method = :method"
             " AND (CAST(:start AS timestamptz) IS NULL OR occurred_at >= :start)"
             " AND (CAST(:end AS timestamptz) IS NULL OR occurred_at < :end)"
+            " AND (CAST(:after AS integer) IS NULL OR seq > :after)"
             " ORDER BY seq LIMIT :limit"
         ),
-        {"owner": owner_id, "method": method.value, "start": start, "end": end, "limit": limit},
+        {
+            "owner": owner_id,
+            "method": method.value,
+            "start": start,
+            "end": end,
+            "after": after_seq,
+            "limit": limit,
+        },
     )
     return [dict(r._mapping) for r in rows]
+
+
+async def realized_totals(
+    conn: AsyncConnection,
+    owner_id: uuid.UUID,
+    method: d.Method,
+    start: datetime | None,
+    end: datetime | None,
+) -> dict[str, Decimal]:
+    """Realized P&L per currency of the sales in [start, end) under `method`."""
+    rows = await conn.execute(
+        text(
+            "SELECT currency, sum(pnl) AS pnl FROM portfolio.realized"
+            " WHERE owner_id = :owner AND method = :method"
+            " AND (CAST(:start AS timestamptz) IS NULL OR occurred_at >= :start)"
+            " AND (CAST(:end AS timestamptz) IS NULL OR occurred_at < :end)"
+            " GROUP BY currency ORDER BY currency"
+        ),
+        {"owner": owner_id, "method": method.value, "start": start, "end": end},
+    )
+    return {r.currency: r.pnl for r in rows}
 
 
 # -- prices ----------------------------------------------------------------------------------
