@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tickertap.authn import BearerAuth, Principal
 from tickertap.portfolio import domain as d
-from tickertap.portfolio import handlers
+from tickertap.portfolio import handlers, schemas
 from tickertap.portfolio import repository as repo
 from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import Forbidden, NotFound, Unprocessable
@@ -143,7 +143,9 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             },
         }
 
-    @router.get("/{portfolio_id}")
+    @router.get(
+        "/{portfolio_id}", response_model=schemas.PortfolioPublic, response_model_by_alias=True
+    )
     async def get_portfolio(
         portfolio_id: uuid.UUID,
         engine: Reader,
@@ -166,7 +168,11 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             "totals": totals(v),
         }
 
-    @router.get("/{portfolio_id}/positions")
+    @router.get(
+        "/{portfolio_id}/positions",
+        response_model=schemas.PositionList,
+        response_model_by_alias=True,
+    )
     async def get_positions(
         portfolio_id: uuid.UUID,
         engine: Reader,
@@ -183,7 +189,9 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             "positions": [position(p, s.prices.get(p.symbol)) for p in v.positions],
         }
 
-    @router.get("/{portfolio_id}/lots")
+    @router.get(
+        "/{portfolio_id}/lots", response_model=schemas.LotList, response_model_by_alias=True
+    )
     async def get_lots(
         portfolio_id: uuid.UUID, engine: Reader, principal: Anyone
     ) -> dict[str, Any]:
@@ -212,7 +220,11 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             "truncated": len(rows) >= settings.lots_page_max,
         }
 
-    @router.get("/{portfolio_id}/realized")
+    @router.get(
+        "/{portfolio_id}/realized",
+        response_model=schemas.RealizedList,
+        response_model_by_alias=True,
+    )
     async def get_realized(
         portfolio_id: uuid.UUID,
         engine: Reader,
@@ -268,7 +280,11 @@ def build_router(auth: BearerAuth, settings: PortfolioSettings) -> APIRouter:
             "next_cursor": rows[-1]["seq"] if len(rows) >= page_max else None,
         }
 
-    @router.get("/{portfolio_id}/valuations")
+    @router.get(
+        "/{portfolio_id}/valuations",
+        response_model=schemas.ValuationList,
+        response_model_by_alias=True,
+    )
     async def get_valuations(
         portfolio_id: uuid.UUID,
         engine: Reader,
