@@ -379,3 +379,45 @@ async def test_realized_by_day_range_and_pages(api, support, producer, codec) ->
     assert [e["pnl"] for e in r["entries"]] == ["3.00", "5.00"]  # after the first entry
     r = await api.get(path, params={"cursor": -1}, headers=support)
     assert (r.status_code, r.json()["code"]) == (422, "validation_error")
+
+
+async def test_a_price_from_the_future_is_dead_lettered(
+    api, support, producer, codec, stack
+) -> None:
+    book, symbol = Book(), new_symbol()
+    await send(
+        producer, codec, book.deposit("100.00"), book.trade(symbol, "buy", "1", "10.00", "0")
+    )
+    future = price_record(symbol, "99.00", datetime.now(UTC) + timedelta(hours=1), 1)
+    await publish(producer, codec, PRICES, symbol, future)
+    await publish(
+        producer, codec, PRICES, symbol, price_record(symbol, "11.00", datetime.now(UTC), 2)
+    )
+
+    async def priced() -> Any:
+        r = await api.get(f"/v1/portfolios/{book.owner}/positions", headers=support)
+        p = r.json()["positions"][0] if r.status_code == 200 and r.json()["positions"] else None
+        return p if p and p["price"] else None
+
+    p = await eventually(priced, "the position priced")
+    assert p["price"]["price"] == "11"  # the later real price, not the one from the future
+
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{new_id()}"})
+    try:
+        consumer.assign([TopicPartition("marketdata.prices.dlq.v1", 0, OFFSET_BEGINNING)])
+
+        async def dead_letter() -> Any:
+            for m in await asyncio.to_thread(consumer.consume, 500, 0.5):
+                headers = dict(m.headers() or []) if m.error() is None else {}
+                if (
+                    m.error() is None
+                    and m.key() == symbol.encode()
+                    and headers.get("x-dlq-consumer-group") == b"portfolio-calculation.prices"
+                ):
+                    return headers
+            return None
+
+        headers = await eventually(dead_letter, "the future price dead-lettered")
+    finally:
+        consumer.close()
+    assert headers["x-dlq-reason"] == b"exchange_ts_in_future"

@@ -11,13 +11,15 @@ these reasons in `x-dlq-reason`:
                     (a trade without details, a reversal without the transfer it undoes)
     invalid_trade   trade quantity, price or notional not positive, or a negative fee
     invalid_price   a price that is not greater than zero
+    exchange_ts_in_future   a price whose exchange time is too far ahead of this
+                    service's clock (it would shadow every real price after it)
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -112,7 +114,7 @@ def transfer_handler(scales: d.Scales, metrics: PortfolioMetrics | None = None) 
     return apply
 
 
-def price_update(event: ConsumedEvent) -> repo.PriceUpdate:
+def price_update(event: ConsumedEvent, skew_s_max: float) -> repo.PriceUpdate:
     """The decoded marketdata.prices.v1 record as a price; InvalidEvent if unusable."""
     record = event.record
     symbol = record.get("symbol")
@@ -128,7 +130,11 @@ def price_update(event: ConsumedEvent) -> repo.PriceUpdate:
     price = _decimal(record, "price")
     if price <= 0:
         raise InvalidEvent("invalid_price", "the price must be greater than zero")
-    quote = d.Quote(symbol, price, _time(record, "exchange_ts"), topic, partition, offset)
+    exchange_ts = _time(record, "exchange_ts")
+    ahead_s = (exchange_ts - datetime.now(UTC)).total_seconds()
+    if ahead_s > skew_s_max:
+        raise InvalidEvent("exchange_ts_in_future", f"exchange_ts is {ahead_s:.0f} s ahead")
+    quote = d.Quote(symbol, price, exchange_ts, topic, partition, offset)
     return repo.PriceUpdate(
         quote,
         _time(record, "received_at"),
@@ -136,9 +142,9 @@ def price_update(event: ConsumedEvent) -> repo.PriceUpdate:
     )
 
 
-def price_handler(metrics: PortfolioMetrics | None = None) -> Handler:
+def price_handler(skew_s_max: float, metrics: PortfolioMetrics | None = None) -> Handler:
     async def apply(conn: AsyncConnection, event: ConsumedEvent) -> None:
-        marked = await handlers.apply_price(conn, price_update(event))
+        marked = await handlers.apply_price(conn, price_update(event, skew_s_max))
         if metrics is not None:
             metrics.holders_marked.inc(marked)
 

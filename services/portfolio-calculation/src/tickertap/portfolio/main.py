@@ -116,7 +116,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
         runtime.start_consumer(
             name="prices",
             topics=[PRICES_TOPIC],
-            handler=price_handler(metrics),
+            handler=price_handler(settings.price_exchange_ts_skew_s_max, metrics),
             batch_max=settings.price_consumer_batch_max,
         )
         runtime.spawn(

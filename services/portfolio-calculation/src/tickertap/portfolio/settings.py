@@ -34,6 +34,8 @@ class PortfolioSettings(ServiceSettings):
 
     transfer_consumer_batch_max: int = Field(default=200, ge=1, le=10_000)
     price_consumer_batch_max: int = Field(default=500, ge=1, le=10_000)
+    # price events whose exchange time is further ahead of this clock are dead-lettered
+    price_exchange_ts_skew_s_max: float = Field(default=30.0, ge=0, le=3600)
 
     # portfolio.updates.v1: at most one update per portfolio per interval, always its latest
     # state; the publisher looks for due portfolios every poll interval, at most batch_max
