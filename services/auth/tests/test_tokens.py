@@ -290,3 +290,31 @@ async def test_expired_rows_are_purged(api: AuthClient, db, auth: Auth):
     )
     assert (await api.refresh(pair["refresh_token"])).json()["error"] == "invalid_grant"
     assert (await api.refresh(live["refresh_token"])).status_code == 200
+
+
+async def test_the_signing_key_rotates_on_its_schedule(auth: Auth):
+    """A key older than the rotation period is rotated at the next check (here: at once)."""
+    from tickertap.auth.keys import SigningKeys
+
+    keys = SigningKeys(
+        auth._vault,
+        auth.settings.signing_key,
+        token_ttl_s=600,
+        rotation_s=0.001,
+        check_interval_s=0.05,
+        jwks_cache_s=0,
+    )
+    await keys.refresh()
+    before = keys.current.version
+    task = asyncio.create_task(keys.run())
+    try:
+        for _ in range(200):  # at most 10 s
+            if keys.current.version > before:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    assert keys.current.version > before
+    published = [k["kid"] for k in (await keys.jwks())["keys"]]
+    assert published[0] == keys.current.kid
+    assert len(published) >= 2  # the previous version may still have signed live tokens
