@@ -117,6 +117,43 @@ def client_credentials(request: Request, form: dict[str, str]) -> tuple[str, str
     return None
 
 
+def _form_body(fields: dict[str, str], required_fields: list[str]) -> dict[str, object]:
+    """The OpenAPI request body of a form-encoded endpoint (read by `read_form`, not FastAPI)."""
+    schema = {
+        "type": "object",
+        "properties": {
+            name: {"type": "string", "description": doc} for name, doc in fields.items()
+        },
+        "required": required_fields,
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+        }
+    }
+
+
+TOKEN_FORM = _form_body(
+    {
+        "grant_type": f"one of {', '.join(GRANT_TYPES)}",
+        "username": "password grant: the email",
+        "password": "password grant",
+        "refresh_token": "refresh_token grant",
+        "scope": "space-separated scopes (default: all the client may have)",
+        "client_id": "client_credentials with client_secret_post",
+        "client_secret": "client_credentials with client_secret_post",
+        "mfa_token": "MFA grant: from the mfa_required answer",
+        "otp": "MFA grant: the authenticator's code",
+        "recovery_code": "MFA grant: a recovery code instead of otp",
+    },
+    ["grant_type"],
+)
+REVOKE_FORM = _form_body(
+    {"token": "a refresh or access token", "token_type_hint": "ignored (RFC 7009)"}, ["token"]
+)
+
+
 def build_router(bearer: BearerAuth) -> APIRouter:
     router = APIRouter()
     Anyone = Annotated[Principal, Depends(bearer.require())]
@@ -201,7 +238,7 @@ def build_router(bearer: BearerAuth) -> APIRouter:
 
     # -- OAuth 2 -----------------------------------------------------------------------
 
-    @router.post("/oauth/token", tags=["oauth"])
+    @router.post("/oauth/token", tags=["oauth"], openapi_extra=TOKEN_FORM)
     async def token(request: Request, auth: AuthDep, ctx: ContextDep) -> JSONResponse:
         """RFC 6749 token endpoint (form-encoded); RFC 6749 section 5.2 errors."""
         try:
@@ -231,7 +268,7 @@ def build_router(bearer: BearerAuth) -> APIRouter:
             return oauth_error_response(error)
         return JSONResponse(pair.body(), headers=NO_STORE)
 
-    @router.post("/oauth/revoke", tags=["oauth"])
+    @router.post("/oauth/revoke", tags=["oauth"], openapi_extra=REVOKE_FORM)
     async def revoke(request: Request, auth: AuthDep, ctx: ContextDep) -> Response:
         """RFC 7009: 200 whether or not the token was known."""
         try:
