@@ -4,6 +4,8 @@ prices and bars the in-service worker makes of ticks published to marketdata.tic
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -164,6 +166,11 @@ async def test_prices_query_bounds(api: Api) -> None:
     assert r.json() == {"items": [], "missing": ["NOPRICE1"]}
 
 
+def crafted_cursor(symbol: str, **fields: int) -> str:
+    payload = {"sym": symbol, "i": "1m", "f": 0, "t": 60_000_000, "n": 0, **fields}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
 async def test_bars_query_bounds(api: Api) -> None:
     symbol = fresh_symbol()
     await api.instrument(symbol)
@@ -177,6 +184,10 @@ async def test_bars_query_bounds(api: Api) -> None:
         ({"limit": 0}, 422, "validation_error"),
         ({"from": "yesterday"}, 422, "validation_error"),
         ({"cursor": "bm9wZQ=="}, 400, "invalid_cursor"),
+        # the edges of the calendar, and a crafted cursor, are refused, never a 500
+        ({"from": "9999-12-31T23:00:00-05:00"}, 422, "invalid_range"),
+        ({"to": "0001-01-01T00:01:00Z"}, 422, "invalid_range"),
+        ({"cursor": crafted_cursor(symbol, t=10**20)}, 422, "invalid_range"),
     ]
     for params, status, code in cases:
         problem(await api.client.get(url, params=params, headers=api.reader), status, code)

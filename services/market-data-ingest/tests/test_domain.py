@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -72,6 +72,7 @@ def run(ticks: list[d.Tick]) -> d.IngestResult:
         (tick(bid="99.991", ask="100.01"), "price_scale_exceeded"),
         (tick(bid="99.99", ask="100.011"), "price_scale_exceeded"),
         (tick(size="-1"), "size_negative"),
+        (tick(size="1000000000000.000000000000000001"), "size_too_large"),
         (tick(bid="100.02", ask="100.01"), "bid_above_ask"),
         (tick(at=T0 + 5 * S + 1, received=T0), "future_timestamp"),
         (tick(at=T0 - 3600 * S - 1, received=T0), "stale_timestamp"),
@@ -82,6 +83,26 @@ def test_each_rule_has_its_reason(t: d.Tick, reason: str) -> None:
     result = run([t])
     assert result.dead_letters == [(0, t.offset, reason)]
     assert not result.windows.open_bars
+
+
+@pytest.mark.parametrize("source", ["", "s" * 65, "feed\x00one", "feed\none"])
+def test_a_source_id_that_cannot_be_stored_is_dead_lettered_before_its_sequence(
+    source: str,
+) -> None:
+    bad = tick(source=source)
+    result = run([bad])
+    assert result.dead_letters == [(0, bad.offset, "invalid_field")]
+    assert source not in result.states[0].last_seq
+
+
+def test_notional_is_exact_beyond_38_digits() -> None:
+    big = tick(price="123456789.12", size="999999999999.123456789012345678")
+    result = run([big, tick(price="0.01", size="0.000000000000000001", seq=2)])
+    (bar,) = result.windows.open_bars.values()
+    wide = Context(prec=100)
+    exact = wide.multiply(Decimal("123456789.12"), Decimal("999999999999.123456789012345678"))
+    assert bar.notional == wide.add(exact, Decimal("0.00000000000000000001"))
+    assert len(bar.notional.as_tuple().digits) > 38
 
 
 def test_valid_edges_are_accepted() -> None:

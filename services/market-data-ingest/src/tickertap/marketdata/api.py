@@ -261,32 +261,35 @@ def build_router(auth: BearerAuth, settings: MarketDataSettings) -> APIRouter:
         interval_s = d.INTERVALS_S[interval]
         interval_us = interval_s * d.US_PER_S
         step = timedelta(seconds=interval_s)
-        payload: dict[str, Any] = {}
-        if cursor is not None:  # the query it continues: from/to may be left out
-            payload = _decode_cursor(cursor, sym=symbol, i=interval)
-            if not all(isinstance(payload.get(k), int) for k in ("f", "t", "n")):
-                raise InvalidCursor("the cursor is malformed")
-            if end is None:
-                end = repo.to_datetime(payload["t"])
-            if start is None:
-                start = repo.to_datetime(payload["f"])
-        to = _aware(end, "to") if end is not None else datetime.now(UTC)
-        frm = _aware(start, "from") if start is not None else to - step * limit
-        if frm >= to:
-            raise InvalidRange("`from` must be before `to`")
-        if (to - frm) / step > settings.bars_range_intervals_max:
-            raise RangeTooLarge(
-                f"at most {settings.bars_range_intervals_max} intervals per query",
-                intervals_max=settings.bars_range_intervals_max,
-            )
-        first_us = d.window_start_us(repo.to_us(frm), interval_us)
-        to_us = repo.to_us(to)
-        if payload:
-            if (payload["f"], payload["t"]) != (first_us, to_us):
-                raise InvalidCursor("the cursor belongs to another query")
-            if not first_us <= payload["n"] < to_us:
-                raise InvalidCursor("the cursor is malformed")
-            first_us = payload["n"]
+        try:  # dates near year 1 or 9999, or a crafted cursor, must not overflow into a 500
+            payload: dict[str, Any] = {}
+            if cursor is not None:  # the query it continues: from/to may be left out
+                payload = _decode_cursor(cursor, sym=symbol, i=interval)
+                if not all(isinstance(payload.get(k), int) for k in ("f", "t", "n")):
+                    raise InvalidCursor("the cursor is malformed")
+                if end is None:
+                    end = repo.to_datetime(payload["t"])
+                if start is None:
+                    start = repo.to_datetime(payload["f"])
+            to = _aware(end, "to") if end is not None else datetime.now(UTC)
+            frm = _aware(start, "from") if start is not None else to - step * limit
+            if frm >= to:
+                raise InvalidRange("`from` must be before `to`")
+            if (to - frm) / step > settings.bars_range_intervals_max:
+                raise RangeTooLarge(
+                    f"at most {settings.bars_range_intervals_max} intervals per query",
+                    intervals_max=settings.bars_range_intervals_max,
+                )
+            first_us = d.window_start_us(repo.to_us(frm), interval_us)
+            to_us = repo.to_us(to)
+            if payload:
+                if (payload["f"], payload["t"]) != (first_us, to_us):
+                    raise InvalidCursor("the cursor belongs to another query")
+                if not first_us <= payload["n"] < to_us:
+                    raise InvalidCursor("the cursor is malformed")
+                first_us = payload["n"]
+        except (OverflowError, ValueError):
+            raise InvalidRange("the range is outside the dates this service handles") from None
         # a page reads at most bars_source_rows_max one-minute rows
         minutes = interval_s // 60
         page = max(1, min(limit, settings.bars_source_rows_max // minutes))

@@ -66,17 +66,21 @@ US_PER_S: Final = 1_000_000
 INTERVALS_S: Final = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86_400}
 SYMBOL_PATTERN: Final = r"^[A-Z0-9][A-Z0-9.\-]{0,19}$"
 PRICE_SCALE_MAX: Final = 18  # the wire's scale (Avro decimal(38, 18))
+SIZE_MAX: Final = Decimal(10) ** 12  # a bar's volume (numeric(38, 18)) then fits 10^8 ticks
+TEXT_FIELD_CHARS_MAX: Final = 64  # source_id and venue
 
 DUPLICATE: Final = "duplicate"
 """`apply_tick`'s answer for a tick dropped as a repeat of its source's sequence."""
 
 REASONS: Final = (
     "undecodable",  # the bytes are not a marketdata.ticks.v1 record (decided by the worker)
+    "invalid_field",  # source_id or venue empty, too long, or not printable (before sequences)
     "unknown_symbol",  # no instrument has the symbol
     "halted",  # the instrument is halted
     "price_not_positive",  # price <= 0
     "price_scale_exceeded",  # price, bid or ask has more places than the instrument's scale
     "size_negative",  # size < 0
+    "size_too_large",  # size > SIZE_MAX
     "bid_above_ask",  # both given and bid > ask
     "future_timestamp",  # exchange time later than receive time + future bound
     "stale_timestamp",  # exchange time earlier than receive time - age bound
@@ -227,6 +231,14 @@ def window_start_us(exchange_us: int, window_us: int = MINUTE_US) -> int:
 _EXACT: Final = Context(prec=38, traps=[Inexact, InvalidOperation])
 
 
+# price (< 10^20, <= 18 places) x size (<= 10^12, <= 18 places), summed: exact with room
+_NOTIONAL: Final = Context(prec=100, traps=[Inexact, InvalidOperation])
+
+
+def _text_field(value: str) -> bool:
+    return 0 < len(value) <= TEXT_FIELD_CHARS_MAX and value.isprintable()
+
+
 def _at_scale(value: Decimal, quantum: Decimal) -> bool:
     """Whether `value` has no more places than the instrument's scale (nothing to round)."""
     try:
@@ -258,6 +270,8 @@ def check_tick(
         return "price_scale_exceeded"
     if tick.size < 0:
         return "size_negative"
+    if tick.size > SIZE_MAX:
+        return "size_too_large"
     if bid is not None and ask is not None and bid > ask:
         return "bid_above_ask"
     if tick.exchange_us > tick.received_us + policy.future_us_max:
@@ -281,6 +295,8 @@ def apply_tick(
     """
     assert tick.partition == state.partition
     state.next_offset = tick.offset + 1
+    if not (_text_field(tick.source_id) and _text_field(tick.venue)):
+        return "invalid_field"  # before the source's sequence: it is stored under its id
     last = state.last_seq.get(tick.source_id)
     if last is not None and tick.source_seq <= last:
         return DUPLICATE
@@ -309,7 +325,7 @@ def apply_tick(
             price,
             price,
             size,
-            price * size,
+            _NOTIONAL.multiply(price, size),
             1,
             ts,
             ts,
@@ -325,7 +341,7 @@ def apply_tick(
     if ts >= bar.close_us:
         bar.close, bar.close_us = price, ts
     bar.volume += size
-    bar.notional += price * size
+    bar.notional = _NOTIONAL.add(bar.notional, _NOTIONAL.multiply(price, size))
     bar.tick_count += 1
     return None
 

@@ -508,7 +508,12 @@ class IngestWorker:
                     expected,
                 )
             ts_type, ts_ms = message.timestamp()
-            received_us = ts_ms * 1000 if ts_type != TIMESTAMP_NOT_AVAILABLE else wall_us
+            # the message's time (so a backlog is not judged stale), but never later than
+            # our clock: a producer's CreateTime is its own, and a fast clock must not let
+            # far-future ticks in (they would make every real tick `late`)
+            received_us = (
+                min(ts_ms * 1000, wall_us) if ts_type != TIMESTAMP_NOT_AVAILABLE else wall_us
+            )
             try:
                 tick = decode(message.value(), partition, offset, received_us)
             except DecodeError as exc:
@@ -530,9 +535,8 @@ class IngestWorker:
             if outcome is None:
                 batch.valid += 1
                 touched_symbols.add(tick.symbol)
-                prior = latest.get(tick.symbol)
-                if prior is None or tick.exchange_us >= prior.exchange_us:
-                    latest[tick.symbol] = tick
+                if tick.exchange_us >= windows.watermarks[tick.symbol]:
+                    latest[tick.symbol] = tick  # never an older price after a newer one
             elif outcome == d.DUPLICATE:
                 batch.duplicates += 1
                 continue
@@ -659,14 +663,14 @@ class IngestWorker:
     def _dead_letter(self, batch: Batch, message: Message, reason: str, detail: str) -> None:
         partition, offset = message.partition(), message.offset()
         headers = {
-            key: value
+            _storable(key): _storable(value)
             for key, value in h.decode_headers(message.headers()).items()
             if key not in h.DLQ_HEADERS
         }
         headers.update(
             {
                 h.DLQ_REASON: reason,
-                h.DLQ_DETAIL: detail[: h.DLQ_DETAIL_CHARS_MAX],
+                h.DLQ_DETAIL: _storable(detail)[: h.DLQ_DETAIL_CHARS_MAX],
                 h.DLQ_SOURCE_TOPIC: self.config.ticks_topic,
                 h.DLQ_SOURCE_PARTITION: str(partition),
                 h.DLQ_SOURCE_OFFSET: str(offset),
@@ -771,6 +775,11 @@ class IngestWorker:
     async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def _storable(text: str) -> str:
+    """`text` as Postgres text and jsonb accept it: no NUL character (the rest is kept)."""
+    return text.replace("\x00", "\\x00")
 
 
 def _detail(reason: str, tick: d.Tick) -> str:
