@@ -421,3 +421,45 @@ async def test_a_price_from_the_future_is_dead_lettered(
     finally:
         consumer.close()
     assert headers["x-dlq-reason"] == b"exchange_ts_in_future"
+
+
+async def test_extreme_days_and_cursors_are_4xx_never_500(api, support, producer, codec) -> None:
+    """Days at the ends of the calendar, with or without a time zone offset, and cursors
+    beyond the column's integer: a problem with a code, not an overflow."""
+    book = Book()
+    await send(producer, codec, book.deposit("10.00"))
+    await summary_after(api, support, book.owner, 1)
+    base = f"/v1/portfolios/{book.owner}"
+
+    for path, params in [
+        ("/realized", {"to": "9999-12-31"}),  # its end, the next midnight, overflows
+        ("/realized", {"from": "9999-12-31"}),
+        ("/realized", {"to": "9999-12-31T00:00:00-01:00"}),
+        ("/realized", {"from": "2026-01-01", "to": "9999-12-31T00:00:00+14:00"}),
+        ("/valuations", {"from": "9999-12-31", "to": "9999-12-31"}),
+        ("/valuations", {"to": "9999-12-31T00:00:00-05:00"}),
+    ]:
+        r = await api.get(base + path, params=params, headers=support)
+        assert (r.status_code, r.json()["code"]) == (422, "invalid_range"), (path, params)
+    for path, params in [
+        ("/realized", {"from": "0000-12-31"}),
+        ("/realized", {"to": "10000-01-01"}),
+        ("/realized", {"to": "99999999999999999999"}),
+        ("/realized", {"from": "0001-01-01T00:00:00+01:00", "to": "0001-01-01T23:00:00Z"}),
+        ("/valuations", {"from": "-0001-01-01"}),
+        ("/realized", {"cursor": str(2**31)}),
+        ("/realized", {"cursor": str(10**40)}),
+    ]:
+        r = await api.get(base + path, params=params, headers=support)
+        assert (r.status_code, r.json()["code"]) == (422, "validation_error"), (path, params)
+    for path, params in [
+        ("/realized", {"from": "0001-01-01", "to": "9999-12-30"}),
+        ("/realized", {"from": "0001-01-01T00:00:00+01:00", "to": "0001-01-01"}),
+        ("/realized", {"to": "9999-12-30T00:00:00-01:00", "cursor": str(2**31 - 1)}),
+        ("/valuations", {"from": "0001-01-01", "to": "0001-01-01"}),
+        ("/valuations", {"from": "9999-12-30", "to": "9999-12-30"}),
+    ]:
+        r = await api.get(base + path, params=params, headers=support)
+        assert r.status_code == 200, (path, params, r.text)
+        body = r.json()
+        assert body.get("entries", body.get("valuations")) == [], (path, params)

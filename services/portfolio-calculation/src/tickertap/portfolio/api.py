@@ -18,7 +18,7 @@ exact decimals. Errors are problem details with a `code`:
 # routes built inside `build_router`, and they name local aliases (Reader, Method).
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -33,6 +33,10 @@ from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import Forbidden, NotFound, Unprocessable
 
 READ_ALL = frozenset({"support", "ops", "admin"})
+# A day range ends at the next UTC midnight (`repo.day_bounds`): the last day whose end
+# is still a datetime is the one before date.max; a later one would overflow (a 500).
+DAY_MIN = date.min
+DAY_MAX = date.max - timedelta(days=1)
 
 
 class NotYourPortfolio(Forbidden):
@@ -63,6 +67,10 @@ def exact(value: Decimal | None) -> str | None:
 
 
 def check_range(start: date | None, end: date | None, days_max: int | None = None) -> None:
+    """Days within DAY_MIN..DAY_MAX, from not after to, at most `days_max` days."""
+    for day in (start, end):
+        if day is not None and not DAY_MIN <= day <= DAY_MAX:
+            raise InvalidRange(f"days run from {DAY_MIN.isoformat()} to {DAY_MAX.isoformat()}")
     if start is not None and end is not None:
         if start > end:
             raise InvalidRange("from is after to")

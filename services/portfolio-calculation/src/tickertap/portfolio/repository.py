@@ -772,7 +772,8 @@ async def mark_published(conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]) 
 
 
 def day_bounds(start: date | None, end: date | None) -> tuple[datetime | None, datetime | None]:
-    """[start 00:00 UTC, the day after end 00:00 UTC) for inclusive day ranges."""
+    """[start 00:00 UTC, the day after end 00:00 UTC) for inclusive day ranges; `end` must
+    come before date.max (the API's check_range rejects it), whose next day overflows."""
     lo = datetime.combine(start, time(), UTC) if start else None
     hi = datetime.combine(end + timedelta(days=1), time(), UTC) if end else None
     return lo, hi
