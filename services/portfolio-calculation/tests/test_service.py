@@ -463,3 +463,21 @@ async def test_extreme_days_and_cursors_are_4xx_never_500(api, support, producer
         assert r.status_code == 200, (path, params, r.text)
         body = r.json()
         assert body.get("entries", body.get("valuations")) == [], (path, params)
+
+
+async def test_amounts_beyond_the_default_scale_are_shown_exactly(
+    api, support, producer, codec
+) -> None:
+    """USDC has no configured scale (default 2) and shares moved in without a trade are
+    cash: their balances are shown as they are, never rounded to 2 places."""
+    book, symbol = Book(), new_symbol()
+    shares_in = book.record(
+        "transfer", [(book.owner, symbol, D("0.125")), (HOUSE, symbol, D("-0.125"))]
+    )
+    await send(producer, codec, book.deposit("0.123456", "USDC"), shares_in, book.deposit("5"))
+    s = await summary_after(api, support, book.owner, 3)
+    assert s["cash"] == [
+        {"asset": symbol, "amount": "0.125"},
+        {"asset": "USD", "amount": "5.00"},
+        {"asset": "USDC", "amount": "0.123456"},
+    ]

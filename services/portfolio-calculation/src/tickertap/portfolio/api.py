@@ -5,7 +5,8 @@ whose id is their own subject; `support`, `ops` and `admin` read every portfolio
 Row-level security in Postgres holds the same line (a customer's transaction
 sees only their rows).
 
-Numbers are strings: money at its currency's scale, quantities and prices as
+Numbers are strings: money at its currency's scale (exactly, with more places, when
+an amount has more than its scale: nothing is rounded here), quantities and prices as
 exact decimals. Errors are problem details with a `code`:
 
     401 invalid_token, 403 insufficient_scope        (libs/authn)
@@ -56,7 +57,13 @@ class RangeTooLarge(Unprocessable):
 
 
 def money(value: Decimal | None, currency: str, scales: d.Scales) -> str | None:
-    return None if value is None else repo.plain(d.round_to(value, scales.of(currency)))
+    """An amount at its currency's scale ("10.00"), never rounded: one with more places
+    than the scale (an asset missing from the configured scales, such as USDC or shares
+    transferred in but never traded, takes the default of 2) is shown exactly."""
+    if value is None:
+        return None
+    at_scale = d.round_to(value, scales.of(currency))
+    return repo.plain(at_scale) if at_scale == value else exact(value)
 
 
 def exact(value: Decimal | None) -> str | None:

@@ -89,6 +89,13 @@ def round_to(value: Decimal, places: int) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN, context=WORK)
 
 
+def at_scale(value: Decimal, places: int) -> Decimal:
+    """`value` with `places` decimal places when that loses nothing, else `value` itself:
+    for display, never a rounding (a currency missing from the scales takes the default)."""
+    padded = round_to(value, places)
+    return padded if padded == value else value
+
+
 @dataclass(frozen=True, slots=True)
 class Scales:
     """Decimal places of each currency (fiat 2, JPY 0, ...), for rounding at the edges."""
@@ -503,7 +510,7 @@ def value_position(
     places = scales.of(figures.currency)
     quantity = figures.quantity
     with localcontext(WORK):
-        cost = round_to(figures.cost(method), places)  # already at scale, unless empty
+        cost = at_scale(figures.cost(method), places)  # already at scale, unless empty
         average = round_to(cost / quantity, UNIT_COST_PLACES) if quantity else ZERO
         market_value = unrealized = day_change = None
         if quote is not None:

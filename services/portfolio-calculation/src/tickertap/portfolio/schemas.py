@@ -1,5 +1,6 @@
 """The HTTP API's response bodies (what the OpenAPI document shows). Money is a string at
-its currency's scale; quantities and prices are exact decimal strings; never floats."""
+its currency's scale, with more places only when the amount has them (never rounded);
+quantities and prices are exact decimal strings; never floats."""
 
 from __future__ import annotations
 
