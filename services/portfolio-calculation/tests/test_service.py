@@ -74,6 +74,12 @@ def updates(stack, codec):
     reader.close()
 
 
+def today_starts(now: datetime) -> datetime:
+    """Midnight UTC of `now`'s day: times computed from `now` are clamped to it so that a
+    test started just after midnight cannot put "today's" events on yesterday."""
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 async def send(producer, codec, *records: dict[str, Any]) -> None:
     for record in records:
         await publish(producer, codec, TRANSFERS, record["transfer_id"], record)
@@ -290,10 +296,12 @@ async def test_api_errors(api, support, mint_token, producer, codec) -> None:
     r = await api.get("/v1/portfolios/not-a-uuid", headers=own)
     assert (r.status_code, r.json()["code"]) == (422, "validation_error")
 
+    before = datetime.now(UTC).date().isoformat()
     r = await api.get(base + "/valuations", headers=own)
+    after = datetime.now(UTC).date().isoformat()
     assert r.status_code == 200
     (today,) = r.json()["valuations"]
-    assert today["date"] == datetime.now(UTC).date().isoformat()
+    assert today["date"] in {before, after}  # the service's today, midnight or not
     assert today["total_value"] == "10.00"
     r = await api.get(
         base + "/valuations", params={"from": "2026-01-01", "to": "2026-01-31"}, headers=own
@@ -333,12 +341,14 @@ async def test_day_change_from_the_previous_close(api, support, producer, codec)
         producer, codec, book.deposit("100.00"), book.trade(symbol, "buy", "3", "10.00", "0")
     )
     now = datetime.now(UTC)
-    yesterday = now - timedelta(days=1)
+    midnight = today_starts(now)
+    yesterday = midnight - timedelta(hours=1)  # whatever the time of day, an earlier day
     for record in (
         price_record(symbol, "9.50", yesterday - timedelta(minutes=5), 1),
         price_record(symbol, "10.20", yesterday, 2),  # the close
-        price_record(symbol, "11.00", now - timedelta(seconds=1), 3),
-        price_record(symbol, "11.10", now, 4),
+        # today's two prices stay on today's UTC day even a moment after midnight
+        price_record(symbol, "11.00", max(now - timedelta(seconds=1), midnight), 3),
+        price_record(symbol, "11.10", max(now, midnight + timedelta(milliseconds=1)), 4),
     ):
         await publish(producer, codec, PRICES, symbol, record)
 
@@ -355,15 +365,17 @@ async def test_day_change_from_the_previous_close(api, support, producer, codec)
 
 async def test_realized_by_day_range_and_pages(api, support, producer, codec) -> None:
     book, symbol = Book(), new_symbol()
-    book.t0 = datetime.now(UTC) - timedelta(days=3)
+    now = datetime.now(UTC)
+    today, midnight = now.date().isoformat(), today_starts(now)
+    book.t0 = now - timedelta(days=3)
     records = [book.deposit("1000.00"), book.trade(symbol, "buy", "3", "10.00", "0")]
     records.append(book.trade(symbol, "sell", "1", "12.00", "0"))  # three days ago: +2.00
     late = [
         book.trade(symbol, "sell", "1", "13.00", "0"),
         book.trade(symbol, "sell", "1", "15.00", "0"),
     ]
-    for i, r in enumerate(late):  # today: +3.00, +5.00
-        r["occurred_at"] = datetime.now(UTC) - timedelta(seconds=10 - i)
+    for i, r in enumerate(late):  # today (on `today`'s UTC day even just after midnight)
+        r["occurred_at"] = max(now - timedelta(seconds=10 - i), midnight + timedelta(seconds=i))
     await send(producer, codec, *records, *late)
     await summary_after(api, support, book.owner, 5)
     path = f"/v1/portfolios/{book.owner}/realized"
@@ -371,7 +383,6 @@ async def test_realized_by_day_range_and_pages(api, support, producer, codec) ->
     r = (await api.get(path, headers=support)).json()
     assert [e["pnl"] for e in r["entries"]] == ["2.00", "3.00", "5.00"]
     assert (r["total"], r["next_cursor"]) == ({"USD": "10.00"}, None)
-    today = datetime.now(UTC).date().isoformat()
     r = (await api.get(path, params={"from": today}, headers=support)).json()
     assert [e["pnl"] for e in r["entries"]] == ["3.00", "5.00"]
     assert r["total"] == {"USD": "8.00"}
