@@ -255,7 +255,9 @@ async def test_bars_survive_sigkill(
         TICKERTAP_INGEST_GROUP_ID=f"{base}.ingest",
     )
     worker = Worker(worker_env, tmp_path / "worker.log")
-    rng = random.Random()
+    seed = int(os.environ.get("TICKERTAP_TEST_SEED") or random.randrange(2**32))
+    print(f"kill points from seed {seed} (TICKERTAP_TEST_SEED={seed} replays them)")
+    rng = random.Random(seed)
     total = len(records)
     try:
         for kill in range(KILLS):
@@ -272,8 +274,8 @@ async def test_bars_survive_sigkill(
     finally:
         worker.stop()
 
-    # batches are fenced on the positions they start from: none was refused in a normal run
-    assert "reloading the state" not in (tmp_path / "worker.log").read_text()
+    # batches are fenced on the positions they start from; a refused one (a retried commit
+    # that had in fact succeeded) reloads the state and changes nothing: checked below
 
     # bars: what the worker persisted (closed and still open) equals the offline result
     rows = await db.fetch(
