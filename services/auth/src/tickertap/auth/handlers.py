@@ -266,11 +266,13 @@ class Auth:
         """A new session with its first refresh token, and an access token for it."""
         scopes = d.grant_scopes(scope, d.allowed_scopes(user.roles))
         session_id = uuid.uuid4()
-        scope_text = " ".join(sorted(scopes))
+        refresh = d.opaque_token()
         await repo.insert_session(
-            conn, session_id, user.id, scope_text, self.settings.session_ttl_s_max
-        )
-        return await self._pair(conn, user, session_id, scopes)
+            conn, session_id, user.id, " ".join(sorted(scopes)),
+            self.settings.session_ttl_s_max, d.token_digest(refresh),
+            self.settings.refresh_token_ttl_s,
+        )  # fmt: skip
+        return await self._pair(conn, user, session_id, scopes, refresh)
 
     async def _pair(
         self,
@@ -278,11 +280,15 @@ class Auth:
         user: repo.UserRow,
         session_id: uuid.UUID,
         scopes: frozenset[str],
+        refresh: str | None = None,
     ) -> TokenPair:
-        refresh = d.opaque_token()
-        await repo.insert_refresh_token(
-            conn, d.token_digest(refresh), session_id, self.settings.refresh_token_ttl_s
-        )
+        """An access token, and a new refresh token of the session unless `refresh` (one
+        written with the session) is given."""
+        if refresh is None:
+            refresh = d.opaque_token()
+            await repo.insert_refresh_token(
+                conn, d.token_digest(refresh), session_id, self.settings.refresh_token_ttl_s
+            )
         ttl_s = self.settings.access_token_ttl_s
         claims = d.access_token_claims(
             issuer=self.settings.auth_issuer,
@@ -455,8 +461,7 @@ class Auth:
             raise _oauth_throttled(error) from None
         index = await self._email_index(email)
         async with self._writer.connect() as conn:
-            state = await repo.throttle(conn, index, lock=False)
-            user = await repo.user_by_email(conn, index)
+            state, user = await repo.login_state(conn, index)
         now_s = time.time()
         if state.retry_after_s(now_s) > 0:
             raise _oauth_throttled(d.Throttled(state.retry_after_s(now_s)))

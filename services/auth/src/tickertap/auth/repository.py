@@ -92,6 +92,30 @@ async def user_by_email(
     return None if row is None else _user(row)
 
 
+async def login_state(
+    conn: AsyncConnection, email_index: str
+) -> tuple[LoginThrottle, UserRow | None]:
+    """The email's failed logins and its user, if any, in one round trip."""
+    user_columns = ", ".join(f"u.{c.strip()}" for c in USER_COLUMNS.split(","))
+    row = (
+        await conn.execute(
+            text(
+                "SELECT t.failures, t.lockouts, t.locked_until, t.last_failure_at, "
+                f"{user_columns} FROM (SELECT CAST(:idx AS text) AS idx) k "
+                "LEFT JOIN auth.login_throttles t ON t.email_index = k.idx "
+                "LEFT JOIN auth.users u ON u.email_index = k.idx"
+            ),
+            {"idx": email_index},
+        )
+    ).one()
+    state = LoginThrottle()
+    if row.failures is not None:
+        state = LoginThrottle(
+            row.failures, row.lockouts, _epoch(row.locked_until), _epoch(row.last_failure_at)
+        )
+    return state, None if row.id is None else _user(row)
+
+
 async def user_by_id(
     conn: AsyncConnection, user_id: uuid.UUID, *, lock: bool = False
 ) -> UserRow | None:
@@ -182,15 +206,25 @@ async def clear_throttle(conn: AsyncConnection, email_index: str) -> None:
 
 
 async def insert_session(
-    conn: AsyncConnection, session_id: uuid.UUID, user_id: uuid.UUID, scope: str, ttl_s: int
+    conn: AsyncConnection,
+    session_id: uuid.UUID,
+    user_id: uuid.UUID,
+    scope: str,
+    ttl_s: int,
+    refresh_digest: bytes,
+    refresh_ttl_s: int,
 ) -> None:
+    """A session and its first refresh token, in one statement (one round trip a login)."""
     await conn.execute(
         text(
-            "INSERT INTO auth.sessions (id, user_id, scope, expires_at) "
-            "VALUES (:id, :user, :scope, now() + make_interval(secs => :ttl))"
+            "WITH s AS (INSERT INTO auth.sessions (id, user_id, scope, expires_at) "
+            "VALUES (:id, :user, :scope, now() + make_interval(secs => :ttl)) RETURNING id) "
+            "INSERT INTO auth.refresh_tokens (token_hash, session_id, expires_at) "
+            "SELECT :h, s.id, now() + make_interval(secs => :rttl) FROM s"
         ),
-        {"id": session_id, "user": user_id, "scope": scope, "ttl": ttl_s},
-    )
+        {"id": session_id, "user": user_id, "scope": scope, "ttl": ttl_s,
+         "h": refresh_digest, "rttl": refresh_ttl_s},
+    )  # fmt: skip
 
 
 async def insert_refresh_token(
