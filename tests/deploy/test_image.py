@@ -109,6 +109,7 @@ def test_dockerfile_runtime_stage() -> None:
     assert copies == [
         "--from=build /opt/tickertap /opt/tickertap",
         "schemas/avro /opt/tickertap/schemas/avro",
+        "deploy/docker/migrate.py /opt/tickertap/ops/migrate.py",
     ]
     assert re.search(r"^USER \$\{UID\}:\$\{UID\}$", runtime, re.M)
     assert "HEALTHCHECK" in runtime
