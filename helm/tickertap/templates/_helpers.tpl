@@ -1,0 +1,96 @@
+{{/*
+Helpers. Each component is called with (dict "root" $ "key" <services key> "svc" <its values>).
+Resource names are fixed (tickertap-<component>): the Vault roles bind these service
+account names, so one release per namespace.
+*/}}
+
+{{- define "tickertap.component" -}}
+{{- .key | kebabcase -}}
+{{- end }}
+
+{{- define "tickertap.fullname" -}}
+{{- printf "tickertap-%s" (include "tickertap.component" .) -}}
+{{- end }}
+
+{{- define "tickertap.selectorLabels" -}}
+app.kubernetes.io/name: tickertap
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ include "tickertap.component" . }}
+{{- end }}
+
+{{- define "tickertap.labels" -}}
+{{ include "tickertap.selectorLabels" . }}
+app.kubernetes.io/part-of: tickertap
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end }}
+
+{{- define "tickertap.image" -}}
+{{- printf "%s/%s:%s" .root.Values.image.registry .svc.image .root.Values.image.tag -}}
+{{- end }}
+
+{{/* The service's TICKERTAP_* settings (a ConfigMap's data; the migration Job's env). */}}
+{{- define "tickertap.settings" -}}
+TICKERTAP_ENVIRONMENT: {{ .root.Values.environment | quote }}
+TICKERTAP_LOG_LEVEL: {{ .root.Values.logLevel | quote }}
+TICKERTAP_HTTP_HOST: "0.0.0.0"
+TICKERTAP_HTTP_PORT: "8000"
+TICKERTAP_DB_HOST: {{ .root.Values.postgres.host | quote }}
+TICKERTAP_DB_PORT: {{ .root.Values.postgres.port | quote }}
+TICKERTAP_DB_NAME: {{ .root.Values.postgres.database | quote }}
+TICKERTAP_DB_SCHEMA: {{ .svc.schema | quote }}
+{{- if .root.Values.postgres.readerHost }}
+TICKERTAP_DB_READER_HOST: {{ .root.Values.postgres.readerHost | quote }}
+TICKERTAP_DB_READER_PORT: {{ .root.Values.postgres.readerPort | quote }}
+{{- end }}
+TICKERTAP_KAFKA_BOOTSTRAP_SERVERS: {{ .root.Values.kafka.bootstrapServers | quote }}
+TICKERTAP_KAFKA_SCHEMA_REGISTRY_URL: {{ .root.Values.kafka.schemaRegistryUrl | quote }}
+TICKERTAP_VAULT_ADDR: {{ .root.Values.vault.addr | quote }}
+TICKERTAP_VAULT_ROLE: {{ .svc.schema | quote }}
+TICKERTAP_VAULT_SECRET_ID_FILE: "/vault/secrets/secret_id"
+TICKERTAP_AUTH_ISSUER: {{ .root.Values.auth.issuer | quote }}
+TICKERTAP_AUTH_AUDIENCE: {{ .root.Values.auth.audience | quote }}
+TICKERTAP_AUTH_JWKS_URL: "http://tickertap-auth:8000/.well-known/jwks.json"
+{{- range $name, $value := .svc.env }}
+{{ $name }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Vault Agent Injector annotations: an init container logs in to Vault with the pod's service
+account (Kubernetes auth, role tickertap-<schema>), reads the service's AppRole role_id and
+issues it a secret_id, into /vault/secrets (in memory). The service then logs in with its
+AppRole as everywhere else and renews its own token and database lease.
+*/}}
+{{- define "tickertap.vaultAnnotations" -}}
+vault.hashicorp.com/agent-inject: "true"
+vault.hashicorp.com/agent-pre-populate-only: "true"
+vault.hashicorp.com/auth-path: {{ .root.Values.vault.kubernetesAuthPath | quote }}
+vault.hashicorp.com/role: {{ printf "%s%s" .root.Values.vault.rolePrefix .svc.schema | quote }}
+vault.hashicorp.com/agent-run-as-user: "10001"
+vault.hashicorp.com/agent-run-as-group: "10001"
+vault.hashicorp.com/agent-inject-secret-role_id: {{ printf "auth/approle/role/%s/role-id" .svc.schema | quote }}
+vault.hashicorp.com/agent-inject-template-role_id: {{ printf "{{- with secret \"auth/approle/role/%s/role-id\" }}{{ .Data.role_id }}{{ end }}" .svc.schema | quote }}
+vault.hashicorp.com/agent-inject-secret-secret_id: {{ printf "auth/approle/role/%s/secret-id" .svc.schema | quote }}
+vault.hashicorp.com/agent-inject-template-secret_id: {{ printf "{{- with secret \"auth/approle/role/%s/secret-id\" \"metadata={}\" }}{{ .Data.secret_id }}{{ end }}" .svc.schema | quote }}
+{{- end }}
+
+{{/* The role_id is read from the injected file (the settings take it from the environment). */}}
+{{- define "tickertap.command" -}}
+- /bin/sh
+- -c
+- 'export TICKERTAP_VAULT_ROLE_ID="$(cat /vault/secrets/role_id)" && exec python -m "$TICKERTAP_MODULE"'
+{{- end }}
+
+{{- define "tickertap.volumes" -}}
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .root.Values.tmpSizeLimit }}
+{{- end }}
+
+{{- define "tickertap.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
