@@ -43,7 +43,7 @@ reconcile: install ## check the running ledger agrees with itself (JSON report; 
 lint: install ## ruff (lint and format check) and strict mypy on the libraries
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs/money/src libs/secrets/src libs/db/src libs/messaging/src libs/observability/src libs/runtime/src libs/authn/src services/ledger/src services/auth/src services/market-data-ingest/src services/portfolio-calculation/src
+	$(VENV)/bin/mypy libs/money/src libs/secrets/src libs/db/src libs/messaging/src libs/observability/src libs/runtime/src libs/authn/src services/ledger/src services/auth/src services/market-data-ingest/src services/portfolio-calculation/src deploy/docker/migrate.py
 
 format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
