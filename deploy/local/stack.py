@@ -63,7 +63,6 @@ def service_env(
         TICKERTAP_VAULT_ROLE_ID=role_id,
         TICKERTAP_VAULT_SECRET_ID_FILE=str(secret_file),
         TICKERTAP_SCHEMAS_DIR=str(ROOT / "schemas" / "avro"),
-        TICKERTAP_AUTH_JWKS_FILE=str(devkeys.jwks_path(cfg)),
         TICKERTAP_AUTH_ISSUER=devkeys.ISSUER,
         TICKERTAP_AUTH_AUDIENCE=devkeys.AUDIENCE,
         # the auth service also publishes the dev key, so dev tokens verify against its JWKS
@@ -71,6 +70,9 @@ def service_env(
         TICKERTAP_LOG_FILE="",
         PYTHONUNBUFFERED="1",
     )
+    if svc.name != "auth":  # the others verify tokens against auth's keys (and the dev key)
+        auth = next(spec for spec in SERVICES if spec.name == "auth")
+        env["TICKERTAP_AUTH_JWKS_URL"] = f"{cfg.service_url(auth)}/.well-known/jwks.json"
     return env
 
 
