@@ -59,11 +59,12 @@ test: lint ## lint, start a test stack on its own ports, run every test, stop th
 test-only: install ## run the tests against an already running test stack
 	TICKERTAP_PROFILE=test $(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install ## benchmarks on their own stack (ports 274xx): start-up, memory, ledger, market-data ingest and auth against their floors
+bench: install ## benchmarks on their own stack (ports 274xx): start-up, memory, ledger, market-data ingest and auth against their floors; portfolio updates under a 1,000/s price feed
 	$(PY) tests/bench/startup.py
 	$(PY) tests/bench/ledger_bench.py --runs 3 --duration-s 10
 	$(PY) tests/bench/marketdata_bench.py --runs 3
 	$(PY) tests/bench/auth_bench.py --runs 3 --duration-s 10
+	$(PY) tests/bench/portfolio_bench.py --runs 2
 
 lock: ## recompile the hashed lock files (no download addresses are recorded)
 	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \

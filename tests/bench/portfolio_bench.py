@@ -86,8 +86,8 @@ SYMBOLS_MAX = 1000
 RUNS_MAX = 10
 RATE_MAX = 20_000.0
 DURATION_S_MAX = 600.0
-SEED_TIMEOUT_S_DEFAULT = 420.0
-DRAIN_TIMEOUT_S_DEFAULT = 60.0
+SEED_TIMEOUT_S_DEFAULT = 900.0
+DRAIN_TIMEOUT_S_DEFAULT = 30.0
 SAMPLE_INTERVAL_S = 1.0
 QUIET_WAIT_S = 30.0
 SERVICE_START_ATTEMPTS = 3
@@ -724,7 +724,7 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--positions", type=int, default=3, help="symbols held per portfolio")
     parser.add_argument("--rate", type=float, default=1000.0, help="prices per second")
-    parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--seed-timeout-s", type=float, default=SEED_TIMEOUT_S_DEFAULT)
     parser.add_argument("--drain-timeout-s", type=float, default=DRAIN_TIMEOUT_S_DEFAULT)
