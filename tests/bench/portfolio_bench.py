@@ -181,6 +181,47 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+def stack_up(marker: Path | None = None) -> None:
+    """`stack.py up --no-services`, retried (see `portfolio_service` on ephemeral ports:
+    OpenBao's listener can meet the same clash)."""
+    argv = [sys.executable, str(harness.STACK_PY), "up", "--no-services"]
+    if marker is not None:
+        argv += ["--started-marker", str(marker)]
+    for attempt in range(1, SERVICE_START_ATTEMPTS + 1):
+        done = subprocess.run(
+            argv,
+            env=harness.STACK_ENV,
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=harness.STACK_UP_TIMEOUT_S,
+        )
+        if done.returncode == 0:
+            return
+        if attempt == SERVICE_START_ATTEMPTS:
+            raise RuntimeError("the bench stack did not start; see its logs/stack.log")
+        time.sleep(SERVICE_RETRY_PAUSE_S)
+
+
+@contextlib.contextmanager
+def bench_stack(tmp: Path) -> Iterator[None]:
+    """The bench profile's stack: used if up, else started and, at the end, stopped
+    (harness.bench_stack without the retries)."""
+    marker = tmp / "started"
+    stack_up(marker)
+    try:
+        yield
+    finally:
+        if marker.exists():
+            subprocess.run(
+                [sys.executable, str(harness.STACK_PY), "down"],
+                env=harness.STACK_ENV,
+                check=False,
+                stdout=subprocess.DEVNULL,
+                timeout=harness.STACK_DOWN_TIMEOUT_S,
+            )
+
+
 def restart_stack(tmp: Path) -> tuple[mdb.Stack, Path]:
     """`stack.py down` then `up --no-services`, retried: a fresh broker for a run.
 
@@ -196,20 +237,7 @@ def restart_stack(tmp: Path) -> tuple[mdb.Stack, Path]:
         stdout=subprocess.DEVNULL,
         timeout=harness.STACK_DOWN_TIMEOUT_S,
     )
-    for attempt in range(1, SERVICE_START_ATTEMPTS + 1):
-        done = subprocess.run(
-            [*argv, "up", "--no-services"],
-            env=harness.STACK_ENV,
-            check=False,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=harness.STACK_UP_TIMEOUT_S,
-        )
-        if done.returncode == 0:
-            break
-        if attempt == SERVICE_START_ATTEMPTS:
-            raise RuntimeError("the bench stack did not start again; see its logs/stack.log")
-        time.sleep(SERVICE_RETRY_PAUSE_S)
+    stack_up()
     return open_stack(tmp)
 
 
@@ -740,7 +768,7 @@ def main() -> int:
         parser.error("--seed-timeout-s in (0, 900], --drain-timeout-s in (0, 600]")
 
     symbols = symbol_names(args.symbols)
-    with harness.bench_stack(), tempfile.TemporaryDirectory() as tmp_dir:
+    with tempfile.TemporaryDirectory() as tmp_dir, bench_stack(Path(tmp_dir)):
         tmp = Path(tmp_dir)
         stack, secret_file = restart_stack(tmp)  # a fresh broker: no stuck group from before
         cfg = stack.cfg
