@@ -253,7 +253,7 @@ def test_a_customer_trades_and_a_downstream_consumer_sees_exact_pnl(
     assert http.get(f"{auth_url}/v1/users/me", headers=bearer).status_code == 401
 
     challenged = http.post(f"{auth_url}/oauth/token", data=login)
-    assert challenged.status_code == 401, challenged.text
+    assert challenged.status_code == 403, challenged.text
     assert challenged.json()["error"] == "mfa_required", challenged.text
     # the confirmation used this time step; a code is good once, so take the next step's
     # (inside the server's ±1 step window) rather than wait up to 30 s
