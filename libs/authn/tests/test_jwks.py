@@ -152,6 +152,19 @@ async def test_unknown_kids_refresh_at_most_once_per_interval(jwks_server, minte
         assert jwks_server.requests == 3
 
 
+async def test_the_first_requests_wait_for_the_first_fetch_instead_of_failing(
+    jwks_server, minter, clock
+):
+    jwks_server.jwks = lambda: minter.jwks
+    jwks_server.delay_s = 0.2  # a burst arrives while the first fetch is in flight
+    async with HttpJwks(jwks_server.url, refresh_min_interval_s=10, clock=clock) as jwks:
+        verifier = verifier_for(jwks, minter)
+        token = minter.mint("u")
+        found = await asyncio.gather(*(verifier.verify(token) for _ in range(20)))
+        assert {p.subject for p in found} == {"u"}
+        assert jwks_server.requests == 1
+
+
 async def test_no_keys_ever_is_503_and_retries_are_rate_limited(jwks_server, minter, clock):
     jwks_server.jwks = lambda: minter.jwks
     jwks_server.status = 500

@@ -221,6 +221,11 @@ async def test_customers_see_only_their_accounts_and_debit_only_their_own(ledger
     assert hidden.status_code == 404  # not 403: another customer's account does not exist for her
     listed = await ledger.client.get(f"/v1/accounts?owner={bob}", headers=as_alice)
     assert listed.status_code == 403
+    # a machine client with the support role (its subject is not a customer id) reads all
+    machine = {"Authorization": f"Bearer {ledger.mint('client:ops-tools', ('support',))}"}
+    listed = await ledger.client.get(f"/v1/accounts?owner={bob}", headers=machine)
+    assert listed.status_code == 200, listed.text
+    assert [item["id"] for item in listed.json()["items"]] == [b]
     theft = await ledger.transfer([(b, "-5"), (a, "5")], headers=as_alice)
     assert theft.status_code == 403
     no_token = await ledger.client.get(f"/v1/accounts/{a}")

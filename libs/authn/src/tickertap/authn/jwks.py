@@ -131,7 +131,10 @@ class HttpJwks:
         key = self._keys.get(kid)
         if key is not None and self._age_s() <= self._cache_ttl_s:
             return key
-        if self._may_attempt():
+        if self._lock.locked():
+            async with self._lock:  # a refresh is in flight: wait for its keys, do not fail
+                pass
+        elif self._may_attempt():
             await self._refresh()
         if self._fetched_at is None or self._age_s() > self._cache_ttl_s + self._stale_if_error_s:
             raise KeysUnavailable()

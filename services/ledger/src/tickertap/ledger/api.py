@@ -171,7 +171,8 @@ def build_router(auth: BearerAuth) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=ACCOUNTS_PAGE_MAX)] = 100,
     ) -> s.AccountList:
         owner = owner or subject_id(principal)
-        if owner != subject_id(principal) and not can_read_all(principal):
+        # readers of all first: a machine client's subject (client:<id>) is not a customer id
+        if not can_read_all(principal) and owner != subject_id(principal):
             raise Forbidden("customers see their own accounts only")
         async with ledger.reading(None if can_read_all(principal) else owner) as conn:
             rows = await repo.list_accounts(conn, owner, limit)
