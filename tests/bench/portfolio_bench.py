@@ -352,6 +352,34 @@ def produce_all(bootstrap: str, topic: str, records: Iterator[dict[str, Any]], k
     return count
 
 
+async def seeded_state(admin_url: str) -> tuple[int, int]:
+    """(portfolios, nonzero positions of the bench's symbols) stored; (0, 0) before migrations."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        portfolios = await conn.fetchval("SELECT count(*) FROM portfolio.portfolios")
+        positions = await conn.fetchval(
+            "SELECT count(*) FROM portfolio.positions WHERE quantity <> 0 AND symbol LIKE 'PB%'"
+        )
+        return int(portfolios), int(positions)
+    except asyncpg.UndefinedTableError:
+        return 0, 0
+    finally:
+        await conn.close()
+
+
+async def clear_leftovers(admin_url: str) -> None:
+    """Every run starts alike: nothing waiting from the run before (which may not have
+    drained within its bound): no dirty portfolio, no unsent update."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(
+            "UPDATE portfolio.portfolios SET dirty = false, dirty_since = NULL WHERE dirty"
+        )
+        await conn.execute("DELETE FROM portfolio.outbox WHERE sent_at IS NULL")
+    finally:
+        await conn.close()
+
+
 async def count_positions(admin_url: str) -> int:
     conn = await asyncpg.connect(admin_url)
     try:
@@ -636,6 +664,7 @@ def run_once(
     stack, secret_file = restart_stack(tmp)
     held = asyncio.run(count_positions(stack.admin_url))
     assert held == args.portfolios * args.positions, f"{held} positions stored after restart"
+    asyncio.run(clear_leftovers(stack.admin_url))
     harness.settle(QUIET_WAIT_S, f"portfolio run {run}")
     log = stack.cfg.logs_dir / "bench-portfolio.log"
     with portfolio_service(stack, secret_file, log) as proc:
@@ -756,6 +785,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--seed-timeout-s", type=float, default=SEED_TIMEOUT_S_DEFAULT)
     parser.add_argument("--drain-timeout-s", type=float, default=DRAIN_TIMEOUT_S_DEFAULT)
+    parser.add_argument(
+        "--reuse-seed",
+        action="store_true",
+        help="keep the portfolios a previous invocation seeded when they match the arguments",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     if not 1 <= args.portfolios <= PORTFOLIOS_MAX or not 1 <= args.symbols <= SYMBOLS_MAX:
@@ -774,24 +808,31 @@ def main() -> int:
         cfg = stack.cfg
         partitions = next(t.partitions for t in load_topics() if t.name == UPDATES)
         log = cfg.logs_dir / "bench-portfolio.log"
-        with portfolio_service(stack, secret_file, log):  # migrates, then consumes the seed
-            asyncio.run(reset_portfolio_state(stack.admin_url))
-            print(
-                f"seeding {args.portfolios:,} portfolios x {args.positions} positions ...",
-                flush=True,
-            )
-            started = time.monotonic()
-            sent = produce_all(
-                stack.bootstrap,
-                TRANSFERS,
-                seed_transfers(args.portfolios, symbols, args.positions),
-                "owner_id",
-            )
-            asyncio.run(
-                wait_seeded(stack.admin_url, args.portfolios, args.positions, args.seed_timeout_s)
-            )
-            seed_s = time.monotonic() - started
-            print(f"  {sent:,} transfers applied in {seed_s:.0f} s", flush=True)
+        seed_s = 0.0
+        seeded = asyncio.run(seeded_state(stack.admin_url))
+        if args.reuse_seed and seeded == (args.portfolios, args.portfolios * args.positions):
+            print(f"reusing the {args.portfolios:,} seeded portfolios", flush=True)
+        else:
+            with portfolio_service(stack, secret_file, log):  # migrates, then consumes the seed
+                asyncio.run(reset_portfolio_state(stack.admin_url))
+                print(
+                    f"seeding {args.portfolios:,} portfolios x {args.positions} positions ...",
+                    flush=True,
+                )
+                started = time.monotonic()
+                sent = produce_all(
+                    stack.bootstrap,
+                    TRANSFERS,
+                    seed_transfers(args.portfolios, symbols, args.positions),
+                    "owner_id",
+                )
+                asyncio.run(
+                    wait_seeded(
+                        stack.admin_url, args.portfolios, args.positions, args.seed_timeout_s
+                    )
+                )
+                seed_s = time.monotonic() - started
+                print(f"  {sent:,} transfers applied in {seed_s:.0f} s", flush=True)
         results = []
         for run in range(1, args.runs + 1):
             results.append(run_once(tmp, symbols, args, run, partitions))
