@@ -771,6 +771,12 @@ def print_report(results: list[RunResult], args: argparse.Namespace, seed_s: flo
         )
         shares = "  ".join(f"{k} {v:.0f}" for k, v in sorted(r.shares.items()))
         print(f"          CPU (% of one core): {shares}")
+        last = r.samples[-1] if r.samples else None
+        if last is not None and last.lag > 0:
+            print(
+                f"          {r.prices - last.lag:,} of {r.prices:,} prices applied by the end of"
+                " the drain: the percentiles cover those only (the rest would wait longer)"
+            )
         print(f"          middle: {describe(r.mid)}")
         print(f"          end:    {describe(r.end)}")
 
