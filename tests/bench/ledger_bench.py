@@ -85,10 +85,12 @@ async def setup_accounts(url: str, ops: str, count: int) -> list[str]:
         return ("POST", "/v1/accounts", headers, body)
 
     def opened(_i: int, status: int, body: bytes) -> None:
+        if status != 201:
+            print(f"open account: {status} {body[:300]!r}", file=sys.stderr)
         assert status == 201, body[:200]
         accounts.append(json.loads(body)["id"])
 
-    await loadgen.run_load(
+    opening = await loadgen.run_load(
         f"{url}/v1/accounts",
         make_request=open_account,
         on_response=opened,
@@ -96,6 +98,8 @@ async def setup_accounts(url: str, ops: str, count: int) -> list[str]:
         requests=count,
         label="setup",
     )
+    if len(accounts) != count:
+        raise SystemExit(f"opened {len(accounts)} of {count} accounts: {opening.errors}")
 
     def deposit(i: int) -> loadgen.Request:
         body = json.dumps(
