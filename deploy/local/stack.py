@@ -46,8 +46,16 @@ DEMO_FEED_DESCRIPTION = f"{DEMO_FEED_RATE_PER_S} ticks/s for {DEMO_FEED_SYMBOLS}
 
 
 def service_env(
-    cfg: StackConfig, svc: ServiceSpec, role_id: str, secret_file: Path
+    cfg: StackConfig,
+    svc: ServiceSpec,
+    role_id: str,
+    secret_file: Path,
+    *,
+    without_auth: bool = False,
 ) -> dict[str, str]:
+    """The environment the launcher gives `svc`. With `without_auth` (a service run on its
+    own, as benchmarks do), tokens are verified against the dev JWKS file instead of the
+    auth service's JWKS URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKERTAP_")}
     env.update(
         TICKERTAP_ENVIRONMENT="development",
@@ -70,7 +78,9 @@ def service_env(
         TICKERTAP_LOG_FILE="",
         PYTHONUNBUFFERED="1",
     )
-    if svc.name != "auth":  # the others verify tokens against auth's keys (and the dev key)
+    if without_auth and svc.name != "auth":
+        env["TICKERTAP_AUTH_JWKS_FILE"] = str(devkeys.jwks_path(cfg))
+    elif svc.name != "auth":  # the others verify tokens against auth's keys (and the dev key)
         auth = next(spec for spec in SERVICES if spec.name == "auth")
         env["TICKERTAP_AUTH_JWKS_URL"] = f"{cfg.service_url(auth)}/.well-known/jwks.json"
     return env

@@ -380,7 +380,13 @@ def ingest_service(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The market-data-ingest service, with the launcher's environment and fresh topics."""
     spec = next(svc for svc in SERVICES if svc.name == "market-data-ingest")
-    env = service_env(stack.cfg, spec, stack.info["approle_role_ids"]["market"], secret_file)
+    env = service_env(
+        stack.cfg,
+        spec,
+        stack.info["approle_role_ids"]["market"],
+        secret_file,
+        without_auth=True,  # the bench runs this service alone
+    )
     env.update(
         TICKERTAP_INGEST_ENABLED="true" if ingest else "false",
         TICKERTAP_INGEST_TICKS_TOPIC=topics["ticks"],

@@ -130,7 +130,13 @@ def portfolio_service(
     TIME-WAIT for a minute, then blocks the service's usual (even) HTTP port. So the
     service listens on an odd port of the profile's block, and a start is retried."""
     spec = next(svc for svc in SERVICES if svc.name == "portfolio-calculation")
-    env = service_env(stack.cfg, spec, stack.info["approle_role_ids"]["portfolio"], secret_file)
+    env = service_env(
+        stack.cfg,
+        spec,
+        stack.info["approle_role_ids"]["portfolio"],
+        secret_file,
+        without_auth=True,  # the bench runs this service alone
+    )
     env["TICKERTAP_VALUATION_SNAPSHOT_INTERVAL_S"] = "0"  # a daily job, not the feed's load
     port = stack.cfg.port_base + HTTP_PORT_OFFSET
     env["TICKERTAP_HTTP_PORT"] = str(port)

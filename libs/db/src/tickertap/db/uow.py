@@ -22,6 +22,7 @@ trip, statements are asyncpg's own prepared ones, and errors are asyncpg's (whic
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # serialization_failure, deadlock_detected, and the server going away
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
@@ -148,9 +150,12 @@ class DriverTransaction:
                 self._open = False
                 try:
                     await self._pg.execute("ROLLBACK")  # also ends a failed COMMIT's block
-                except BaseException:
-                    await connection.invalidate()
-                    raise
+                except BaseException as rollback_error:
+                    await connection.invalidate()  # its state is unknown: never pooled again
+                    if exc_type is None or not isinstance(rollback_error, Exception):
+                        raise
+                    # the error that ended the block (say CommitOutcomeUnknown) is the news
+                    log.warning("ROLLBACK failed after %s: %r", exc_type.__name__, rollback_error)
         finally:
             self._pg = None
             await connection.close()
