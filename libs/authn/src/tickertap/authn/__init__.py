@@ -22,7 +22,7 @@ Errors (problem details through `tickertap.runtime.install_error_handlers`):
 
 from tickertap.authn.bearer import BearerAuth, bearer_token
 from tickertap.authn.errors import InsufficientScope, InvalidToken, KeysUnavailable, MissingToken
-from tickertap.authn.jwks import HttpJwks, JwksSource, StaticJwks, parse_jwks
+from tickertap.authn.jwks import HttpJwks, JwksSource, StaticJwks, jwks_source, parse_jwks
 from tickertap.authn.principal import Principal
 from tickertap.authn.verifier import AccessTokenVerifier, TokenVerifier
 
@@ -39,5 +39,6 @@ __all__ = [
     "StaticJwks",
     "TokenVerifier",
     "bearer_token",
+    "jwks_source",
     "parse_jwks",
 ]

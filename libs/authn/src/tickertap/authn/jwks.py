@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -190,3 +191,12 @@ class HttpJwks:
                     if len(body) > self._response_bytes_max:
                         raise ValueError("JWKS response over its size bound")
         return json.loads(body)
+
+
+def jwks_source(url: str | None, file: Path | None) -> JwksSource:
+    """The key source a service's settings name: the auth service's JWKS URL, or a JWKS
+    document on disk (exactly one of them; the settings classes check that)."""
+    if url is not None:
+        return HttpJwks(url)
+    assert file is not None, "a JWKS URL or file"
+    return StaticJwks(json.loads(file.read_text()))

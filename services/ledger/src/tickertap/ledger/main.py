@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tickertap.authn import AccessTokenVerifier, BearerAuth, HttpJwks, JwksSource, StaticJwks
+from tickertap.authn import AccessTokenVerifier, BearerAuth, jwks_source
 from tickertap.ledger import api
 from tickertap.ledger.consumer import PRICES_TOPIC, price_handler
 from tickertap.ledger.domain import LedgerError
@@ -19,18 +18,11 @@ from tickertap.money import install_context
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, problem, serve
 
 
-def key_source(settings: LedgerSettings) -> JwksSource:
-    if settings.auth_jwks_url is not None:
-        return HttpJwks(settings.auth_jwks_url)
-    assert settings.auth_jwks_file is not None
-    return StaticJwks(json.loads(settings.auth_jwks_file.read_text()))
-
-
 def create_app(settings: LedgerSettings) -> FastAPI:
     install_context()
     auth = BearerAuth(
         AccessTokenVerifier(
-            key_source(settings),
+            jwks_source(settings.auth_jwks_url, settings.auth_jwks_file),
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             algorithms=settings.auth_algorithms,

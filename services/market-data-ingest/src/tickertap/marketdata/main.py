@@ -7,12 +7,11 @@ the API.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from tickertap.authn import AccessTokenVerifier, BearerAuth, HttpJwks, JwksSource, StaticJwks
+from tickertap.authn import AccessTokenVerifier, BearerAuth, jwks_source
 from tickertap.marketdata import api
 from tickertap.marketdata.settings import MarketDataSettings
 from tickertap.marketdata.worker import IngestWorker, worker_config
@@ -20,18 +19,11 @@ from tickertap.money import install_context
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, serve
 
 
-def key_source(settings: MarketDataSettings) -> JwksSource:
-    if settings.auth_jwks_url is not None:
-        return HttpJwks(settings.auth_jwks_url)
-    assert settings.auth_jwks_file is not None
-    return StaticJwks(json.loads(settings.auth_jwks_file.read_text()))
-
-
 def create_app(settings: MarketDataSettings) -> FastAPI:
     install_context()
     auth = BearerAuth(
         AccessTokenVerifier(
-            key_source(settings),
+            jwks_source(settings.auth_jwks_url, settings.auth_jwks_file),
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             algorithms=settings.auth_algorithms,

@@ -8,14 +8,13 @@ marked dirty into coalesced portfolio.updates.v1 events through the outbox.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from tickertap.authn import AccessTokenVerifier, BearerAuth, HttpJwks, JwksSource, StaticJwks
+from tickertap.authn import AccessTokenVerifier, BearerAuth, jwks_source
 from tickertap.messaging.retry import is_transient_error
 from tickertap.money import install_context
 from tickertap.portfolio import api, handlers
@@ -31,13 +30,6 @@ from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_
 
 log = logging.getLogger(__name__)
 PUBLISH_RETRY_S_MAX = 5.0
-
-
-def key_source(settings: PortfolioSettings) -> JwksSource:
-    if settings.auth_jwks_url is not None:
-        return HttpJwks(settings.auth_jwks_url)
-    assert settings.auth_jwks_file is not None
-    return StaticJwks(json.loads(settings.auth_jwks_file.read_text()))
 
 
 async def publish_updates(
@@ -98,7 +90,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
     install_context()
     auth = BearerAuth(
         AccessTokenVerifier(
-            key_source(settings),
+            jwks_source(settings.auth_jwks_url, settings.auth_jwks_file),
             issuer=settings.auth_issuer,
             audience=settings.auth_audience,
             algorithms=settings.auth_algorithms,
