@@ -31,7 +31,7 @@ from tickertap.ledger import repository as repo
 from tickertap.ledger import schemas as s
 from tickertap.ledger.handlers import Ledger, Posted, TransferRequest
 from tickertap.money import Asset, AssetKind
-from tickertap.runtime import Forbidden, Unprocessable
+from tickertap.runtime import Forbidden, Unprocessable, direct
 
 READ_ALL = frozenset({"support", "ops", "admin"})
 WRITE_ALL = frozenset({"ops", "admin"})
@@ -43,6 +43,10 @@ IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 class IdempotencyKeyRequired(Unprocessable):
     code = "idempotency_key_required"
+
+
+class InvalidCursor(Unprocessable):
+    code = "invalid_cursor"
 
 
 async def get_ledger(request: Request) -> Ledger:
@@ -131,6 +135,7 @@ def build_router(auth: BearerAuth) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["ledger"])
     Anyone = Annotated[Principal, Depends(auth.require())]
     Operator = Annotated[Principal, Depends(auth.require(roles_any=WRITE_ALL))]
+    Reader = Annotated[Principal, Depends(auth.require(roles_any=READ_ALL))]
 
     # -- assets ------------------------------------------------------------------------
 
@@ -168,16 +173,42 @@ def build_router(auth: BearerAuth) -> APIRouter:
         ledger: LedgerDep,
         principal: Anyone,
         owner: Annotated[uuid.UUID | None, Query()] = None,
+        cursor: Annotated[uuid.UUID | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=ACCOUNTS_PAGE_MAX)] = 100,
     ) -> s.AccountList:
+        """The owner's accounts, oldest first, in pages: pass `next_cursor` back as `cursor`
+        (null on the last page; it is the id of the page's last account)."""
         owner = owner or subject_id(principal)
         # readers of all first: a machine client's subject (client:<id>) is not a customer id
         if not can_read_all(principal) and owner != subject_id(principal):
             raise Forbidden("customers see their own accounts only")
         async with ledger.reading(None if can_read_all(principal) else owner) as conn:
-            rows = await repo.list_accounts(conn, owner, limit)
+            after = None
+            if cursor is not None:
+                after = (await repo.get_accounts(conn, [cursor])).get(cursor)
+                if after is None or after.account.owner_id != owner:
+                    raise InvalidCursor("cursor is not one of this owner's accounts")
+            rows = await repo.list_accounts(conn, owner, limit, after)
         scales = await _scales(ledger, {r.account.asset for r in rows})
-        return s.AccountList(items=[s.AccountPublic.of(r, scales[r.account.asset]) for r in rows])
+        return s.AccountList(
+            items=[s.AccountPublic.of(r, scales[r.account.asset]) for r in rows],
+            next_cursor=str(rows[-1].account.id) if len(rows) == limit else None,
+        )
+
+    @router.get("/owners")
+    async def list_owners(
+        ledger: LedgerDep,
+        _: Reader,
+        cursor: Annotated[uuid.UUID | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = 100,
+    ) -> s.OwnerPage:
+        """Every owner of customer accounts, in id order and in pages (readers of all only):
+        what a reconciliation walks to find customers another service does not know."""
+        async with ledger.reading(None) as conn:
+            owners = await repo.list_owners(conn, cursor, limit)
+        return s.OwnerPage(
+            items=owners, next_cursor=str(owners[-1]) if len(owners) == limit else None
+        )
 
     async def visible_account(
         ledger: Ledger, principal: Principal, account_id: uuid.UUID
@@ -309,6 +340,7 @@ def build_router(auth: BearerAuth) -> APIRouter:
             "security": auth.openapi_security,
         },
     )
+    @direct
     async def post_transfer(request: Request) -> Response:
         principal = await auth.authenticate(request, frozenset(), frozenset())
         key = request.headers.get("idempotency-key")
@@ -351,6 +383,7 @@ def build_router(auth: BearerAuth) -> APIRouter:
             "security": auth.openapi_security,
         },
     )
+    @direct
     async def post_batch(request: Request) -> Response:
         """Up to 1,000 transfers; each succeeds or fails on its own (its result says which)."""
         principal = await auth.authenticate(request, frozenset(), frozenset())

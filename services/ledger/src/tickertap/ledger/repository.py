@@ -157,15 +157,41 @@ async def get_accounts(
     return {r.id: _account_row(r) for r in rows}
 
 
-async def list_accounts(conn: AsyncConnection, owner_id: uuid.UUID, limit: int) -> list[AccountRow]:
+async def list_accounts(
+    conn: AsyncConnection, owner_id: uuid.UUID, limit: int, after: AccountRow | None = None
+) -> list[AccountRow]:
+    """An owner's accounts, oldest first (created_at, then id), the page after `after`."""
+    if after is None:
+        where, params = "", {}
+    else:
+        where = "AND (created_at, id) > (:after_at, :after_id) "
+        params = {"after_at": after.created_at, "after_id": after.account.id}
     rows = await conn.execute(
         text(
             f"SELECT {ACCOUNT_COLUMNS} FROM ledger.accounts WHERE owner_id = :owner "
-            "ORDER BY created_at, id LIMIT :limit"
+            f"{where}ORDER BY created_at, id LIMIT :limit"
         ),
-        {"owner": owner_id, "limit": limit},
+        {"owner": owner_id, "limit": limit, **params},
     )
     return [_account_row(r) for r in rows]
+
+
+async def list_owners(
+    conn: AsyncConnection, after: uuid.UUID | None, limit: int
+) -> list[uuid.UUID]:
+    """Owners of customer accounts in id order, the page after `after` (`kind = 'customer'`
+    lets the partial unique index on (owner_id, asset) serve it)."""
+    where, params = (
+        ("owner_id IS NOT NULL", {}) if after is None else ("owner_id > :after", {"after": after})
+    )
+    rows = await conn.execute(
+        text(
+            f"SELECT DISTINCT owner_id FROM ledger.accounts WHERE kind = 'customer' AND {where} "
+            "ORDER BY owner_id LIMIT :limit"
+        ),
+        {"limit": limit, **params},
+    )
+    return [r.owner_id for r in rows]
 
 
 async def balance_as_of(

@@ -86,6 +86,13 @@ class AccountPublic(Strict):
 
 class AccountList(Strict):
     items: list[AccountPublic]
+    # pass it back as `cursor` for the next page; null on the last one
+    next_cursor: str | None = None
+
+
+class OwnerPage(Strict):
+    items: list[uuid.UUID]
+    next_cursor: str | None
 
 
 class LegIn(Strict):
