@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 STACK := $(PY) deploy/local/stack.py
 PACKAGES := $(wildcard libs/*) $(wildcard services/*)
 STAMP := $(VENV)/.installed
+# the security scanners (bandit, checkov, pip-audit) live in their own venv: checkov's pins
+# conflict with the project's; requirements/tools-lock.txt is their hashed lock
+TOOLS_VENV := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install run up down status reconcile test test-only lint format bench lock clean
@@ -23,7 +27,12 @@ $(STAMP): requirements/lock.txt requirements/bootstrap.txt $(foreach p,$(PACKAGE
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation $(foreach p,$(PACKAGES),-e $(p))
 	@touch $@
 
-install: $(STAMP) ## create .venv and install the pinned dependencies and our packages
+$(TOOLS_STAMP): requirements/tools-lock.txt $(STAMP)
+	$(PYTHON) -m venv --without-pip $(TOOLS_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(TOOLS_VENV)/bin/python --require-hashes -r requirements/tools-lock.txt
+	@touch $@
+
+install: $(STAMP) $(TOOLS_STAMP) ## create .venv (and .venv-tools, the scanners) from the hashed locks, install our packages
 
 run: install ## start everything in the foreground, print the URLs; Ctrl-C stops it all
 	@$(STACK) run
@@ -71,7 +80,9 @@ lock: ## recompile the hashed lock files (no download addresses are recorded)
 		--no-header --no-emit-index-url requirements/requirements.in -o requirements/lock.txt
 	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 		--no-header --no-emit-index-url requirements/bootstrap.in -o requirements/bootstrap.txt
+	$(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--no-header --no-emit-index-url requirements/tools.in -o requirements/tools-lock.txt
 
 clean: down ## stop everything and delete .venv and all local state
 	@if [ -x $(PY) ]; then for p in test bench; do TICKERTAP_PROFILE=$$p $(STACK) down; done; fi
-	rm -rf $(VENV) .tickertap .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS_VENV) .tickertap .pytest_cache .mypy_cache .ruff_cache .hypothesis
