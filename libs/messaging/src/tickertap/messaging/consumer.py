@@ -21,6 +21,20 @@ For each message, in partition order:
 Offsets are committed after the database commit, so a crash anywhere repeats work
 that the inbox then drops: effects happen exactly once.
 
+Batch mode (`batch_handler=` instead of `handler`): a consumer that would otherwise spend
+a transaction per message (a price feed at 1,000/s) applies the whole batch `consume()`
+returned in ONE transaction: the batch's event ids are claimed in one INSERT, and
+`batch_handler(conn, events)` gets the newly claimed events in partition order (duplicates
+left out; it is not called when none is new). Messages that do not decode are
+dead-lettered first, one by one, as above. When the batch fails:
+
+    transient database error       the whole batch is rolled back and retried with the
+                                   same backoff as one message, until it succeeds or stop()
+    InvalidEvent or anything else  rolled back, then the batch's events are applied one
+                                   per transaction (`batch_handler(conn, [event])`), so a
+                                   poison message is isolated and handled as one message is
+                                   (dead-lettered, or retried and raised); the rest apply
+
 Errors of a handler:
 
     InvalidEvent(reason, detail)   the event cannot be applied (fails validation): rolled
@@ -70,6 +84,7 @@ from tickertap.messaging import kafka
 from tickertap.messaging.retry import backoff_delay_s, is_transient_error
 
 __all__ = [
+    "BatchHandler",
     "ConsumedEvent",
     "ConsumerStats",
     "Decode",
@@ -80,6 +95,7 @@ __all__ = [
     "Outcome",
     "avro_decoder",
     "claim_event",
+    "claim_events",
     "inbox_table",
     "purge_inbox",
 ]
@@ -147,6 +163,9 @@ class ConsumedEvent:
 
 
 Handler = Callable[[AsyncConnection, ConsumedEvent], Awaitable[None]]
+BatchHandler = Callable[[AsyncConnection, Sequence[ConsumedEvent]], Awaitable[None]]
+"""`batch_handler(conn, events)`: apply the events (new, in partition order) in the
+caller's transaction; raising rolls back the whole batch (see "Batch mode" above)."""
 
 Outcome = Literal["applied", "duplicate", "dead_lettered"]
 OnOutcome = Callable[[str, Outcome, str | None], None]
@@ -219,6 +238,41 @@ async def claim_event(
     return result.first() is not None
 
 
+async def claim_events(
+    conn: AsyncConnection | AsyncSession,
+    table: Table,
+    *,
+    consumer: str,
+    events: Sequence[ConsumedEvent],
+) -> list[ConsumedEvent]:
+    """`claim_event` for many events in one statement: the events whose claim is new, in
+    the given order (an id twice in `events` counts once, its first occurrence)."""
+    first: dict[uuid.UUID, ConsumedEvent] = {}
+    for event in events:
+        first.setdefault(event.event_id, event)
+    if not first:
+        return []
+    result = await conn.execute(
+        insert(table)
+        .values(
+            [
+                {
+                    "consumer": consumer,
+                    "event_id": e.event_id,
+                    "topic": e.topic,
+                    "partition": e.partition,
+                    "offset": e.offset,
+                }
+                for e in first.values()
+            ]
+        )
+        .on_conflict_do_nothing()
+        .returning(table.c.event_id)
+    )
+    claimed = {row.event_id for row in result}
+    return [e for e in first.values() if e.event_id in claimed]
+
+
 async def purge_inbox(
     conn: AsyncConnection | AsyncSession, table: Table, *, older_than_s: float, batch_max: int
 ) -> int:
@@ -244,8 +298,9 @@ class InboxConsumer:
         engine: AsyncEngine,
         inbox: Table,
         decode: Decode,
-        handler: Handler,
+        handler: Handler | None,
         *,
+        batch_handler: BatchHandler | None = None,
         bootstrap_servers: str,
         group_id: str,
         topics: Sequence[str],
@@ -262,6 +317,7 @@ class InboxConsumer:
         dead_letter_timeout_s: float = 30.0,
         on_outcome: OnOutcome | None = None,
     ) -> None:
+        assert (handler is None) != (batch_handler is None), "one of handler, batch_handler"
         assert topics, "subscribe to at least one topic"
         assert 0 < batch_max <= 10_000
         assert 0 < poll_timeout_s <= 10
@@ -272,6 +328,7 @@ class InboxConsumer:
         self._inbox = inbox
         self._decode = decode
         self._handler = handler
+        self._batch_handler = batch_handler
         self.group_id = group_id
         self.name = name or group_id
         self.topics = list(topics)
@@ -328,6 +385,9 @@ class InboxConsumer:
     # -- one batch ----------------------------------------------------------------------
 
     async def _process_batch(self, consumer: Consumer, messages: Sequence[Message]) -> None:
+        if self._batch_handler is not None:
+            await self._process_as_batch(consumer, messages, self._batch_handler)
+            return
         done: dict[tuple[str, int], int] = {}
         try:
             for message in messages:
@@ -395,7 +455,108 @@ class InboxConsumer:
             timestamp_ms=timestamp_ms if timestamp_type else None,
         )
 
-    async def _apply(self, message: Message, event: ConsumedEvent) -> None:
+    async def _process_as_batch(
+        self, consumer: Consumer, messages: Sequence[Message], handler: BatchHandler
+    ) -> None:
+        """Batch mode: dead-letter what does not decode, apply the rest in one transaction
+        (see the module's docstring); commit the offsets of what is done."""
+        positions: list[tuple[str, int, int]] = []  # every usable message, in order
+        finished: set[tuple[str, int, int]] = set()  # dead-lettered, skipped or applied
+        pending: list[tuple[Message, ConsumedEvent]] = []
+        try:
+            for message in messages:
+                if self._stopping.is_set():
+                    break
+                error = message.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
+                    log.warning("consumer %s: %s", self.name, kafka.describe(error))
+                    continue
+                position = _position(message)
+                positions.append(position)
+                headers = h.decode_headers(message.headers())
+                token = h.correlation_id_var.set(h.inbound_correlation_id(headers))
+                try:
+                    pending.append((message, await self._decoded(message, headers)))
+                except InvalidEvent as exc:
+                    await self._dead_letter(message, exc.reason, exc.detail or str(exc))
+                    finished.add(position)
+                finally:
+                    h.correlation_id_var.reset(token)
+            if pending and not self._stopping.is_set():
+                if await self._apply_batch(pending, handler):
+                    finished.update(_position(m) for m, _ in pending)
+                else:
+                    for message, event in pending:
+                        await self._apply_one_of_batch(message, event, handler)
+                        finished.add(_position(message))
+        except _Interrupted:
+            pass
+        finally:
+            done = _done_offsets(positions, finished)
+            if done:
+                await self._commit(consumer, done)
+
+    async def _apply_batch(
+        self, pending: Sequence[tuple[Message, ConsumedEvent]], handler: BatchHandler
+    ) -> bool:
+        """One transaction for the whole batch, retried on transient errors; False when it
+        failed otherwise (the caller then isolates the culprit one message at a time)."""
+        events = [e for _, e in pending]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._engine.begin() as conn:
+                    claimed = await claim_events(
+                        conn, self._inbox, consumer=self.name, events=events
+                    )
+                    if claimed:
+                        await handler(conn, claimed)
+            except Exception as exc:
+                if isinstance(exc, InvalidEvent) or not is_transient_error(exc):
+                    log.warning(
+                        "consumer %s: a batch of %d failed (%s: %s); applying it one by one",
+                        self.name,
+                        len(events),
+                        type(exc).__name__,
+                        str(exc)[:200],
+                    )
+                    return False
+                await self._retry_pause(
+                    attempt, f"applying a batch of {len(events)}", exc, transient=True
+                )
+                continue
+            new = {e.event_id for e in claimed}
+            for event in events:
+                if event.event_id in new:
+                    new.discard(event.event_id)  # a second copy in the batch is a duplicate
+                    self.stats.processed += 1
+                    self._report(event.topic, "applied", None)
+                else:
+                    self.stats.duplicates += 1
+                    self._report(event.topic, "duplicate", None)
+            return True
+
+    async def _apply_one_of_batch(
+        self, message: Message, event: ConsumedEvent, handler: BatchHandler
+    ) -> None:
+        token = h.correlation_id_var.set(event.correlation_id)
+        try:
+
+            async def apply_one(conn: AsyncConnection, e: ConsumedEvent) -> None:
+                await handler(conn, [e])
+
+            await self._apply(message, event, apply_one)
+        finally:
+            h.correlation_id_var.reset(token)
+
+    async def _apply(
+        self, message: Message, event: ConsumedEvent, handler: Handler | None = None
+    ) -> None:
+        apply = handler or self._handler
+        assert apply is not None
         attempt = 0
         while True:
             attempt += 1
@@ -411,7 +572,7 @@ class InboxConsumer:
                         offset=event.offset,
                     )
                     if claimed:
-                        await self._handler(conn, event)
+                        await apply(conn, event)
             except InvalidEvent as exc:
                 await self._dead_letter(message, exc.reason, exc.detail or str(exc))
                 return
@@ -550,6 +711,24 @@ def _position(message: Message) -> tuple[str, int, int]:
     assert partition is not None
     assert offset is not None
     return topic, partition, offset
+
+
+def _done_offsets(
+    positions: Sequence[tuple[str, int, int]], finished: set[tuple[str, int, int]]
+) -> dict[tuple[str, int], int]:
+    """The offset to commit per partition: after the last message of an unbroken run of
+    finished ones from the batch's start (a message not finished stops its partition)."""
+    done: dict[tuple[str, int], int] = {}
+    stopped: set[tuple[str, int]] = set()
+    for topic, partition, offset in positions:
+        key = (topic, partition)
+        if key in stopped:
+            continue
+        if (topic, partition, offset) in finished:
+            done[key] = offset + 1
+        else:
+            stopped.add(key)
+    return done
 
 
 def _event_id(

@@ -38,13 +38,14 @@ from tickertap.messaging import (
     purge_inbox,
 )
 from tickertap.messaging.codec import ConfluentSchemaRegistry
-from tickertap.messaging.consumer import Handler, Outcome
+from tickertap.messaging.consumer import BatchHandler, Handler, Outcome
 from tickertap.observability import (
     Metrics,
     ObservabilityMiddleware,
     configure_logging,
     health_router,
 )
+from tickertap.runtime.direct import DirectRoutes
 from tickertap.runtime.errors import install_error_handlers
 from tickertap.runtime.limits import BodySizeLimit
 from tickertap.runtime.settings import ServiceSettings
@@ -133,18 +134,27 @@ class ServiceRuntime:
         return {"bootstrap.servers": self.settings.kafka_bootstrap_servers}
 
     def start_consumer(
-        self, *, name: str, topics: Sequence[str], handler: Handler, batch_max: int = 500
+        self,
+        *,
+        name: str,
+        topics: Sequence[str],
+        handler: Handler | None = None,
+        batch_handler: BatchHandler | None = None,
+        batch_max: int = 500,
     ) -> InboxConsumer:
         """Consume `topics` into `handler` (inbox, dead-lettering, metrics) for the service's life.
 
         The group id is `<service>.<name>`; outcomes, dead letters and the consumer
-        lag that librdkafka reports from the broker's watermarks feed `/metrics`.
+        lag that librdkafka reports from the broker's watermarks feed `/metrics`. Give
+        `handler` (a transaction per message) or `batch_handler` (a transaction per batch,
+        see tickertap.messaging.consumer).
         """
         consumer = InboxConsumer(
             self.writer,
             self.inbox,
             avro_decoder(self.codec),
             handler,
+            batch_handler=batch_handler,
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             group_id=f"{self.metrics.service}.{name}",
             topics=topics,
@@ -332,6 +342,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
         app.include_router(router)
     if definition.openapi_models:
         with_schemas(app, definition.openapi_models)
+    app.add_middleware(DirectRoutes)  # innermost: @direct routes skip only the routing
     app.add_middleware(BodySizeLimit, body_bytes_max=settings.request_body_bytes_max)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app
