@@ -1,0 +1,226 @@
+"""The chart as Helm renders it (tests/deploy/conftest.py), with the defaults and with each
+environment's values: `helm lint --strict` finds nothing, every manifest validates against
+the Kubernetes schemas of the version we target (strict: unknown fields fail), and every
+workload carries the hardening the deployment relies on.
+
+test_helm.py checks the templates as text; this checks what a cluster would receive, so an
+indentation slip, a setting an environment file drops, or a field Kubernetes does not know
+fails here instead of at `helm install`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rendering import CHART, ENVIRONMENTS, environment_values
+
+# the Kubernetes version the chart targets (kubernetes-validate ships its schemas offline)
+KUBERNETES_VERSION = "1.31.0"
+HELM_LINT_WARNING = 2  # severities: 1 info, 2 warning, 3 error; --strict fails on warnings
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+VAULT_ROLE = "vault.hashicorp.com/role"
+HOOK = "helm.sh/hook"
+COMPONENT = "app.kubernetes.io/component"
+MIGRATE_SCRIPT = "/opt/tickertap/ops/migrate.py"
+
+
+def service_schemas() -> dict[str, str]:
+    """Component label (the kebab-case services key) -> its schema, Vault role suffix."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    kebab = {
+        "auth": "auth",
+        "ledger": "ledger",
+        "marketDataIngest": "market-data-ingest",
+        "portfolioCalculation": "portfolio-calculation",
+    }
+    assert set(values["services"]) == set(kebab), "a new service: add its component name here"
+    return {kebab[key]: svc["schema"] for key, svc in values["services"].items()}
+
+
+SCHEMAS = service_schemas()
+
+
+def pod_template(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod a workload runs (metadata and spec), or None for a non-workload."""
+    if doc["kind"] in POD_TEMPLATE_KINDS:
+        template: dict[str, Any] = doc["spec"]["template"]
+        return template
+    if doc["kind"] == "CronJob":
+        template = doc["spec"]["jobTemplate"]["spec"]["template"]
+        return template
+    if doc["kind"] == "Pod":
+        return doc
+    return None
+
+
+def workloads(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    pairs = [(doc, pod) for doc in docs if (pod := pod_template(doc)) is not None]
+    assert pairs, "no workload rendered"
+    return pairs
+
+
+def ident(doc: dict[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_helm_lint_strict(env: str) -> None:
+    report = helm.lint(
+        CHART, environment_values(env), strict=True, kube_version=f"v{KUBERNETES_VERSION}"
+    )
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    loud = [m for m in report["messages"] if m["severity"] >= HELM_LINT_WARNING]
+    assert loud == [], loud
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_manifest_validates(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    docs = rendered_chart[env]
+    failures = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
+            failures.append(f"{ident(doc)}: {getattr(e, 'message', e)}")
+    assert failures == []
+    kinds = Counter(doc["kind"] for doc in docs)
+    services = len(SCHEMAS)
+    assert kinds["Deployment"] == services + 1  # one API per service + the market-data worker
+    assert kinds["Job"] == services  # one migration Job per service
+    assert kinds["NetworkPolicy"] == services
+    assert kinds["Ingress"] == 1
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_workload_is_hardened(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    for doc, pod in workloads(rendered_chart[env]):
+        name = ident(doc)
+        spec = pod["spec"]
+        pod_security = spec["securityContext"]
+        assert pod_security["runAsNonRoot"] is True, name
+        assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(flag), f"{name}: {flag}"
+        for volume in spec.get("volumes", []):
+            assert "hostPath" not in volume, name
+        containers = spec["containers"] + spec.get("initContainers", [])
+        assert containers, name
+        for container in containers:
+            where = f"{name} container {container['name']}"
+            security = container["securityContext"]
+            assert security["runAsNonRoot"] is True, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security.get("privileged", False) is False, where
+            assert security["capabilities"] == {"drop": ["ALL"]}, where
+            assert security["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{where} {kind}"
+            image = container["image"]
+            assert ":" in image.rsplit("/", 1)[-1], f"{where}: untagged image {image}"
+            assert not image.endswith(":latest"), where
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_api_containers_probe_healthz_and_readyz(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    """Every container that serves HTTP (the APIs, and the market-data worker's /metrics and
+    probes) is started, kept alive on /healthz and put in rotation on /readyz."""
+    serving = 0
+    for doc, pod in workloads(rendered_chart[env]):
+        for container in pod["spec"]["containers"]:
+            ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+            if doc["kind"] != "Deployment":
+                assert not ports, f"{ident(doc)} is a run-to-completion pod and serves nothing"
+                continue
+            assert "http" in ports, ident(doc)
+            serving += 1
+            for probe, path in (
+                ("startupProbe", "/healthz"),
+                ("livenessProbe", "/healthz"),
+                ("readinessProbe", "/readyz"),
+            ):
+                check = container[probe]["httpGet"]
+                assert check["path"] == path, f"{ident(doc)} {probe}"
+                assert check["port"] in ("http", ports["http"]), f"{ident(doc)} {probe}"
+    assert serving == len(SCHEMAS) + 1
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_workload_logs_in_to_vault_as_its_own_role(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    roles: dict[str, set[str]] = {}
+    for doc, pod in workloads(rendered_chart[env]):
+        component = pod["metadata"]["labels"][COMPONENT]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["vault.hashicorp.com/agent-inject"] == "true", ident(doc)
+        assert annotations[VAULT_ROLE] == f"tickertap-{SCHEMAS[component]}", ident(doc)
+        assert pod["spec"]["serviceAccountName"].startswith(f"tickertap-{component}")
+        roles.setdefault(component, set()).add(annotations[VAULT_ROLE])
+    assert set(roles) == set(SCHEMAS)
+    assert all(len(r) == 1 for r in roles.values()), roles  # one role per service
+    assert len({r for rs in roles.values() for r in rs}) == len(SCHEMAS)  # none shared
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_a_network_policy_covers_every_workload(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    docs = rendered_chart[env]
+    policies = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+    selected: Counter[str] = Counter()
+    for policy in policies:
+        spec = policy["spec"]
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}, ident(policy)
+        # every rule names its peers: nothing allows all sources or all destinations
+        assert all(rule.get("from") for rule in spec["ingress"]), ident(policy)
+        assert all(rule.get("to") for rule in spec["egress"]), ident(policy)
+        selected[spec["podSelector"]["matchLabels"][COMPONENT]] += 1
+    assert selected == Counter(set(SCHEMAS)), "exactly one NetworkPolicy per service"
+    for doc, pod in workloads(docs):
+        labels = pod["metadata"]["labels"]
+        matching = [
+            p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert len(matching) == 1, f"{ident(doc)} is selected by {len(matching)} policies"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_each_service_migrates_in_a_hook_before_install_and_upgrade(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    docs = rendered_chart[env]
+    hooks = {ident(d): d for d in docs if HOOK in d["metadata"].get("annotations", {})}
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    assert {j["spec"]["template"]["metadata"]["labels"][COMPONENT] for j in jobs} == set(SCHEMAS)
+    for job in jobs:
+        annotations = job["metadata"]["annotations"]
+        assert set(annotations[HOOK].split(",")) == {"pre-install", "pre-upgrade"}, ident(job)
+        spec = job["spec"]
+        assert spec["backoffLimit"] >= 0, ident(job)
+        assert spec["activeDeadlineSeconds"] > 0, ident(job)
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "Never", ident(job)
+        (container,) = pod["containers"]
+        assert MIGRATE_SCRIPT in " ".join(container["command"]), ident(job)
+        # its service account is a hook too (the release's own objects do not exist yet),
+        # created first: a lower weight
+        account = hooks[f"ServiceAccount/{pod['serviceAccountName']}"]
+        account_weight = int(account["metadata"]["annotations"]["helm.sh/hook-weight"])
+        assert account_weight < int(annotations["helm.sh/hook-weight"]), ident(job)
