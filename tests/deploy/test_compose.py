@@ -16,12 +16,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
+# the official Compose specification's schema, vendored (its README: source and licence)
+COMPOSE_SCHEMA = Path(__file__).resolve().parent / "compose-spec" / "compose-spec.json"
 
 # compose service -> (settings class, Postgres schema = Vault role, Python module)
 APP_SERVICES = {
@@ -60,6 +63,29 @@ def _interpolate(value: str) -> str:
         return f"placeholder-{match['name'].lower()}"
 
     return INTERPOLATION.sub(sub, value)
+
+
+def compose_spec_errors(document: dict[str, Any]) -> list[str]:
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    return [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+
+
+def test_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert compose_spec_errors(compose) == []
+
+
+def test_the_compose_specification_rejects_a_misspelt_key(compose: dict[str, Any]) -> None:
+    """The schema is strict (unknown keys fail), so the pass above means something."""
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["ledger"]["restrat"] = broken["services"]["ledger"].pop("restart")
+    errors = compose_spec_errors(broken)
+    assert len(errors) == 1
+    assert "restrat" in errors[0]
 
 
 def test_every_part_is_there(compose: dict[str, Any]) -> None:
