@@ -43,6 +43,29 @@ OPTIONAL_CHILDREN = frozenset({DEMO_FEED})
 DEMO_FEED_SYMBOLS = 10
 DEMO_FEED_RATE_PER_S = 20
 DEMO_FEED_DESCRIPTION = f"{DEMO_FEED_RATE_PER_S} ticks/s for {DEMO_FEED_SYMBOLS} symbols"
+# The portfolio service's periodic reconciliation asks the ledger's API with tokens of this
+# machine client (client-credentials grant at auth), provisioned at every start with a new
+# secret (see provision_reconcile_client); the bench profile turns the job off.
+RECONCILE_CLIENT = "portfolio-reconcile"
+RECONCILE_CLIENT_TIMEOUT_S = 60
+
+
+def reconcile_secret_file(cfg: StackConfig) -> Path:
+    return cfg.secrets_dir / f"{RECONCILE_CLIENT}.client_secret"
+
+
+def reconcile_env(cfg: StackConfig) -> dict[str, str]:
+    """The portfolio service's reconciliation settings (see its settings.py)."""
+    by_name = {svc.name: svc for svc in SERVICES}
+    env = {
+        "TICKERTAP_RECONCILE_LEDGER_URL": cfg.service_url(by_name["ledger"]),
+        "TICKERTAP_RECONCILE_TOKEN_URL": f"{cfg.service_url(by_name['auth'])}/oauth/token",
+        "TICKERTAP_RECONCILE_CLIENT_ID": RECONCILE_CLIENT,
+        "TICKERTAP_RECONCILE_CLIENT_SECRET_FILE": str(reconcile_secret_file(cfg)),
+    }
+    if cfg.profile == "bench":  # benchmarks measure the event path, not a 10,000-owner walk
+        env["TICKERTAP_RECONCILE_INTERVAL_S"] = "0"
+    return env
 
 
 def service_env(
@@ -83,7 +106,32 @@ def service_env(
     elif svc.name != "auth":  # the others verify tokens against auth's keys (and the dev key)
         auth = next(spec for spec in SERVICES if spec.name == "auth")
         env["TICKERTAP_AUTH_JWKS_URL"] = f"{cfg.service_url(auth)}/.well-known/jwks.json"
+        if svc.name == "portfolio-calculation":
+            env.update(reconcile_env(cfg))
     return env
+
+
+def provision_reconcile_client(cfg: StackConfig, creds: dict[str, dict[str, str]]) -> None:
+    """Create the reconciliation's machine client at auth (or give it a new secret), with
+    the auth service's own operator command; the secret goes to the secrets folder."""
+    auth = next(svc for svc in SERVICES if svc.name == "auth")
+    env = service_env(
+        cfg, auth, creds[auth.schema]["role_id"], cfg.secrets_dir / f"{auth.schema}.secret_id"
+    )
+    argv = [parts.python(), "-m", "tickertap.auth.cli", "--operator", "stack.py"]
+    argv += ["set-client", RECONCILE_CLIENT, "--scope", "ledger:read", "--role", "support"]
+    argv += ["--secret-file", str(reconcile_secret_file(cfg))]
+    done = subprocess.run(
+        argv,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RECONCILE_CLIENT_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"provisioning {RECONCILE_CLIENT} failed: {done.stderr[-2000:]}")
 
 
 def demo_feed_child(cfg: StackConfig) -> Child | None:
@@ -166,6 +214,7 @@ class Supervisor:
                     SERVICE_READY_TIMEOUT_S,
                     child,
                 )
+            provision_reconcile_client(cfg, creds)
             feed = demo_feed_child(cfg)
             if feed is not None:
                 self._add(feed)

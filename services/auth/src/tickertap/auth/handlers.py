@@ -929,6 +929,29 @@ class Auth:
             )
         return secret
 
+    async def set_client(
+        self, client_id: str, scopes: list[str], roles: list[str], operator: str
+    ) -> tuple[str, bool]:
+        """An operator's provisioning of a machine client (a deployment's bootstrap): made
+        if new, else given a new secret (the old one stops working) with these scopes and
+        roles; audited with `operator` as the actor. Returns the secret and whether new."""
+        secret = d.opaque_token()
+        ctx = RequestContext(ip=None, user_agent="tickertap.auth.cli")
+        async with self._writer.begin() as conn:
+            created = await repo.upsert_client(
+                conn, client_id, d.token_digest(secret).hex(), scopes, roles
+            )
+            await self._audit(
+                conn,
+                ctx,
+                "client.create" if created else "client.rotate",
+                "success",
+                subject_id=None,
+                actor_id=f"operator:{operator[:64]}",
+                details={"client_id": client_id},
+            )
+        return secret, created
+
     async def rotate_signing_key(self, admin: Principal, ctx: RequestContext) -> str:
         actor = await self.current_user(admin)
         current = await self.keys.rotate()

@@ -467,6 +467,30 @@ async def insert_client(
     return bool(result.rowcount)
 
 
+async def upsert_client(
+    conn: AsyncConnection,
+    client_id: str,
+    secret_hash: str,
+    scopes: Iterable[str],
+    roles: Iterable[str],
+) -> bool:
+    """Create the client, or give an existing one this secret, scopes and roles (and enable
+    it); true when it was created."""
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO auth.clients (client_id, secret_hash, scopes, roles) "
+                "VALUES (:id, :h, :scopes, :roles) ON CONFLICT (client_id) DO UPDATE SET "
+                "secret_hash = EXCLUDED.secret_hash, scopes = EXCLUDED.scopes, "
+                "roles = EXCLUDED.roles, disabled_at = NULL "
+                "RETURNING (xmax = 0) AS created"
+            ),
+            {"id": client_id, "h": secret_hash, "scopes": sorted(scopes), "roles": sorted(roles)},
+        )
+    ).one()
+    return bool(row.created)
+
+
 async def client(conn: AsyncConnection, client_id: str) -> ClientRow | None:
     row = (
         await conn.execute(

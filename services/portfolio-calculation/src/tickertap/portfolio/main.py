@@ -25,6 +25,7 @@ from tickertap.portfolio.consumer import (
     transfer_handler,
 )
 from tickertap.portfolio.metrics import PortfolioMetrics
+from tickertap.portfolio.reconcile_job import ReconcileMetrics, run_periodically
 from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, serve
 
@@ -117,6 +118,18 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
         if settings.valuation_snapshot_interval_s > 0:
             runtime.spawn(
                 snapshot_valuations(runtime, settings), "valuation-snapshots", graceful=False
+            )
+        if settings.reconcile_interval_s > 0 and settings.reconcile_configured():
+            reconcile_metrics = ReconcileMetrics(runtime.metrics.registry)
+            runtime.spawn(
+                run_periodically(runtime.writer, settings, reconcile_metrics),
+                "reconciliation",
+                graceful=False,
+            )
+        elif settings.reconcile_interval_s > 0:
+            log.warning(
+                "periodic reconciliation is off: set TICKERTAP_RECONCILE_LEDGER_URL and the "
+                "machine client (TICKERTAP_RECONCILE_TOKEN_URL, _CLIENT_ID, _CLIENT_SECRET_FILE)"
             )
 
     definition = ServiceDefinition(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, SecretStr, StringConstraints, model_validator
 
 from tickertap.portfolio.domain import Scales
 from tickertap.runtime import ServiceSettings
@@ -49,6 +49,22 @@ class PortfolioSettings(ServiceSettings):
     valuation_snapshot_interval_s: float = Field(default=300.0, ge=0, le=86_400)
     valuation_batch_max: int = Field(default=200, ge=1, le=10_000)
 
+    # periodic reconciliation with the ledger (reconcile_job.py): every interval (0: never)
+    # one replica (a Postgres advisory lock) compares every portfolio, and every customer
+    # the ledger lists, with the ledger's API. Its token comes from auth's client-credentials
+    # grant for a machine client with a role that reads all accounts (support); the secret
+    # is read at each token request, so it may be rotated under a running service.
+    reconcile_interval_s: float = Field(default=300.0, ge=0, le=86_400)
+    reconcile_ledger_url: str | None = None
+    reconcile_token_url: str | None = None  # auth's /oauth/token
+    reconcile_client_id: str | None = None
+    reconcile_client_secret: SecretStr | None = None
+    reconcile_client_secret_file: Path | None = None
+    reconcile_scope: str = "ledger:read"
+    reconcile_settle_s: float = Field(default=2.0, ge=0, le=60)  # then a difference is drift
+    reconcile_concurrency_max: int = Field(default=4, ge=1, le=64)  # owners compared at once
+    reconcile_http_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
     # API bounds
     lots_page_max: int = Field(default=1000, ge=1, le=100_000)
     realized_page_max: int = Field(default=1000, ge=1, le=100_000)
@@ -59,6 +75,33 @@ class PortfolioSettings(ServiceSettings):
         if (self.auth_jwks_url is None) == (self.auth_jwks_file is None):
             raise ValueError("set exactly one of TICKERTAP_AUTH_JWKS_URL or _FILE")
         return self
+
+    @model_validator(mode="after")
+    def _reconcile_complete(self) -> Self:
+        given = [
+            self.reconcile_ledger_url,
+            self.reconcile_token_url,
+            self.reconcile_client_id,
+            self.reconcile_client_secret or self.reconcile_client_secret_file,
+        ]
+        if any(given) and not all(given):
+            raise ValueError(
+                "reconciliation needs all of TICKERTAP_RECONCILE_LEDGER_URL, _TOKEN_URL, "
+                "_CLIENT_ID and _CLIENT_SECRET(_FILE), or none"
+            )
+        if self.reconcile_client_secret and self.reconcile_client_secret_file:
+            raise ValueError("set one of TICKERTAP_RECONCILE_CLIENT_SECRET(_FILE)")
+        return self
+
+    def reconcile_configured(self) -> bool:
+        return self.reconcile_ledger_url is not None
+
+    def reconcile_client_secret_value(self) -> str:
+        """The machine client's secret, read now (a file may have been rotated)."""
+        if self.reconcile_client_secret is not None:
+            return self.reconcile_client_secret.get_secret_value()
+        assert self.reconcile_client_secret_file is not None
+        return self.reconcile_client_secret_file.read_text().strip()
 
     def scales(self) -> Scales:
         return Scales(dict(self.currency_scales), self.currency_scale_default)
