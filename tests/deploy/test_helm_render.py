@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rendering import CHART, ENVIRONMENTS, environment_values
+from rendering import CHART, ENVIRONMENTS, NAMESPACE, environment_values
 
 # the Kubernetes version the chart targets (kubernetes-validate ships its schemas offline)
 KUBERNETES_VERSION = "1.31.0"
@@ -31,6 +31,8 @@ VAULT_ROLE = "vault.hashicorp.com/role"
 HOOK = "helm.sh/hook"
 COMPONENT = "app.kubernetes.io/component"
 MIGRATE_SCRIPT = "/opt/tickertap/ops/migrate.py"
+VAULT_TOKEN_VOLUME = "vault.hashicorp.com/agent-service-account-token-volume-name"
+TOKEN_LIFETIME_S_MAX = 3600  # the Vault agent logs in once, at pod start
 
 
 def service_schemas() -> dict[str, str]:
@@ -90,6 +92,8 @@ def test_every_manifest_validates(
     docs = rendered_chart[env]
     failures = []
     for doc in docs:
+        # namespaced explicitly: the release's namespace, never an implicit `default`
+        assert doc["metadata"]["namespace"] == NAMESPACE, ident(doc)
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
@@ -117,6 +121,13 @@ def test_every_workload_is_hardened(
             assert not spec.get(flag), f"{name}: {flag}"
         for volume in spec.get("volumes", []):
             assert "hostPath" not in volume, name
+        # no Kubernetes API token in the service's containers: the Vault agent alone gets a
+        # short-lived projected one
+        assert spec["automountServiceAccountToken"] is False, name
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        token_volume = pod["metadata"]["annotations"][VAULT_TOKEN_VOLUME]
+        (source,) = volumes[token_volume]["projected"]["sources"]
+        assert source["serviceAccountToken"]["expirationSeconds"] <= TOKEN_LIFETIME_S_MAX, name
         containers = spec["containers"] + spec.get("initContainers", [])
         assert containers, name
         for container in containers:

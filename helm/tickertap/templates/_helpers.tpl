@@ -66,6 +66,7 @@ AppRole as everywhere else and renews its own token and database lease.
 {{- define "tickertap.vaultAnnotations" -}}
 vault.hashicorp.com/agent-inject: "true"
 vault.hashicorp.com/agent-pre-populate-only: "true"
+vault.hashicorp.com/agent-service-account-token-volume-name: vault-token
 vault.hashicorp.com/auth-path: {{ .root.Values.vault.kubernetesAuthPath | quote }}
 vault.hashicorp.com/role: {{ printf "%s%s" .root.Values.vault.rolePrefix .svc.schema | quote }}
 vault.hashicorp.com/agent-run-as-user: "10001"
@@ -83,11 +84,23 @@ vault.hashicorp.com/agent-inject-template-secret_id: {{ printf "{{- with secret 
 - 'export TICKERTAP_VAULT_ROLE_ID="$(cat /vault/secrets/role_id)" && exec python -m "$TICKERTAP_MODULE"'
 {{- end }}
 
+{{/*
+The pod's volumes: /tmp (the only writable path), and the service account token for the
+Vault agent's Kubernetes login, projected and short-lived. automountServiceAccountToken is
+false, so the service's own container never holds a Kubernetes API token; the injector
+mounts `vault-token` into its agent only (agent-service-account-token-volume-name).
+*/}}
 {{- define "tickertap.volumes" -}}
 - name: tmp
   emptyDir:
     medium: Memory
     sizeLimit: {{ .root.Values.tmpSizeLimit }}
+- name: vault-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: {{ .root.Values.vault.tokenExpirationSeconds }}
 {{- end }}
 
 {{- define "tickertap.volumeMounts" -}}
