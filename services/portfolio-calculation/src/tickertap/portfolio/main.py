@@ -17,11 +17,11 @@ from fastapi import FastAPI
 from tickertap.authn import AccessTokenVerifier, BearerAuth, jwks_source
 from tickertap.messaging.retry import is_transient_error
 from tickertap.money import install_context
-from tickertap.portfolio import api, handlers
+from tickertap.portfolio import api, handlers, jobs_api
 from tickertap.portfolio.consumer import (
     PRICES_TOPIC,
     TRANSFERS_TOPIC,
-    price_handler,
+    price_batch_handler,
     transfer_handler,
 )
 from tickertap.portfolio.metrics import PortfolioMetrics
@@ -109,7 +109,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
         runtime.start_consumer(
             name="prices",
             topics=[PRICES_TOPIC],
-            handler=price_handler(settings.price_exchange_ts_skew_s_max, metrics),
+            batch_handler=price_batch_handler(settings.price_exchange_ts_skew_s_max, metrics),
             batch_max=settings.price_consumer_batch_max,
         )
         runtime.spawn(
@@ -138,7 +138,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
         version="0.1.0",
         description="Positions, cost basis (FIFO and average), realized and unrealized P&L.",
         migrations=Path(__file__).parent / "migrations",
-        routers=[api.build_router(auth, settings)],
+        routers=[api.build_router(auth, settings), jobs_api.build_router(auth)],
         on_start=[start_portfolio],
     )
     return create_service_app(definition, settings)

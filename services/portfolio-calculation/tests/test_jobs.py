@@ -1,0 +1,358 @@
+"""Report jobs against the real stack: submitted over HTTP, run by job worker processes
+(faust-streaming, started here through the launcher as an operator would), fetched over
+HTTP; the figures match the domain computed independently on the same transfers and a
+table computed by hand; a worker killed mid-job leaves the job to the next one, which
+finishes it exactly once.
+
+Joining the consumer group on the local broker takes several seconds, so each wait
+for a worker is bounded by WORKER_WAIT_S."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from confluent_kafka import Producer
+from portfolio_testkit import TRANSFERS, Book, eventually, new_id, new_symbol, publish
+
+from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
+from tickertap.portfolio import domain as d
+from tickertap.portfolio import jobs
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parents[3]
+WORKER_WAIT_S = 90.0
+STOP_WAIT_S = 30.0
+D = Decimal
+EFFECTIVE = 6  # transfers of history_book that count: 8 less a buy and its reversal
+
+
+@contextlib.contextmanager
+def worker(log_path: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A job worker process, as an operator starts one (the launcher execs it: the pid is the
+    worker's own); stopped at the end (SIGTERM, then SIGKILL)."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "deploy" / "local" / "stack.py"),
+                "exec",
+                "portfolio-calculation",
+                "--",
+                "python",
+                "-m",
+                "tickertap.portfolio.jobs_worker",
+                *args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_WAIT_S)
+
+
+async def until(check: Any, what: str, wait_s: float = WORKER_WAIT_S) -> Any:
+    deadline = time.monotonic() + wait_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {wait_s} s: {what}")
+        await asyncio.sleep(0.25)
+
+
+def history_book() -> tuple[Book, str, list[dict[str, Any]]]:
+    """Buys at two prices, a sale on each side of new year 2026, a buy and its reversal."""
+    book = Book(t0=datetime(2025, 12, 31, 23, 59, 55, tzinfo=UTC))
+    symbol = new_symbol()
+    reversed_buy = None
+    records = [
+        book.deposit("10000.00"),  # 23:59:56
+        book.trade(symbol, "buy", "10", "100.00", "1.00"),  # 23:59:57, cost 1001.00
+        book.trade(symbol, "buy", "10", "120.00", "1.00"),  # 23:59:58, cost 1201.00
+        book.trade(symbol, "sell", "5", "130.00", "0.50"),  # 23:59:59
+        book.trade(symbol, "sell", "8", "110.00", "0.40"),  # 2026-01-01 00:00:00
+        (reversed_buy := book.trade(symbol, "buy", "4", "95.00", "1.00")),
+    ]
+    records.append(book.reversal(reversed_buy))
+    records.append(book.trade(symbol, "sell", "2", "140.00", "0.20"))
+    return book, symbol, records
+
+
+# Hand-computed (see the comments in history_book): per sale, (FIFO pnl, average pnl).
+#   5 @ 130 - 0.50 = 649.50;  FIFO 5 of lot 1 = 500.50 -> 149.00; average 2202 * 5/20
+#       = 550.50 -> 99.00
+#   8 @ 110 - 0.40 = 879.60;  FIFO 5 left of lot 1 (500.50) + 3/10 of 1201 (360.30) = 860.80
+#       -> 18.80; average 1651.50 * 8/15 = 880.80 -> -1.20
+#   2 @ 140 - 0.20 = 279.80;  FIFO 2/7 of 840.70 = 240.20 -> 39.60; average 770.70 * 2/7
+#       = 220.20 -> 59.60   (the reversed buy changes nothing)
+HAND = {
+    ("fifo", 2025): ("149.00", ["149.00"]),
+    ("fifo", 2026): ("58.40", ["18.80", "39.60"]),
+    ("average", 2025): ("99.00", ["99.00"]),
+    ("average", 2026): ("58.40", ["-1.20", "59.60"]),
+}
+
+
+def domain_entries(records: list[dict[str, Any]], owner: str, method: str, year: int) -> list[Any]:
+    """The same transfers through the pure domain, independently of the service."""
+    history = []
+    for r in records:
+        trade = r["trade"]
+        split = d.split_transfer(
+            uuid.UUID(r["transfer_id"]),
+            r["occurred_at"],
+            r["kind"],
+            [d.LedgerLeg(uuid.UUID(x["owner_id"]), x["asset"], x["amount"]) for x in r["legs"]],
+            None
+            if trade is None
+            else d.Trade(
+                trade["symbol"],
+                d.Side(trade["side"]),
+                trade["quantity"],
+                trade["price"],
+                trade["notional"],
+                trade["fee"],
+                trade["currency"],
+            ),
+            None if r["reverses_transfer_id"] is None else uuid.UUID(r["reverses_transfer_id"]),
+        )
+        history.append(split[uuid.UUID(owner)])
+    holdings = d.compute(history, d.Scales({}, 2))
+    return d.realized_between(holdings, d.Method(method), date(year, 1, 1), date(year, 12, 31))
+
+
+@contextlib.asynccontextmanager
+async def portfolio_with_history(stack: Any, mint_token: Any) -> AsyncIterator[Any]:
+    codec = AvroCodec(load_schemas(find_schemas_dir()))
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
+    book, symbol, records = history_book()
+    for record in records:
+        await publish(producer, codec, TRANSFERS, record["transfer_id"], record)
+    owner = {"Authorization": f"Bearer {mint_token(book.owner)}"}
+    async with httpx.AsyncClient(
+        base_url=stack.service_url("portfolio-calculation"), timeout=10
+    ) as api:
+
+        async def applied() -> bool:
+            r = await api.get(f"/v1/portfolios/{book.owner}", headers=owner)
+            return r.status_code == 200 and r.json()["transfers_applied"] == EFFECTIVE
+
+        await eventually(applied, "the transfers applied")
+        yield api, book, symbol, records, owner
+
+
+async def job_of(api: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> Any:
+    r = await api.get(f"/v1/jobs/{job_id}", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_report_jobs_succeed_with_the_domains_figures(
+    stack: Any, mint_token: Any, tmp_path: Path
+) -> None:
+    async with portfolio_with_history(stack, mint_token) as (api, book, symbol, records, owner):
+        submitted = {}
+        for method, year in HAND:
+            r = await api.post(
+                f"/v1/portfolios/{book.owner}/reports",
+                json={"kind": "realized_pnl", "year": year, "method": method},
+                headers=owner,
+            )
+            assert r.status_code == 202, r.text
+            assert r.headers["location"] == f"/v1/jobs/{r.json()['job_id']}"
+            assert r.json()["status"] == "queued"
+            submitted[method, year] = r.json()["job_id"]
+        queued = await job_of(api, owner, submitted["fifo", 2026])
+        assert (queued["status"], queued["attempts"], queued["result"]) == ("queued", 0, None)
+
+        with worker(tmp_path / "worker.log"):
+
+            async def all_done() -> bool:
+                states = [await job_of(api, owner, j) for j in submitted.values()]
+                return all(s["status"] == "succeeded" for s in states)
+
+            await until(all_done, "the report jobs succeeded")
+
+        for (method, year), job_id in submitted.items():
+            job = await job_of(api, owner, job_id)
+            report = job["result"]
+            assert job["attempts"] == 1
+            assert job["error"] is None
+            assert job["params"] == {
+                "method": method,
+                "from": f"{year}-01-01",
+                "to": f"{year}-12-31",
+            }
+            total, pnls = HAND[method, year]
+            assert report["total"] == {"USD": total}
+            assert [e["pnl"] for e in report["entries"]] == pnls
+            expected = domain_entries(records, book.owner, method, year)
+            assert [
+                (e["sale_transfer_id"], D(e["proceeds"]), D(e["cost"]), D(e["pnl"]))
+                for e in report["entries"]
+            ] == [(str(x.sale_transfer_id), x.proceeds, x.cost, x.pnl) for x in expected]
+            assert report["by_symbol"][0]["symbol"] == symbol
+            assert D(report["by_symbol"][0]["pnl"]) == sum((x.pnl for x in expected), D(0))
+            assert report["transfers_replayed"] == EFFECTIVE
+            assert report["method"] == method
+
+
+async def test_idempotency_key(stack: Any, mint_token: Any) -> None:
+    async with portfolio_with_history(stack, mint_token) as (api, book, _, _, owner):
+        url = f"/v1/portfolios/{book.owner}/reports"
+        body = {"kind": "realized_pnl", "from": "2026-01-01", "to": "2026-01-31"}
+        headers = {**owner, "Idempotency-Key": f"report-{new_id()}"}
+        first = await api.post(url, json=body, headers=headers)
+        again = await api.post(url, json=body, headers=headers)
+        assert (first.status_code, again.status_code) == (202, 202)
+        assert first.json()["job_id"] == again.json()["job_id"]
+        other = await api.post(url, json={**body, "method": "average"}, headers=headers)
+        assert other.status_code == 409
+        assert other.json()["code"] == "idempotency_key_reused"
+        fresh = await api.post(url, json=body, headers=owner)
+        assert fresh.json()["job_id"] != first.json()["job_id"]
+        bad_key = await api.post(url, json=body, headers={**owner, "Idempotency-Key": "x"})
+        assert bad_key.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"kind": "realized_pnl"},  # no period
+        {"kind": "unrealized_pnl", "year": 2026},
+        {"kind": "realized_pnl", "year": 2026, "method": "lifo"},
+        {"kind": "realized_pnl", "year": "2026"},
+        {"kind": "realized_pnl", "year": 2026.0},
+        {"kind": "realized_pnl", "year": 0},
+        {"kind": "realized_pnl", "year": 9999},
+        {"kind": "realized_pnl", "year": 2026, "from": "2026-01-01", "to": "2026-02-01"},
+        {"kind": "realized_pnl", "from": "2026-01-01"},
+        {"kind": "realized_pnl", "from": "2026-02-30", "to": "2026-03-01"},
+        {"kind": "realized_pnl", "from": "2026-1-1", "to": "2026-03-01"},
+        {"kind": "realized_pnl", "from": "2026-03-02", "to": "2026-03-01"},
+        {"kind": "realized_pnl", "from": "9999-12-31", "to": "9999-12-31"},
+        {"kind": "realized_pnl", "year": 2026, "extra": 1},
+        [],
+    ],
+)
+async def test_bad_bodies_are_422(stack: Any, mint_token: Any, body: Any) -> None:
+    owner = new_id()
+    async with httpx.AsyncClient(base_url=stack.service_url("portfolio-calculation")) as api:
+        r = await api.post(
+            f"/v1/portfolios/{owner}/reports",
+            json=body,
+            headers={"Authorization": f"Bearer {mint_token(owner)}"},
+        )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["code"] in {"validation_error", "invalid_range"}
+
+
+async def test_who_may_submit_and_read(stack: Any, mint_token: Any) -> None:
+    async with portfolio_with_history(stack, mint_token) as (api, book, _, _, owner):
+        url = f"/v1/portfolios/{book.owner}/reports"
+        body = {"kind": "realized_pnl", "year": 2026}
+        stranger = {"Authorization": f"Bearer {mint_token(new_id())}"}
+        r = await api.post(url, json=body, headers=stranger)
+        assert (r.status_code, r.json()["code"]) == (403, "not_your_portfolio")
+        assert (await api.post(url, json=body)).status_code == 401
+        support = {"Authorization": f"Bearer {mint_token(new_id(), ('support',))}"}
+        r = await api.post(url, json=body, headers=support)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        assert (await job_of(api, owner, job_id))["portfolio_id"] == book.owner
+        for headers in (stranger, {"Authorization": f"Bearer {mint_token('a-machine')}"}):
+            r = await api.get(f"/v1/jobs/{job_id}", headers=headers)
+            assert (r.status_code, r.json()["code"]) == (404, "job_not_found")
+        r = await api.get(f"/v1/jobs/{new_id()}", headers=support)
+        assert (r.status_code, r.json()["code"]) == (404, "job_not_found")
+        nobody = new_id()
+        r = await api.post(
+            f"/v1/portfolios/{nobody}/reports",
+            json=body,
+            headers={"Authorization": f"Bearer {mint_token(nobody)}"},
+        )
+        assert (r.status_code, r.json()["code"]) == (404, "portfolio_not_found")
+
+
+async def test_a_worker_killed_mid_job_leaves_it_to_the_next_which_finishes_it_once(
+    stack: Any, mint_token: Any, tmp_path: Path
+) -> None:
+    """Worker A claims the job and pauses before writing its result (the test-only
+    --result-delay-s); it is SIGKILLed; worker B finishes the job: one result, written by
+    attempt 2, attempt 1 recorded as expired."""
+    async with portfolio_with_history(stack, mint_token) as (api, book, _, _, owner):
+        with worker(tmp_path / "a.log", "--result-delay-s", "600", "--lease-s", "3") as a:
+            r = await api.post(
+                f"/v1/portfolios/{book.owner}/reports",
+                json={"kind": "realized_pnl", "year": 2026, "method": "fifo"},
+                headers=owner,
+            )
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+
+            async def running() -> bool:
+                job = await job_of(api, owner, job_id)
+                return job["status"] == "running" and job["attempts"] == 1
+
+            await until(running, "worker A claimed the job")
+            a.send_signal(signal.SIGKILL)
+            a.wait(STOP_WAIT_S)
+
+        with worker(tmp_path / "b.log", "--lease-s", "3", "--sweep-interval-s", "1"):
+
+            async def succeeded() -> bool:
+                return bool((await job_of(api, owner, job_id))["status"] == "succeeded")
+
+            await until(succeeded, "worker B finished the job")
+
+        job = await job_of(api, owner, job_id)
+        assert job["attempts"] == 2
+        assert job["result"]["total"] == {"USD": HAND["fifo", 2026][0]}
+        db = await asyncpg.connect(stack.pg_admin_url)
+        try:
+            row = await db.fetchrow(
+                "SELECT status, attempts, result_attempt FROM portfolio.jobs WHERE job_id = $1",
+                uuid.UUID(job_id),
+            )
+            attempts = await db.fetch(
+                "SELECT attempt, outcome FROM portfolio.job_attempts WHERE job_id = $1"
+                " ORDER BY attempt",
+                uuid.UUID(job_id),
+            )
+            events = await db.fetchval(
+                "SELECT count(*) FROM portfolio.outbox WHERE topic = $1 AND key = $2",
+                jobs.JOBS_TOPIC,
+                book.owner.encode(),
+            )
+        finally:
+            await db.close()
+        assert tuple(row) == ("succeeded", 2, 2)
+        assert [tuple(a) for a in attempts] == [(1, "expired"), (2, "succeeded")]
+        assert 1 <= events <= 2  # the request, and a re-queue if the sweeper got there first
