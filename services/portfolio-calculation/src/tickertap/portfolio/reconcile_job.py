@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -84,9 +85,12 @@ async def run_once(
     client: httpx.AsyncClient,
     settings: PortfolioSettings,
     metrics: ReconcileMetrics,
+    *,
+    only: list[uuid.UUID] | None = None,
 ) -> Outcome:
     """One round: under the advisory lock, reconcile and record the outcome. Errors are
-    counted, logged and raised (the loop goes on; a test sees them)."""
+    counted, logged and raised (the loop goes on; a test sees them). `only`: these
+    portfolios, not every one (a test on a shared stack)."""
     started = time.perf_counter()
     try:
         async with engine.begin() as conn:
@@ -102,6 +106,7 @@ async def run_once(
                 settle_s=settings.reconcile_settle_s,
                 items_max=ITEMS_MAX,
                 concurrency_max=settings.reconcile_concurrency_max,
+                only=only,
             )
     except Exception as exc:
         metrics.runs.labels(result="error").inc()
@@ -136,6 +141,7 @@ async def run_periodically(
     metrics: ReconcileMetrics,
     *,
     token: ClientCredentialsToken | None = None,
+    only: list[uuid.UUID] | None = None,
 ) -> None:
     """The job's loop (a task of the service; cancelled at shutdown)."""
     assert settings.reconcile_ledger_url is not None
@@ -146,4 +152,4 @@ async def run_periodically(
             await asyncio.sleep(seconds_to_next_round(interval_s, time.time()))
             # an error is counted and logged in run_once; the next round tries again
             with contextlib.suppress(Exception):
-                await run_once(engine, client, settings, metrics)
+                await run_once(engine, client, settings, metrics, only=only)
