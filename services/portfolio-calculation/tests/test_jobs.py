@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,15 +28,15 @@ import asyncpg
 import httpx
 import pytest
 from confluent_kafka import Producer
-from portfolio_testkit import TRANSFERS, Book, eventually, new_id, new_symbol, publish
+from portfolio_testkit import TRANSFERS, Book, new_id, new_symbol, publish
 
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 from tickertap.portfolio import domain as d
-from tickertap.portfolio import jobs
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[3]
 WORKER_WAIT_S = 90.0
+APPLY_WAIT_S = 60.0
 STOP_WAIT_S = 30.0
 D = Decimal
 EFFECTIVE = 6  # transfers of history_book that count: 8 less a buy and its reversal
@@ -146,24 +147,46 @@ def domain_entries(records: list[dict[str, Any]], owner: str, method: str, year:
     return d.realized_between(holdings, d.Method(method), date(year, 1, 1), date(year, 12, 31))
 
 
-@contextlib.asynccontextmanager
-async def portfolio_with_history(stack: Any, mint_token: Any) -> AsyncIterator[Any]:
+@dataclass(frozen=True)
+class History:
+    book: Book
+    symbol: str
+    records: list[dict[str, Any]]
+
+    @property
+    def owner(self) -> str:
+        return self.book.owner
+
+    def headers(self, mint_token: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint_token(self.book.owner)}"}
+
+
+@pytest.fixture(scope="module")
+async def history(stack: Any, mint_token: Any) -> History:
+    """One customer's history_book, published and applied (once for the module: every
+    wait on the shared machine counts)."""
     codec = AvroCodec(load_schemas(find_schemas_dir()))
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
     book, symbol, records = history_book()
     for record in records:
         await publish(producer, codec, TRANSFERS, record["transfer_id"], record)
     owner = {"Authorization": f"Bearer {mint_token(book.owner)}"}
-    async with httpx.AsyncClient(
-        base_url=stack.service_url("portfolio-calculation"), timeout=10
-    ) as api:
+    async with httpx.AsyncClient(base_url=stack.service_url("portfolio-calculation")) as api:
 
         async def applied() -> bool:
             r = await api.get(f"/v1/portfolios/{book.owner}", headers=owner)
             return r.status_code == 200 and r.json()["transfers_applied"] == EFFECTIVE
 
-        await eventually(applied, "the transfers applied")
-        yield api, book, symbol, records, owner
+        await until(applied, "the transfers applied", APPLY_WAIT_S)
+    return History(book, symbol, records)
+
+
+@pytest.fixture
+async def api(stack: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=stack.service_url("portfolio-calculation"), timeout=10
+    ) as client:
+        yield client
 
 
 async def job_of(api: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> Any:
@@ -172,72 +195,22 @@ async def job_of(api: httpx.AsyncClient, headers: dict[str, str], job_id: str) -
     return r.json()
 
 
-async def test_report_jobs_succeed_with_the_domains_figures(
-    stack: Any, mint_token: Any, tmp_path: Path
-) -> None:
-    async with portfolio_with_history(stack, mint_token) as (api, book, symbol, records, owner):
-        submitted = {}
-        for method, year in HAND:
-            r = await api.post(
-                f"/v1/portfolios/{book.owner}/reports",
-                json={"kind": "realized_pnl", "year": year, "method": method},
-                headers=owner,
-            )
-            assert r.status_code == 202, r.text
-            assert r.headers["location"] == f"/v1/jobs/{r.json()['job_id']}"
-            assert r.json()["status"] == "queued"
-            submitted[method, year] = r.json()["job_id"]
-        queued = await job_of(api, owner, submitted["fifo", 2026])
-        assert (queued["status"], queued["attempts"], queued["result"]) == ("queued", 0, None)
-
-        with worker(tmp_path / "worker.log"):
-
-            async def all_done() -> bool:
-                states = [await job_of(api, owner, j) for j in submitted.values()]
-                return all(s["status"] == "succeeded" for s in states)
-
-            await until(all_done, "the report jobs succeeded")
-
-        for (method, year), job_id in submitted.items():
-            job = await job_of(api, owner, job_id)
-            report = job["result"]
-            assert job["attempts"] == 1
-            assert job["error"] is None
-            assert job["params"] == {
-                "method": method,
-                "from": f"{year}-01-01",
-                "to": f"{year}-12-31",
-            }
-            total, pnls = HAND[method, year]
-            assert report["total"] == {"USD": total}
-            assert [e["pnl"] for e in report["entries"]] == pnls
-            expected = domain_entries(records, book.owner, method, year)
-            assert [
-                (e["sale_transfer_id"], D(e["proceeds"]), D(e["cost"]), D(e["pnl"]))
-                for e in report["entries"]
-            ] == [(str(x.sale_transfer_id), x.proceeds, x.cost, x.pnl) for x in expected]
-            assert report["by_symbol"][0]["symbol"] == symbol
-            assert D(report["by_symbol"][0]["pnl"]) == sum((x.pnl for x in expected), D(0))
-            assert report["transfers_replayed"] == EFFECTIVE
-            assert report["method"] == method
-
-
-async def test_idempotency_key(stack: Any, mint_token: Any) -> None:
-    async with portfolio_with_history(stack, mint_token) as (api, book, _, _, owner):
-        url = f"/v1/portfolios/{book.owner}/reports"
-        body = {"kind": "realized_pnl", "from": "2026-01-01", "to": "2026-01-31"}
-        headers = {**owner, "Idempotency-Key": f"report-{new_id()}"}
-        first = await api.post(url, json=body, headers=headers)
-        again = await api.post(url, json=body, headers=headers)
-        assert (first.status_code, again.status_code) == (202, 202)
-        assert first.json()["job_id"] == again.json()["job_id"]
-        other = await api.post(url, json={**body, "method": "average"}, headers=headers)
-        assert other.status_code == 409
-        assert other.json()["code"] == "idempotency_key_reused"
-        fresh = await api.post(url, json=body, headers=owner)
-        assert fresh.json()["job_id"] != first.json()["job_id"]
-        bad_key = await api.post(url, json=body, headers={**owner, "Idempotency-Key": "x"})
-        assert bad_key.status_code == 422
+async def test_idempotency_key(api: httpx.AsyncClient, history: History, mint_token: Any) -> None:
+    owner = history.headers(mint_token)
+    url = f"/v1/portfolios/{history.owner}/reports"
+    body = {"kind": "realized_pnl", "from": "2026-01-01", "to": "2026-01-31"}
+    headers = {**owner, "Idempotency-Key": f"report-{new_id()}"}
+    first = await api.post(url, json=body, headers=headers)
+    again = await api.post(url, json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert first.json()["job_id"] == again.json()["job_id"]
+    other = await api.post(url, json={**body, "method": "average"}, headers=headers)
+    assert other.status_code == 409
+    assert other.json()["code"] == "idempotency_key_reused"
+    fresh = await api.post(url, json=body, headers=owner)
+    assert fresh.json()["job_id"] != first.json()["job_id"]
+    bad_key = await api.post(url, json=body, headers={**owner, "Idempotency-Key": "x"})
+    assert bad_key.status_code == 422
 
 
 @pytest.mark.parametrize(
@@ -274,85 +247,118 @@ async def test_bad_bodies_are_422(stack: Any, mint_token: Any, body: Any) -> Non
     assert r.json()["code"] in {"validation_error", "invalid_range"}
 
 
-async def test_who_may_submit_and_read(stack: Any, mint_token: Any) -> None:
-    async with portfolio_with_history(stack, mint_token) as (api, book, _, _, owner):
-        url = f"/v1/portfolios/{book.owner}/reports"
-        body = {"kind": "realized_pnl", "year": 2026}
-        stranger = {"Authorization": f"Bearer {mint_token(new_id())}"}
-        r = await api.post(url, json=body, headers=stranger)
-        assert (r.status_code, r.json()["code"]) == (403, "not_your_portfolio")
-        assert (await api.post(url, json=body)).status_code == 401
-        support = {"Authorization": f"Bearer {mint_token(new_id(), ('support',))}"}
-        r = await api.post(url, json=body, headers=support)
-        assert r.status_code == 202, r.text
-        job_id = r.json()["job_id"]
-        assert (await job_of(api, owner, job_id))["portfolio_id"] == book.owner
-        for headers in (stranger, {"Authorization": f"Bearer {mint_token('a-machine')}"}):
-            r = await api.get(f"/v1/jobs/{job_id}", headers=headers)
-            assert (r.status_code, r.json()["code"]) == (404, "job_not_found")
-        r = await api.get(f"/v1/jobs/{new_id()}", headers=support)
-        assert (r.status_code, r.json()["code"]) == (404, "job_not_found")
-        nobody = new_id()
-        r = await api.post(
-            f"/v1/portfolios/{nobody}/reports",
-            json=body,
-            headers={"Authorization": f"Bearer {mint_token(nobody)}"},
-        )
-        assert (r.status_code, r.json()["code"]) == (404, "portfolio_not_found")
-
-
-async def test_a_worker_killed_mid_job_leaves_it_to_the_next_which_finishes_it_once(
-    stack: Any, mint_token: Any, tmp_path: Path
+async def test_who_may_submit_and_read(
+    api: httpx.AsyncClient, history: History, mint_token: Any
 ) -> None:
-    """Worker A claims the job and pauses before writing its result (the test-only
-    --result-delay-s); it is SIGKILLed; worker B finishes the job: one result, written by
-    attempt 2, attempt 1 recorded as expired."""
-    async with portfolio_with_history(stack, mint_token) as (api, book, _, _, owner):
-        with worker(tmp_path / "a.log", "--result-delay-s", "600", "--lease-s", "3") as a:
-            r = await api.post(
-                f"/v1/portfolios/{book.owner}/reports",
-                json={"kind": "realized_pnl", "year": 2026, "method": "fifo"},
-                headers=owner,
-            )
-            assert r.status_code == 202, r.text
-            job_id = r.json()["job_id"]
+    owner = history.headers(mint_token)
+    url = f"/v1/portfolios/{history.owner}/reports"
+    body = {"kind": "realized_pnl", "year": 2026}
+    stranger = {"Authorization": f"Bearer {mint_token(new_id())}"}
+    r = await api.post(url, json=body, headers=stranger)
+    assert (r.status_code, r.json()["code"]) == (403, "not_your_portfolio")
+    assert (await api.post(url, json=body)).status_code == 401
+    support = {"Authorization": f"Bearer {mint_token(new_id(), ('support',))}"}
+    r = await api.post(url, json=body, headers=support)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert (await job_of(api, owner, job_id))["portfolio_id"] == history.owner
+    for headers in (stranger, {"Authorization": f"Bearer {mint_token('a-machine')}"}):
+        r = await api.get(f"/v1/jobs/{job_id}", headers=headers)
+        assert (r.status_code, r.json()["code"]) == (404, "job_not_found")
+    r = await api.get(f"/v1/jobs/{new_id()}", headers=support)
+    assert (r.status_code, r.json()["code"]) == (404, "job_not_found")
+    nobody = new_id()
+    r = await api.post(
+        f"/v1/portfolios/{nobody}/reports",
+        json=body,
+        headers={"Authorization": f"Bearer {mint_token(nobody)}"},
+    )
+    assert (r.status_code, r.json()["code"]) == (404, "portfolio_not_found")
 
-            async def running() -> bool:
-                job = await job_of(api, owner, job_id)
-                return job["status"] == "running" and job["attempts"] == 1
 
-            await until(running, "worker A claimed the job")
-            a.send_signal(signal.SIGKILL)
-            a.wait(STOP_WAIT_S)
+async def submit(api: httpx.AsyncClient, history: History, headers: Any, body: Any) -> str:
+    r = await api.post(f"/v1/portfolios/{history.owner}/reports", json=body, headers=headers)
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/jobs/{r.json()['job_id']}"
+    assert r.json()["status"] == "queued"
+    return str(r.json()["job_id"])
 
-        with worker(tmp_path / "b.log", "--lease-s", "3", "--sweep-interval-s", "1"):
 
-            async def succeeded() -> bool:
-                return bool((await job_of(api, owner, job_id))["status"] == "succeeded")
+async def test_workers_run_each_job_once_and_a_killed_workers_job_is_finished_by_the_next(
+    api: httpx.AsyncClient, history: History, stack: Any, mint_token: Any, tmp_path: Path
+) -> None:
+    """Worker A claims a job and pauses before writing its result (the test-only
+    --result-delay-s, for that job only: A also runs jobs other tests left queued) and is
+    SIGKILLed; worker B (started once A is gone: workers share
+    the topic, so A would take some of the other jobs) finishes it: one result, written by
+    attempt 2, attempt 1 recorded as expired. B also runs four report jobs submitted
+    meanwhile, whose figures match the table computed by hand and the domain computed
+    independently on the same transfers. (One test: each worker start joins the
+    consumer group, seconds each on the local broker.)"""
+    owner = history.headers(mint_token)
+    fifo_2026 = {"kind": "realized_pnl", "year": 2026, "method": "fifo"}
+    killed = await submit(api, history, owner, fifo_2026)
+    delay = ("--result-delay-s", "600", "--result-delay-job", killed)  # not jobs left queued
+    with worker(tmp_path / "a.log", *delay, "--lease-s", "2") as a:
 
-            await until(succeeded, "worker B finished the job")
+        async def running() -> bool:
+            job = await job_of(api, owner, killed)
+            return job["status"] == "running" and job["attempts"] == 1
 
+        await until(running, "worker A claimed the job")
+        a.send_signal(signal.SIGKILL)
+        a.wait(STOP_WAIT_S)
+
+    submitted = {
+        (method, year): await submit(
+            api, history, owner, {"kind": "realized_pnl", "year": year, "method": method}
+        )
+        for method, year in HAND
+    }
+    queued = await job_of(api, owner, submitted["fifo", 2026])
+    assert (queued["status"], queued["attempts"], queued["result"]) == ("queued", 0, None)
+    with worker(tmp_path / "b.log", "--lease-s", "2", "--sweep-interval-s", "1"):
+
+        async def all_done() -> bool:
+            for job_id in [killed, *submitted.values()]:
+                if (await job_of(api, owner, job_id))["status"] != "succeeded":
+                    return False
+            return True
+
+        await until(all_done, "worker B finished the jobs")
+
+    job = await job_of(api, owner, killed)
+    assert job["attempts"] == 2
+    assert job["result"]["total"] == {"USD": HAND["fifo", 2026][0]}
+    db = await asyncpg.connect(stack.pg_admin_url)
+    try:
+        row = await db.fetchrow(
+            "SELECT status, attempts, result_attempt FROM portfolio.jobs WHERE job_id = $1",
+            uuid.UUID(killed),
+        )
+        attempts = await db.fetch(
+            "SELECT attempt, outcome FROM portfolio.job_attempts WHERE job_id = $1"
+            " ORDER BY attempt",
+            uuid.UUID(killed),
+        )
+    finally:
+        await db.close()
+    assert tuple(row) == ("succeeded", 2, 2)
+    assert [tuple(a) for a in attempts] == [(1, "expired"), (2, "succeeded")]
+
+    for (method, year), job_id in submitted.items():
         job = await job_of(api, owner, job_id)
-        assert job["attempts"] == 2
-        assert job["result"]["total"] == {"USD": HAND["fifo", 2026][0]}
-        db = await asyncpg.connect(stack.pg_admin_url)
-        try:
-            row = await db.fetchrow(
-                "SELECT status, attempts, result_attempt FROM portfolio.jobs WHERE job_id = $1",
-                uuid.UUID(job_id),
-            )
-            attempts = await db.fetch(
-                "SELECT attempt, outcome FROM portfolio.job_attempts WHERE job_id = $1"
-                " ORDER BY attempt",
-                uuid.UUID(job_id),
-            )
-            events = await db.fetchval(
-                "SELECT count(*) FROM portfolio.outbox WHERE topic = $1 AND key = $2",
-                jobs.JOBS_TOPIC,
-                book.owner.encode(),
-            )
-        finally:
-            await db.close()
-        assert tuple(row) == ("succeeded", 2, 2)
-        assert [tuple(a) for a in attempts] == [(1, "expired"), (2, "succeeded")]
-        assert 1 <= events <= 2  # the request, and a re-queue if the sweeper got there first
+        report = job["result"]
+        assert (job["attempts"], job["error"]) == (1, None)
+        assert job["params"] == {"method": method, "from": f"{year}-01-01", "to": f"{year}-12-31"}
+        total, pnls = HAND[method, year]
+        assert report["total"] == {"USD": total}
+        assert [e["pnl"] for e in report["entries"]] == pnls
+        expected = domain_entries(history.records, history.owner, method, year)
+        assert [
+            (e["sale_transfer_id"], D(e["proceeds"]), D(e["cost"]), D(e["pnl"]))
+            for e in report["entries"]
+        ] == [(str(x.sale_transfer_id), x.proceeds, x.cost, x.pnl) for x in expected]
+        assert report["by_symbol"][0]["symbol"] == history.symbol
+        assert D(report["by_symbol"][0]["pnl"]) == sum((x.pnl for x in expected), D(0))
+        assert (report["transfers_replayed"], report["method"]) == (EFFECTIVE, method)

@@ -22,8 +22,9 @@ tables (state is in Postgres), topics declared by the stack, not by faust; aioka
 idempotent producer is off (the broker rejects it), and the worker produces nothing:
 its events go through the outbox, which the service's relay publishes.
 
-`job_result_delay_s` (`--result-delay-s`) is for tests only: each attempt waits that
-long after computing and before writing its result, so a test can kill a worker mid-job.
+`job_result_delay_s` (`--result-delay-s`) is for tests only: each attempt (of the job
+`--result-delay-job`, when given) waits that long after computing and before writing its
+result, so a test can kill a worker mid-job.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class JobWorkerSettings(PortfolioSettings):
     job_concurrency: int = Field(default=1, ge=1, le=16)  # agents in one process
     job_session_timeout_s: float = Field(default=6.0, ge=1, le=300)  # DESIGN.md: 6 locally
     job_data_dir: Path | None = None  # faust's datadir (empty: no tables); default a tempdir
-    # tests only: an attempt waits this long before writing its result (0 in production)
+    # tests only: an attempt waits this long before writing its result (0 in production),
+    # of every job or of the one job named
     job_result_delay_s: float = Field(default=0.0, ge=0, le=600)
+    job_result_delay_job_id: uuid.UUID | None = None
 
 
 class JobStore(Service):
@@ -146,7 +149,7 @@ class JobRunner:
             try:
                 async with engine.begin() as conn:
                     report = await jobs.compute(conn, claim, self.scales, s.job_report_entries_max)
-                if s.job_result_delay_s:
+                if s.job_result_delay_s and s.job_result_delay_job_id in (None, job_id):
                     await asyncio.sleep(s.job_result_delay_s)
             except d.InvalidTransfer as exc:  # the stored history breaks a rule: no retry
                 await self._fail(engine, claim, "invalid_history", str(exc), retry=False)
@@ -278,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="tests only: wait this long before writing each result (TICKERTAP_JOB_RESULT_DELAY_S)",
     )
+    parser.add_argument(
+        "--result-delay-job", type=uuid.UUID, help="tests only: delay only this job's result"
+    )
     args = parser.parse_args(argv)
     overrides = {
         name: value
@@ -285,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             ("job_lease_s", args.lease_s),
             ("job_sweep_interval_s", args.sweep_interval_s),
             ("job_result_delay_s", args.result_delay_s),
+            ("job_result_delay_job_id", args.result_delay_job),
         )
         if value is not None
     }
