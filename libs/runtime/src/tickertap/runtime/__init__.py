@@ -13,6 +13,7 @@ from tickertap.runtime.app import (
     messaging_tables,
     serve,
 )
+from tickertap.runtime.direct import DirectRoutes, direct
 from tickertap.runtime.errors import (
     Conflict,
     Forbidden,
@@ -27,6 +28,7 @@ from tickertap.runtime.settings import ServiceSettings
 
 __all__ = [
     "Conflict",
+    "DirectRoutes",
     "Forbidden",
     "NotFound",
     "ServiceDefinition",
@@ -36,6 +38,7 @@ __all__ = [
     "Unauthorized",
     "Unprocessable",
     "create_service_app",
+    "direct",
     "install_error_handlers",
     "messaging_tables",
     "problem",

@@ -45,6 +45,7 @@ from tickertap.observability import (
     configure_logging,
     health_router,
 )
+from tickertap.runtime.direct import DirectRoutes
 from tickertap.runtime.errors import install_error_handlers
 from tickertap.runtime.limits import BodySizeLimit
 from tickertap.runtime.settings import ServiceSettings
@@ -341,6 +342,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
         app.include_router(router)
     if definition.openapi_models:
         with_schemas(app, definition.openapi_models)
+    app.add_middleware(DirectRoutes)  # innermost: @direct routes skip only the routing
     app.add_middleware(BodySizeLimit, body_bytes_max=settings.request_body_bytes_max)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app
