@@ -39,7 +39,11 @@ SERVICE_READY_TIMEOUT_S = 60
 SERVICE_NAMES = frozenset(svc.name for svc in SERVICES)
 # The demo feed (dev profile, `make run`): it may end or fail without stopping the stack.
 DEMO_FEED = "demo-feed"
-OPTIONAL_CHILDREN = frozenset({DEMO_FEED})
+# Portfolio report job workers (faust-streaming, portfolio.jobs.v1): TICKERTAP_JOB_WORKERS of
+# them, by default one in the dev profile and none in test (the job tests start their own)
+# and bench. Jobs wait in Postgres while none runs, so a dead one does not stop the stack.
+JOB_WORKER = "portfolio-jobs-worker"
+OPTIONAL_CHILDREN = frozenset({DEMO_FEED, JOB_WORKER})
 DEMO_FEED_SYMBOLS = 10
 DEMO_FEED_RATE_PER_S = 20
 DEMO_FEED_DESCRIPTION = f"{DEMO_FEED_RATE_PER_S} ticks/s for {DEMO_FEED_SYMBOLS} symbols"
@@ -101,6 +105,8 @@ def service_env(
         TICKERTAP_LOG_FILE="",
         PYTHONUNBUFFERED="1",
     )
+    if svc.name == "ledger":  # its hot path: the outbox relay runs in a child process
+        env["TICKERTAP_OUTBOX_RELAY_PROCESS"] = "true"
     if without_auth and svc.name != "auth":
         env["TICKERTAP_AUTH_JWKS_FILE"] = str(devkeys.jwks_path(cfg))
     elif svc.name != "auth":  # the others verify tokens against auth's keys (and the dev key)
@@ -159,6 +165,18 @@ def demo_feed_child(cfg: StackConfig) -> Child | None:
     return Child(DEMO_FEED, argv, cfg.logs_dir / f"{DEMO_FEED}.log", env=env, cwd=ROOT)
 
 
+def job_worker_children(cfg: StackConfig, role_id: str, secret_file: Path) -> list[Child]:
+    """`python -m tickertap.portfolio.jobs_worker` processes, in the portfolio service's env."""
+    count = int(os.environ.get("TICKERTAP_JOB_WORKERS", "1" if cfg.profile == "dev" else "0"))
+    portfolio = next(svc for svc in SERVICES if svc.name == "portfolio-calculation")
+    env = service_env(cfg, portfolio, role_id, secret_file)
+    argv = [parts.python(), "-m", "tickertap.portfolio.jobs_worker"]
+    return [
+        Child(f"{JOB_WORKER}-{n}", argv, cfg.logs_dir / f"{JOB_WORKER}-{n}.log", env=env, cwd=ROOT)
+        for n in range(1, count + 1)
+    ]
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback only
@@ -191,6 +209,7 @@ class Supervisor:
 
         services: dict[str, dict[str, object]] = {}
         demo_feed: dict[str, object] | None = None
+        job_workers: dict[str, int] = {}
         devkeys.ensure_keys(cfg)
         if self.with_services:
             for svc in SERVICES:
@@ -215,6 +234,13 @@ class Supervisor:
                     child,
                 )
             provision_reconcile_client(cfg, creds)
+            for worker in job_worker_children(
+                cfg,
+                creds["portfolio"]["role_id"],
+                cfg.secrets_dir / "portfolio.secret_id",
+            ):
+                self._add(worker)
+                job_workers[worker.name] = worker.pid
             feed = demo_feed_child(cfg)
             if feed is not None:
                 self._add(feed)
@@ -235,6 +261,7 @@ class Supervisor:
             "vault": {"addr": cfg.vault_url, "pid": vault.pid if vault else None},
             "services": services,
             "demo_feed": demo_feed,
+            "job_workers": job_workers,
             "secrets_dir": str(cfg.secrets_dir),
             "approle_role_ids": {k: v["role_id"] for k, v in creds.items()},
             "startup_s": {
@@ -254,7 +281,7 @@ class Supervisor:
         """Block until a signal or a child's death; returns the exit code."""
         while not self.stopping.wait(0.5):
             for child in self.children:
-                if child.name in OPTIONAL_CHILDREN:
+                if child.name.startswith(tuple(OPTIONAL_CHILDREN)):
                     continue
                 if not child.alive():
                     print(
@@ -302,6 +329,9 @@ def print_urls(info: dict[str, object]) -> None:
     feed = info.get("demo_feed")
     if isinstance(feed, dict):
         print(f"  {'Demo feed':<22} {DEMO_FEED_DESCRIPTION}   (log: {feed['log']})")
+    workers = info.get("job_workers")
+    if workers:
+        print(f"  {'Report job workers':<22} {len(workers)}   (logs: {JOB_WORKER}-N.log)")
     print(f"  started in {info['startup_s']}", flush=True)
 
 

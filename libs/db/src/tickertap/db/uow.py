@@ -210,4 +210,4 @@ async def with_retries(unit: Callable[[], Awaitable[T]], policy: RetryPolicy = R
             if attempt >= policy.attempts_max or not is_retryable(exc):
                 raise
             ceiling_s = min(policy.backoff_s_max, policy.backoff_s_base * 2**attempt)
-            await asyncio.sleep(random.uniform(0, ceiling_s))  # noqa: S311 - jitter, not crypto
+            await asyncio.sleep(random.uniform(0, ceiling_s))  # noqa: S311 - jitter, not crypto  # nosec B311

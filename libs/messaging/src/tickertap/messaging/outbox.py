@@ -295,7 +295,7 @@ def _driver_insert_sql(table: Table, notify: bool) -> str:
     insert = f"INSERT INTO {name} (event_id, topic, key, value, headers)"
     notification = f", pg_notify('{notify_channel(table)}', '')" if notify else ""
     return (
-        "WITH locks AS MATERIALIZED ("  # noqa: S608 - see above
+        "WITH locks AS MATERIALIZED ("  # noqa: S608 - see above  # nosec B608
         "  SELECT pg_advisory_xact_lock($1::integer, k) FROM unnest($2::integer[]) AS k"
         "  ORDER BY k"
         "), rows AS ("

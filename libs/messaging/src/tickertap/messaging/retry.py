@@ -24,7 +24,7 @@ def backoff_delay_s(attempt: int, *, delay_s_min: float, delay_s_max: float) -> 
     assert attempt >= 1
     assert 0 < delay_s_min <= delay_s_max
     ceiling_s = min(delay_s_max, delay_s_min * 2.0 ** min(attempt - 1, 32))
-    return ceiling_s / 2 + random.uniform(0, ceiling_s / 2)  # noqa: S311 - jitter, not crypto
+    return ceiling_s / 2 + random.uniform(0, ceiling_s / 2)  # noqa: S311 - jitter, not crypto  # nosec B311
 
 
 def sqlstate(error: BaseException) -> str | None:

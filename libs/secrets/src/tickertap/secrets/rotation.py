@@ -132,7 +132,7 @@ class CredentialRotator:
                 wait_s = max(0.0, remaining_s * self._renew_at_fraction)
                 if failures:  # back off after a failure, however little time is left
                     ceiling_s = min(self._retry_backoff_s_max, 0.1 * 2**failures)
-                    wait_s = max(ceiling_s / 2, min(wait_s, random.uniform(0, ceiling_s)))  # noqa: S311
+                    wait_s = max(ceiling_s / 2, min(wait_s, random.uniform(0, ceiling_s)))  # noqa: S311  # nosec B311  # backoff jitter, not crypto
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=wait_s)

@@ -138,19 +138,19 @@ TOKEN_FORM = _form_body(
     {
         "grant_type": f"one of {', '.join(GRANT_TYPES)}",
         "username": "password grant: the email",
-        "password": "password grant",
-        "refresh_token": "refresh_token grant",
+        "password": "password grant",  # nosec B105  # OpenAPI field descriptions
+        "refresh_token": "refresh_token grant",  # nosec B105  # as above
         "scope": "space-separated scopes (default: all the client may have)",
         "client_id": "client_credentials with client_secret_post",
-        "client_secret": "client_credentials with client_secret_post",
-        "mfa_token": "MFA grant: from the mfa_required answer",
+        "client_secret": "client_credentials with client_secret_post",  # nosec B105  # as above
+        "mfa_token": "MFA grant: from the mfa_required answer",  # nosec B105  # as above
         "otp": "MFA grant: the authenticator's code",
         "recovery_code": "MFA grant: a recovery code instead of otp",
     },
     ["grant_type"],
 )
 REVOKE_FORM = _form_body(
-    {"token": "a refresh or access token", "token_type_hint": "ignored (RFC 7009)"}, ["token"]
+    {"token": "a refresh or access token", "token_type_hint": "ignored (RFC 7009)"}, ["token"]  # nosec B105  # descriptions
 )
 
 

@@ -57,7 +57,7 @@ class TokenPair:
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "access_token": self.access_token,
-            "token_type": "Bearer",
+            "token_type": "Bearer",  # nosec B105  # the OAuth token type's name
             "expires_in": self.expires_in,
             "scope": self.scope,
         }

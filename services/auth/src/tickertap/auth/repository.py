@@ -63,7 +63,7 @@ async def insert_user(
     """The new user, or None when the email index is taken."""
     result = await conn.execute(
         text(
-            "INSERT INTO auth.users (id, email_index, email_ciphertext, password_hash, roles) "
+            "INSERT INTO auth.users (id, email_index, email_ciphertext, password_hash, roles) "  # nosec B608  # constant column lists and clauses; every value is a bind parameter
             "VALUES (:id, :idx, :ct, :ph, :roles) ON CONFLICT (email_index) DO NOTHING "
             f"RETURNING {USER_COLUMNS}"
         ),
@@ -85,7 +85,7 @@ async def user_by_email(
     suffix = " FOR UPDATE" if lock else ""
     row = (
         await conn.execute(
-            text(f"SELECT {USER_COLUMNS} FROM auth.users WHERE email_index = :idx{suffix}"),
+            text(f"SELECT {USER_COLUMNS} FROM auth.users WHERE email_index = :idx{suffix}"),  # nosec B608  # constant column lists and clauses; every value is a bind parameter
             {"idx": email_index},
         )
     ).first()
@@ -100,7 +100,7 @@ async def login_state(
     row = (
         await conn.execute(
             text(
-                "SELECT t.failures, t.lockouts, t.locked_until, t.last_failure_at, "
+                "SELECT t.failures, t.lockouts, t.locked_until, t.last_failure_at, "  # nosec B608  # constant column lists and clauses; every value is a bind parameter
                 f"{user_columns} FROM (SELECT CAST(:idx AS text) AS idx) k "
                 "LEFT JOIN auth.login_throttles t ON t.email_index = k.idx "
                 "LEFT JOIN auth.users u ON u.email_index = k.idx"
@@ -122,7 +122,7 @@ async def user_by_id(
     suffix = " FOR UPDATE" if lock else ""
     row = (
         await conn.execute(
-            text(f"SELECT {USER_COLUMNS} FROM auth.users WHERE id = :id{suffix}"), {"id": user_id}
+            text(f"SELECT {USER_COLUMNS} FROM auth.users WHERE id = :id{suffix}"), {"id": user_id}  # nosec B608  # constant column lists and clauses; every value is a bind parameter
         )
     ).first()
     return None if row is None else _user(row)
@@ -144,7 +144,7 @@ async def update_user(conn: AsyncConnection, user_id: uuid.UUID, **values: Any) 
     assignments = ", ".join(f"{name} = :{name}" for name in values)
     extra = ", password_changed_at = now()" if "password_hash" in values else ""
     await conn.execute(
-        text(f"UPDATE auth.users SET {assignments}, updated_at = now(){extra} WHERE id = :id"),
+        text(f"UPDATE auth.users SET {assignments}, updated_at = now(){extra} WHERE id = :id"),  # nosec B608  # column names from this module's callers; values are bind parameters
         {**values, "id": user_id},
     )
 
@@ -165,7 +165,7 @@ async def throttle(conn: AsyncConnection, email_index: str, *, lock: bool) -> Lo
     row = (
         await conn.execute(
             text(
-                "SELECT failures, lockouts, locked_until, last_failure_at "
+                "SELECT failures, lockouts, locked_until, last_failure_at "  # nosec B608  # constant column lists and clauses; every value is a bind parameter
                 f"FROM auth.login_throttles WHERE email_index = :idx{suffix}"
             ),
             {"idx": email_index},
@@ -313,7 +313,7 @@ async def revoke_sessions(
     where = "id = :sid" if session_id is not None else "user_id = :uid"
     rows = await conn.execute(
         text(
-            f"UPDATE auth.sessions SET revoked_at = now(), revoked_reason = :reason "
+            f"UPDATE auth.sessions SET revoked_at = now(), revoked_reason = :reason "  # nosec B608  # constant column lists and clauses; every value is a bind parameter
             f"WHERE {where} AND revoked_at IS NULL RETURNING id, user_id"
         ),
         {"sid": session_id, "uid": user_id, "reason": reason},

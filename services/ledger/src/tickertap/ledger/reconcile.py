@@ -405,7 +405,7 @@ class Reconciler:
         assert interval_s > 0, interval_s
         delay_s = min(interval_s, FIRST_RUN_DELAY_S_MAX)
         while True:
-            await asyncio.sleep(delay_s * random.uniform(1 - JITTER, 1 + JITTER))  # noqa: S311
+            await asyncio.sleep(delay_s * random.uniform(1 - JITTER, 1 + JITTER))  # noqa: S311  # nosec B311  # schedule jitter, not crypto
             await self.run_once()
             delay_s = interval_s
 

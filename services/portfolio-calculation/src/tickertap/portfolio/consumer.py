@@ -18,7 +18,7 @@ these reasons in `x-dlq-reason`:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tickertap.messaging import ConsumedEvent, InvalidEvent
-from tickertap.messaging.consumer import Handler
+from tickertap.messaging.consumer import BatchHandler, Handler
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import handlers
 from tickertap.portfolio import repository as repo
@@ -145,6 +145,20 @@ def price_update(event: ConsumedEvent, skew_s_max: float) -> repo.PriceUpdate:
 def price_handler(skew_s_max: float, metrics: PortfolioMetrics | None = None) -> Handler:
     async def apply(conn: AsyncConnection, event: ConsumedEvent) -> None:
         marked = await handlers.apply_price(conn, price_update(event, skew_s_max))
+        if metrics is not None:
+            metrics.holders_marked.inc(marked)
+
+    return apply
+
+
+def price_batch_handler(skew_s_max: float, metrics: PortfolioMetrics | None = None) -> BatchHandler:
+    """Prices a consumer batch at a time (one transaction): only the latest price of each
+    symbol is written and its holders marked once. One unusable price fails the batch,
+    which the consumer then applies one price at a time (dead-lettering that one)."""
+
+    async def apply(conn: AsyncConnection, events: Sequence[ConsumedEvent]) -> None:
+        prices = [price_update(event, skew_s_max) for event in events]
+        marked = await handlers.apply_prices(conn, prices)
         if metrics is not None:
             metrics.holders_marked.inc(marked)
 

@@ -3,6 +3,7 @@
     apply_transfer   a ledger transfer: record it in the history of each portfolio it
                      concerns, recompute that portfolio's state from its history
     apply_price      a market price: keep it if newer, mark the portfolios holding it
+    apply_prices     a batch of prices: the same, for the latest price of each symbol
     snapshot         a portfolio's valuation and where its inputs came from
     publish_due      portfolio.updates.v1 events of the portfolios due, through the outbox
 
@@ -16,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Table
@@ -75,16 +76,52 @@ async def apply_transfer(
 
 
 async def apply_price(conn: AsyncConnection, price: repo.PriceUpdate) -> int:
-    """Keep a newer price; how many portfolios holding the symbol are marked for an update.
+    """Keep a newer price; how many portfolios holding the symbol are marked for an update."""
+    return await apply_prices(conn, [price])
 
-    The symbol's price lock is held until commit, so the publisher never values a
-    portfolio with this symbol while the price is half applied (see `publish_due`).
+
+def latest_per_symbol(prices: Sequence[repo.PriceUpdate]) -> list[repo.SymbolPrices]:
+    """What applying `prices` one by one (in their order) would do to each symbol, ordered
+    by symbol: the price left stored, the newest by (exchange time, receipt), the first of
+    equals (a later equal one is not newer); and the last price of an earlier UTC day that
+    was stored on the way, which the later day's price makes the previous close. A price
+    older than the one kept before it changes nothing, as it would not one by one."""
+    kept: dict[str, repo.SymbolPrices] = {}
+    for p in prices:
+        symbol = p.quote.symbol
+        before = kept.get(symbol)
+        if before is None:
+            kept[symbol] = repo.SymbolPrices(p)
+            continue
+        top = before.latest
+        if (p.quote.exchange_ts, p.received_at) <= (top.quote.exchange_ts, top.received_at):
+            continue
+        later_day = _utc_day(p.quote.exchange_ts) > _utc_day(top.quote.exchange_ts)
+        kept[symbol] = repo.SymbolPrices(p, top if later_day else before.close)
+    return [kept[s] for s in sorted(kept)]
+
+
+def _utc_day(at: datetime) -> date:
+    return at.astimezone(UTC).date()
+
+
+async def apply_prices(conn: AsyncConnection, prices: Sequence[repo.PriceUpdate]) -> int:
+    """Keep the latest of `prices` per symbol where newer than the stored one, and mark the
+    holders of every symbol whose price moved, in a few statements for the whole batch;
+    how many portfolios were marked for an update.
+
+    The symbols' price locks are held until commit, so the publisher never values a
+    portfolio with such a symbol while its price is half applied (see `publish_due`).
+    Older prices in the batch change nothing, as they would one by one: a price only
+    replaces an older one.
     """
-    await repo.see_all(conn)
-    await repo.lock_price(conn, price.quote.symbol)
-    if not await repo.record_price(conn, price):
+    latest = latest_per_symbol(prices)
+    if not latest:
         return 0
-    return await repo.mark_holders(conn, price.quote.symbol)
+    await repo.see_all(conn)
+    await repo.lock_prices(conn, [b.latest.quote.symbol for b in latest])
+    moved = await repo.record_prices(conn, latest)
+    return await repo.mark_holders(conn, moved)
 
 
 @dataclass(frozen=True, slots=True)

@@ -626,15 +626,49 @@ class PriceUpdate:
     event: Source
 
 
+@dataclass(frozen=True, slots=True)
+class SymbolPrices:
+    """What a batch of prices of one symbol can change: `latest`, the one applying them one
+    by one would leave stored, and `close`, the last price of an earlier UTC day that one
+    by one would have been stored on the way to it (the close it would record), if any."""
+
+    latest: PriceUpdate
+    close: PriceUpdate | None = None
+
+
 async def record_price(conn: AsyncConnection, p: PriceUpdate) -> bool:
     """Keep `p` if it is newer (exchange time, then receipt) than the stored price."""
-    q = p.quote
+    return bool(await record_prices(conn, [SymbolPrices(p)]))
+
+
+async def record_prices(conn: AsyncConnection, batch: Sequence[SymbolPrices]) -> list[str]:
+    """Store each symbol's latest price of `batch` where newer (exchange time, then receipt)
+    than the stored one, in one statement, with the previous close that applying the
+    batch's prices one by one would leave; the symbols whose price changed.
+
+    The previous close: the batch's `close` when it is newer than the stored price (it
+    would have been stored, then replaced by a later day's price); else the stored price
+    when the latest is of a later UTC day; else the stored close stays."""
+    assert len({b.latest.quote.symbol for b in batch}) == len(batch), "one entry per symbol"
+    if not batch:
+        return []
+    latest = [b.latest for b in batch]
     result = await conn.execute(
         text(
-            "INSERT INTO portfolio.prices AS old (symbol, price, exchange_ts, received_at,"
+            "WITH batch AS MATERIALIZED (SELECT * FROM unnest(CAST(:symbol AS text[]),"
+            " CAST(:price AS numeric[]), CAST(:exchange_ts AS timestamptz[]),"
+            " CAST(:received_at AS timestamptz[]), CAST(:topic AS text[]),"
+            " CAST(:partition AS integer[]), CAST(:offset AS bigint[]),"
+            " CAST(:event_topic AS text[]), CAST(:event_partition AS integer[]),"
+            " CAST(:event_offset AS bigint[]), CAST(:close AS numeric[]),"
+            " CAST(:close_ts AS timestamptz[]), CAST(:close_received_at AS timestamptz[]))"
+            ' AS b(symbol, price, exchange_ts, received_at, topic, partition, "offset",'
+            " event_topic, event_partition, event_offset, close, close_ts, close_received_at))"
+            " INSERT INTO portfolio.prices AS old (symbol, price, exchange_ts, received_at,"
             " source_topic, source_partition, source_offset, event_topic, event_partition,"
-            " event_offset) VALUES (:symbol, :price, :exchange_ts, :received_at, :topic,"
-            " :partition, :offset, :event_topic, :event_partition, :event_offset)"
+            " event_offset, previous_close, previous_close_ts)"
+            ' SELECT symbol, price, exchange_ts, received_at, topic, partition, "offset",'
+            " event_topic, event_partition, event_offset, close, close_ts FROM batch"
             " ON CONFLICT (symbol) DO UPDATE SET price = EXCLUDED.price,"
             " exchange_ts = EXCLUDED.exchange_ts, received_at = EXCLUDED.received_at,"
             " source_topic = EXCLUDED.source_topic, source_partition = EXCLUDED.source_partition,"
@@ -642,29 +676,43 @@ async def record_price(conn: AsyncConnection, p: PriceUpdate) -> bool:
             " event_partition = EXCLUDED.event_partition, event_offset = EXCLUDED.event_offset,"
             " updated_at = now(),"
             # a price of a later UTC day makes the last one of the earlier day the close
-            " previous_close = CASE WHEN (EXCLUDED.exchange_ts AT TIME ZONE 'UTC')::date"
+            f" previous_close = CASE WHEN {_BATCH_CLOSE_NEWER} THEN EXCLUDED.previous_close"
+            " WHEN (EXCLUDED.exchange_ts AT TIME ZONE 'UTC')::date"
             " > (old.exchange_ts AT TIME ZONE 'UTC')::date THEN old.price"
             " ELSE old.previous_close END,"
-            " previous_close_ts = CASE WHEN (EXCLUDED.exchange_ts AT TIME ZONE 'UTC')::date"
+            f" previous_close_ts = CASE WHEN {_BATCH_CLOSE_NEWER} THEN EXCLUDED.previous_close_ts"
+            " WHEN (EXCLUDED.exchange_ts AT TIME ZONE 'UTC')::date"
             " > (old.exchange_ts AT TIME ZONE 'UTC')::date THEN old.exchange_ts"
             " ELSE old.previous_close_ts END"
             " WHERE (EXCLUDED.exchange_ts, EXCLUDED.received_at)"
             " > (old.exchange_ts, old.received_at)"
+            " RETURNING old.symbol"
         ),
         {
-            "symbol": q.symbol,
-            "price": q.price,
-            "exchange_ts": q.exchange_ts,
-            "received_at": p.received_at,
-            "topic": q.source_topic,
-            "partition": q.source_partition,
-            "offset": q.source_offset,
-            "event_topic": p.event.topic,
-            "event_partition": p.event.partition,
-            "event_offset": p.event.offset,
+            "symbol": [p.quote.symbol for p in latest],
+            "price": [p.quote.price for p in latest],
+            "exchange_ts": [p.quote.exchange_ts for p in latest],
+            "received_at": [p.received_at for p in latest],
+            "topic": [p.quote.source_topic for p in latest],
+            "partition": [p.quote.source_partition for p in latest],
+            "offset": [p.quote.source_offset for p in latest],
+            "event_topic": [p.event.topic for p in latest],
+            "event_partition": [p.event.partition for p in latest],
+            "event_offset": [p.event.offset for p in latest],
+            "close": [b.close.quote.price if b.close else None for b in batch],
+            "close_ts": [b.close.quote.exchange_ts if b.close else None for b in batch],
+            "close_received_at": [b.close.received_at if b.close else None for b in batch],
         },
     )
-    return bool(result.rowcount)
+    return [r.symbol for r in result]
+
+
+# the batch's close candidate of the conflicting symbol is newer than the stored price
+_BATCH_CLOSE_NEWER = (
+    "EXCLUDED.previous_close_ts IS NOT NULL AND (EXCLUDED.previous_close_ts,"
+    " (SELECT b.close_received_at FROM batch b WHERE b.symbol = EXCLUDED.symbol))"
+    " > (old.exchange_ts, old.received_at)"
+)
 
 
 PRICE_LOCK_SPACE = 0x50465052  # advisory lock space of the price of a symbol ("PFPR")
@@ -672,9 +720,21 @@ PRICE_LOCK_SPACE = 0x50465052  # advisory lock space of the price of a symbol ("
 
 async def lock_price(conn: AsyncConnection, symbol: str) -> None:
     """Hold the symbol's price lock until the transaction ends (a price being applied)."""
+    await lock_prices(conn, [symbol])
+
+
+async def lock_prices(conn: AsyncConnection, symbols: Iterable[str]) -> None:
+    """Hold the price locks of `symbols` until the transaction ends, taken in one statement
+    in one order (of their lock keys), so two appliers never deadlock."""
+    wanted = sorted(set(symbols))
+    if not wanted:
+        return
     await conn.execute(
-        text("SELECT pg_advisory_xact_lock(:space, hashtext(:symbol))"),
-        {"space": PRICE_LOCK_SPACE, "symbol": symbol},
+        text(
+            "SELECT count(pg_advisory_xact_lock(:space, k)) FROM (SELECT DISTINCT hashtext(s)"
+            " AS k FROM unnest(CAST(:symbols AS text[])) AS s ORDER BY k) AS keys"
+        ),
+        {"space": PRICE_LOCK_SPACE, "symbols": wanted},
     )
 
 
@@ -694,15 +754,18 @@ async def busy_prices(conn: AsyncConnection, symbols: Iterable[str]) -> set[str]
     return {r.s for r in rows}
 
 
-async def mark_holders(conn: AsyncConnection, symbol: str) -> int:
-    """Mark every portfolio holding `symbol` for an update event; how many were marked."""
+async def mark_holders(conn: AsyncConnection, symbols: Sequence[str]) -> int:
+    """Mark every portfolio holding one of `symbols` for an update event (one statement);
+    how many were marked (portfolios marked already are left as they are)."""
+    if not symbols:
+        return 0
     result = await conn.execute(
         text(
             "UPDATE portfolio.portfolios SET dirty = true, dirty_since = now()"
             " WHERE NOT dirty AND owner_id IN (SELECT owner_id FROM portfolio.positions"
-            " WHERE symbol = :symbol AND quantity <> 0)"
+            " WHERE symbol = ANY(:symbols) AND quantity <> 0)"
         ),
-        {"symbol": symbol},
+        {"symbols": list(symbols)},
     )
     return int(result.rowcount)
 
