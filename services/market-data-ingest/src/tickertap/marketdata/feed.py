@@ -228,7 +228,7 @@ def simulate_labeled(
     # Exact threshold on a 2**53 integer draw: no float in the decision.
     bad_threshold = int(bad * (1 << 53))
 
-    rng = random.Random(seed)  # noqa: S311  # a reproducible simulation, not a secret
+    rng = random.Random(seed)  # noqa: S311  # a reproducible simulation, not a secret  # nosec B311
     mids = [spec.price_minor for spec in symbols]
     floors = [max(1, m // PRICE_FLOOR_DIVISOR) for m in mids]
     # Per-tick standard deviation as a fraction of the price (float, only for the draw).

@@ -54,7 +54,7 @@ async def insert_instrument(
         (
             await conn.execute(
                 text(
-                    "INSERT INTO market.instruments (symbol, currency, price_scale) "
+                    "INSERT INTO market.instruments (symbol, currency, price_scale) "  # nosec B608  # constant column lists and clauses; every value is a bind parameter
                     "VALUES (:symbol, :currency, :scale) ON CONFLICT (symbol) DO NOTHING "
                     f"RETURNING {_INSTRUMENT_COLUMNS}"
                 ),
@@ -75,7 +75,7 @@ async def get_instrument(conn: AsyncConnection, symbol: str) -> dict[str, Any] |
     row = (
         (
             await conn.execute(
-                text(f"SELECT {_INSTRUMENT_COLUMNS} FROM market.instruments WHERE symbol = :s"),
+                text(f"SELECT {_INSTRUMENT_COLUMNS} FROM market.instruments WHERE symbol = :s"),  # nosec B608  # constant column lists and clauses; every value is a bind parameter
                 {"s": symbol},
             )
         )
@@ -90,7 +90,7 @@ async def list_instruments(
 ) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
-            f"SELECT {_INSTRUMENT_COLUMNS} FROM market.instruments "
+            f"SELECT {_INSTRUMENT_COLUMNS} FROM market.instruments "  # nosec B608  # constant column lists and clauses; every value is a bind parameter
             "WHERE CAST(:after AS text) IS NULL OR symbol > :after ORDER BY symbol LIMIT :limit"
         ),
         {"after": after, "limit": limit},
@@ -162,7 +162,7 @@ _PRICE_COLUMNS = (
 async def get_prices(conn: AsyncConnection, symbols: Sequence[str]) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
-            f"SELECT {_PRICE_COLUMNS} FROM market.prices "
+            f"SELECT {_PRICE_COLUMNS} FROM market.prices "  # nosec B608  # constant column lists and clauses; every value is a bind parameter
             "WHERE symbol = ANY(CAST(:symbols AS text[])) ORDER BY symbol"
         ),
         {"symbols": list(symbols)},

@@ -50,7 +50,7 @@ from tickertap.portfolio.settings import PortfolioSettings
 log = logging.getLogger(__name__)
 
 EXIT_CLEAN, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
-TOKEN_ENV = "RECONCILE_LEDGER_TOKEN"  # noqa: S105 - a variable name, not a token
+TOKEN_ENV = "RECONCILE_LEDGER_TOKEN"  # noqa: S105 - a variable name, not a token  # nosec B105
 ACCOUNTS_PAGE_MAX = 200  # the ledger's bound on GET /v1/accounts
 ACCOUNT_PAGES_MAX = 1000  # an owner with more accounts than this many pages is an error
 OWNERS_PAGE_MAX = 500  # the ledger's bound on GET /v1/owners

@@ -152,7 +152,7 @@ async def save_holdings(conn: AsyncConnection, owner_id: uuid.UUID, h: d.Holding
     """Replace the portfolio's derived rows with `h` and mark it for an update event."""
     for table in ("balances", "positions", "lots", "realized"):
         await conn.execute(
-            text(f"DELETE FROM portfolio.{table} WHERE owner_id = :owner"), {"owner": owner_id}
+            text(f"DELETE FROM portfolio.{table} WHERE owner_id = :owner"), {"owner": owner_id}  # nosec B608  # table from the fixed tuple above
         )
     if h.balances:
         await conn.execute(
@@ -284,7 +284,7 @@ async def _update_portfolio(
         params["sources"] = json.dumps([[x.topic, x.partition, x.offset] for x in sources])
     await conn.execute(
         text(
-            "UPDATE portfolio.portfolios SET transfers_applied = :n, last_transfer_at = :at,"
+            "UPDATE portfolio.portfolios SET transfers_applied = :n, last_transfer_at = :at,"  # nosec B608  # new_sources is one of two constant expressions
             " updated_at = now(), dirty = true, dirty_since = coalesce(dirty_since, now()),"
             f" sources = {new_sources} WHERE owner_id = :owner"
         ),
@@ -655,7 +655,7 @@ async def record_prices(conn: AsyncConnection, batch: Sequence[SymbolPrices]) ->
     latest = [b.latest for b in batch]
     result = await conn.execute(
         text(
-            "WITH batch AS MATERIALIZED (SELECT * FROM unnest(CAST(:symbol AS text[]),"
+            "WITH batch AS MATERIALIZED (SELECT * FROM unnest(CAST(:symbol AS text[]),"  # nosec B608  # _BATCH_CLOSE_NEWER is a constant
             " CAST(:price AS numeric[]), CAST(:exchange_ts AS timestamptz[]),"
             " CAST(:received_at AS timestamptz[]), CAST(:topic AS text[]),"
             " CAST(:partition AS integer[]), CAST(:offset AS bigint[]),"
