@@ -36,6 +36,7 @@ TICKERTAP_ENVIRONMENT: {{ .root.Values.environment | quote }}
 TICKERTAP_LOG_LEVEL: {{ .root.Values.logLevel | quote }}
 TICKERTAP_HTTP_HOST: "0.0.0.0"
 TICKERTAP_HTTP_PORT: "8000"
+TICKERTAP_FORWARDED_ALLOW_IPS: {{ .root.Values.ingress.trustedProxies | quote }}
 TICKERTAP_DB_HOST: {{ .root.Values.postgres.host | quote }}
 TICKERTAP_DB_PORT: {{ .root.Values.postgres.port | quote }}
 TICKERTAP_DB_NAME: {{ .root.Values.postgres.database | quote }}

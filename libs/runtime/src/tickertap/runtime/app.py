@@ -373,14 +373,21 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
     """Run one service process (uvicorn, uvloop, httptools) until SIGTERM/SIGINT."""
     import uvicorn
 
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(app, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:
+    """How `serve` runs uvicorn. Forwarded headers are believed only from the proxies of
+    `forwarded_allow_ips` (uvicorn's own default would believe 127.0.0.1's)."""
+    return {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 10,
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
+    }

@@ -8,10 +8,11 @@ Secrets (the AppRole secret_id) come from a file or the environment, never a def
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tickertap.db import DatabaseSettings
@@ -26,6 +27,11 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(ge=1, le=65535)
     request_body_bytes_max: int = Field(default=1_048_576, ge=1024)
+    # the proxies (comma-separated addresses or networks, or "*") whose X-Forwarded-For
+    # and X-Forwarded-Proto are believed: the client address of per-IP rate limits and
+    # audit rows then comes from the header. Empty (the default): the TCP peer is the
+    # client and the headers are ignored, so a client cannot choose its own address.
+    forwarded_allow_ips: str = ""
 
     db_host: str
     db_port: int = Field(ge=1, le=65535)
@@ -54,6 +60,15 @@ class ServiceSettings(BaseSettings):
     # consumed event ids are kept this long to drop redeliveries, then forgotten
     inbox_retention_s: float = Field(default=7 * 24 * 3600, ge=3600)
     inbox_purge_interval_s: float = Field(default=3600, gt=0)
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if entry != "*":
+                ipaddress.ip_network(entry, strict=False)  # ValueError: not an address
+        return ",".join(entries)
 
     @model_validator(mode="after")
     def _one_secret_id(self) -> Self:
