@@ -150,7 +150,11 @@ TOKEN_FORM = _form_body(
     ["grant_type"],
 )
 REVOKE_FORM = _form_body(
-    {"token": "a refresh or access token", "token_type_hint": "ignored (RFC 7009)"}, ["token"]  # nosec B105  # descriptions
+    {
+        "token": "a refresh or access token",  # nosec B105  # OpenAPI field descriptions
+        "token_type_hint": "ignored (RFC 7009)",
+    },
+    ["token"],
 )
 
 

@@ -122,7 +122,8 @@ async def user_by_id(
     suffix = " FOR UPDATE" if lock else ""
     row = (
         await conn.execute(
-            text(f"SELECT {USER_COLUMNS} FROM auth.users WHERE id = :id{suffix}"), {"id": user_id}  # nosec B608  # constant column lists and clauses; every value is a bind parameter
+            text(f"SELECT {USER_COLUMNS} FROM auth.users WHERE id = :id{suffix}"),  # nosec B608
+            {"id": user_id},
         )
     ).first()
     return None if row is None else _user(row)

@@ -152,7 +152,8 @@ async def save_holdings(conn: AsyncConnection, owner_id: uuid.UUID, h: d.Holding
     """Replace the portfolio's derived rows with `h` and mark it for an update event."""
     for table in ("balances", "positions", "lots", "realized"):
         await conn.execute(
-            text(f"DELETE FROM portfolio.{table} WHERE owner_id = :owner"), {"owner": owner_id}  # nosec B608  # table from the fixed tuple above
+            text(f"DELETE FROM portfolio.{table} WHERE owner_id = :owner"),  # nosec B608
+            {"owner": owner_id},
         )
     if h.balances:
         await conn.execute(
