@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import secrets
 import uuid
 from typing import Any
 
@@ -17,7 +18,8 @@ from tickertap.auth.settings import AuthSettings
 ISSUER = "https://auth.tickertap.test"
 AUDIENCE = "tickertap"
 PASSWORD = "correct horse battery staple"
-_ips = itertools.count(1)
+# client addresses of their own per test run: the rate buckets of earlier runs stay in Postgres
+_ips = itertools.count(secrets.randbelow(1 << 23) + 1)
 
 
 def app_settings(stack: Any, secret_id: str, **overrides: Any) -> AuthSettings:

@@ -290,6 +290,20 @@ async def test_expired_rows_are_purged(api: AuthClient, db, auth: Auth):
     )
     assert (await api.refresh(pair["refresh_token"])).json()["error"] == "invalid_grant"
     assert (await api.refresh(live["refresh_token"])).status_code == 200
+    # a rate bucket idle long enough to be full again is like no row; a recent one stays
+    idle_s = max(auth.login_limit.refill_s, auth.register_limit.refill_s) + 1
+    await db.execute(
+        "INSERT INTO auth.rate_buckets (name, client, tokens, granted, updated_at) VALUES"
+        " ('login', 'purge-idle', 0, false, now() - make_interval(secs => $1)),"
+        " ('login', 'purge-recent', 0, false, now())",
+        idle_s,
+    )
+    await auth.purge_expired()
+    clients = await db.fetch(
+        "SELECT client FROM auth.rate_buckets WHERE client LIKE 'purge-%' ORDER BY client"
+    )
+    assert [row["client"] for row in clients] == ["purge-recent"]
+    await db.execute("DELETE FROM auth.rate_buckets WHERE client = 'purge-recent'")
 
 
 async def test_the_signing_key_rotates_on_its_schedule(auth: Auth):

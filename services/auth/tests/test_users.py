@@ -9,7 +9,17 @@ import uuid
 
 import pytest
 from argon2 import PasswordHasher, Type
-from auth_testkit import PASSWORD, AuthClient, bearer, client_for, new_email
+from auth_testkit import (
+    PASSWORD,
+    AuthClient,
+    app_settings,
+    bearer,
+    client_for,
+    new_email,
+    new_ip,
+)
+
+from tickertap.auth.main import create_app
 
 pytestmark = pytest.mark.stack
 
@@ -219,6 +229,34 @@ async def test_per_ip_rate_limits_on_login_and_registration(auth_app, auth):
     async with client_for(auth_app) as other:  # another client IP is not limited
         r = await other.post("/v1/users", json={"email": new_email(), "password": "short"})
         assert r.status_code == 422
+
+
+async def test_replicas_share_the_per_ip_limits(auth_app, auth, stack, vault_root):
+    """Two replicas of the service (two apps on the same Postgres): a client that spent
+    its registration burst at one is limited at the other too."""
+    secret_id = vault_root.auth.approle.generate_secret_id("auth")["data"]["secret_id"]
+    replica = create_app(app_settings(stack, secret_id))
+    ip = new_ip()
+    async with (
+        replica.router.lifespan_context(replica),
+        client_for(auth_app, ip) as first,
+        client_for(replica, ip) as second,
+    ):
+        statuses = []
+        for i in range(auth.settings.register_burst * 2):
+            http = first if i % 2 == 0 else second
+            r = await http.post("/v1/users", json={"email": new_email(), "password": "short"})
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                break
+        # one bucket: within two bursts (one a replica if each had its own), though
+        # a few more than one burst may pass as it refills on a slow machine
+        assert statuses[-1] == 429, statuses
+        r = await (second if http is first else first).post(
+            "/v1/users", json={"email": new_email(), "password": "short"}
+        )
+        assert r.status_code == 429
+        assert int(r.headers["Retry-After"]) >= 1
 
 
 async def test_emails_passwords_and_tokens_are_never_logged(api: AuthClient, caplog):

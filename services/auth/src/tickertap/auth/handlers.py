@@ -14,7 +14,6 @@ import logging
 import secrets
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -114,28 +113,34 @@ class Passwords:
         return self._hasher.check_needs_rehash(stored)
 
 
+CLIENT_CHARS_MAX = 64  # the longest client address kept as its own bucket's key
+
+
 class RateLimiter:
-    """Token buckets per client IP, in this replica's memory, at most `clients_max` kept
-    (least recently seen forgotten first)."""
+    """Token buckets per client IP, kept in Postgres so that every replica spends from the
+    same buckets: `burst` requests at once, then `rate_per_min`."""
 
-    def __init__(self, rate_per_min: float, burst: int, clients_max: int) -> None:
-        self._rate_per_s = rate_per_min / 60.0
-        self._burst = float(burst)
-        self._clients_max = clients_max
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+    def __init__(self, writer: AsyncEngine, name: str, rate_per_min: float, burst: int) -> None:
+        self._writer = writer
+        self.name = name
+        self.rate_per_s = rate_per_min / 60.0
+        self.burst = burst
 
-    def take(self, client: str | None, now_s: float | None = None) -> None:
+    @property
+    def refill_s(self) -> float:
+        """How long an emptied bucket takes to be full again."""
+        return self.burst / self.rate_per_s
+
+    async def take(self, client: str | None) -> None:
         """Spend one token of `client`'s bucket; `Throttled` with the wait when empty."""
-        now_s = time.monotonic() if now_s is None else now_s
-        key = client or "unknown"
-        tokens, at_s = self._buckets.pop(key, (self._burst, now_s))
-        tokens = min(self._burst, tokens + (now_s - at_s) * self._rate_per_s)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now_s)
-            raise d.Throttled((1.0 - tokens) / self._rate_per_s)
-        self._buckets[key] = (tokens - 1.0, now_s)
-        while len(self._buckets) > self._clients_max:
-            self._buckets.popitem(last=False)
+        # an address is at most 45 characters (IPv6 with IPv4); anything else shares one
+        key = client if client and len(client) <= CLIENT_CHARS_MAX else "unknown"
+        async with self._writer.begin() as conn:
+            granted, tokens = await repo.take_token(
+                conn, self.name, key, self.rate_per_s, self.burst
+            )
+        if not granted:
+            raise d.Throttled((1.0 - tokens) / self.rate_per_s)
 
 
 def _now() -> datetime:
@@ -170,12 +175,10 @@ class Auth:
         self._transit_key = settings.vault_role
         self._lockout = settings.lockout_policy()
         self.login_limit = RateLimiter(
-            settings.login_rate_per_min, settings.login_burst, settings.rate_limit_clients_max
+            writer, "login", settings.login_rate_per_min, settings.login_burst
         )
         self.register_limit = RateLimiter(
-            settings.register_rate_per_min,
-            settings.register_burst,
-            settings.rate_limit_clients_max,
+            writer, "register", settings.register_rate_per_min, settings.register_burst
         )
 
     # -- helpers -----------------------------------------------------------------------
@@ -312,7 +315,7 @@ class Auth:
     # -- users -------------------------------------------------------------------------
 
     async def register(self, email: str, password: str, ctx: RequestContext) -> UserView:
-        self.register_limit.take(ctx.ip)
+        await self.register_limit.take(ctx.ip)
         self._check_password(password)
         index = await self._email_index(email)
         ciphertext = await self._vault.encrypt(self._transit_key, email.strip().encode())
@@ -456,7 +459,7 @@ class Auth:
         self, email: str, password: str, scope: str | None, ctx: RequestContext
     ) -> TokenPair:
         try:
-            self.login_limit.take(ctx.ip)
+            await self.login_limit.take(ctx.ip)
         except d.Throttled as error:
             raise _oauth_throttled(error) from None
         index = await self._email_index(email)
@@ -537,7 +540,7 @@ class Auth:
         if (otp is None) == (recovery_code is None):
             raise d.OAuthError("invalid_request", "send exactly one of otp or recovery_code")
         try:
-            self.login_limit.take(ctx.ip)
+            await self.login_limit.take(ctx.ip)
         except d.Throttled as error:
             raise _oauth_throttled(error) from None
         digest = d.token_digest(mfa_token)
@@ -793,13 +796,17 @@ class Auth:
     # -- housekeeping ------------------------------------------------------------------
 
     async def purge_expired(self) -> int:
-        """Expired refresh tokens, MFA challenges, sessions and login throttles, in
-        bounded batches (revoked sessions are kept a day, for their owners' lists)."""
+        """Expired refresh tokens, MFA challenges, sessions, login throttles and refilled
+        rate buckets, in bounded batches (revoked sessions are kept a day, for their
+        owners' lists)."""
         total = 0
         while True:
             async with self._writer.begin() as conn:
                 purged = await repo.purge(
-                    conn, self.settings.purge_batch_max, self.settings.lockout_reset_s
+                    conn,
+                    self.settings.purge_batch_max,
+                    self.settings.lockout_reset_s,
+                    max(self.login_limit.refill_s, self.register_limit.refill_s),
                 )
             total += purged
             if purged < self.settings.purge_batch_max:

@@ -525,13 +525,53 @@ PURGES = (
 )
 
 
-async def purge(conn: AsyncConnection, batch_max: int, keep_s: float) -> int:
-    """Delete up to `batch_max` expired rows of each kind; returns how many went."""
+async def purge(conn: AsyncConnection, batch_max: int, keep_s: float, buckets_idle_s: float) -> int:
+    """Delete up to `batch_max` expired rows of each kind, and rate buckets idle for
+    `buckets_idle_s` (refilled: like no row); returns how many went."""
     purged = 0
     for statement in PURGES:
         result = await conn.execute(text(statement), {"batch": batch_max, "keep_s": keep_s})
         purged += result.rowcount
-    return purged
+    result = await conn.execute(
+        text(
+            "DELETE FROM auth.rate_buckets WHERE ctid IN (SELECT ctid FROM auth.rate_buckets "
+            "WHERE updated_at < now() - make_interval(secs => :idle_s) LIMIT :batch)"
+        ),
+        {"batch": batch_max, "idle_s": buckets_idle_s},
+    )
+    return purged + result.rowcount
+
+
+# -- rate limits -------------------------------------------------------------------------
+
+# One statement spends a token of a bucket, atomically across replicas (the row lock of
+# the upsert orders concurrent requests): the bucket refills at `rate_per_s` since its
+# last request, up to `burst`; a request is granted when a whole token is there.
+_REFILLED = (
+    "LEAST(CAST(:burst AS double precision), b.tokens + CAST(:rate_per_s AS double precision)"
+    " * GREATEST(0, EXTRACT(EPOCH FROM statement_timestamp() - b.updated_at)::double precision))"
+)
+_TAKE = text(
+    "INSERT INTO auth.rate_buckets AS b (name, client, tokens, granted, updated_at)"  # nosec B608  # _REFILLED is a constant
+    " VALUES (:name, :client, CAST(:burst AS double precision) - 1, true, statement_timestamp())"
+    " ON CONFLICT (name, client) DO UPDATE SET"
+    f" tokens = {_REFILLED} - CASE WHEN {_REFILLED} >= 1 THEN 1 ELSE 0 END,"
+    f" granted = {_REFILLED} >= 1,"
+    " updated_at = GREATEST(b.updated_at, statement_timestamp())"
+    " RETURNING tokens, granted"
+)
+
+
+async def take_token(
+    conn: AsyncConnection, name: str, client: str, rate_per_s: float, burst: int
+) -> tuple[bool, float]:
+    """Spend one token of bucket (`name`, `client`): (granted, tokens left)."""
+    row = (
+        await conn.execute(
+            _TAKE, {"name": name, "client": client, "rate_per_s": rate_per_s, "burst": burst}
+        )
+    ).one()
+    return bool(row.granted), float(row.tokens)
 
 
 # -- audit -----------------------------------------------------------------------------

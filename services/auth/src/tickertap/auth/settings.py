@@ -60,12 +60,12 @@ class AuthSettings(ServiceSettings):
     lockout_s_max: float = Field(default=3600.0, gt=0, le=7 * 86_400)
     lockout_reset_s: float = Field(default=86_400.0, gt=0)  # quiet time that forgets lockouts
 
-    # per-client-IP rate limits (token buckets; per replica): sustained rate and burst
+    # per-client-IP rate limits (token buckets in Postgres, shared by the replicas):
+    # sustained rate and burst
     login_rate_per_min: float = Field(default=60.0, gt=0, le=1_000_000)
     login_burst: int = Field(default=20, ge=1, le=1_000_000)
     register_rate_per_min: float = Field(default=10.0, gt=0, le=1_000_000)
     register_burst: int = Field(default=10, ge=1, le=1_000_000)
-    rate_limit_clients_max: int = Field(default=100_000, ge=100, le=10_000_000)
 
     # MFA
     totp_issuer: str = Field(default="tickerTap", min_length=1, max_length=64)
