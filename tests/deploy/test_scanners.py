@@ -1,5 +1,7 @@
-"""Security scanners over the deployment artifacts and the dependency lock.
+"""Security scanners over the code, the deployment artifacts and the dependency lock.
 
+- bandit ([tool.bandit] in pyproject.toml) over services/*/src and libs/*/src: no finding
+  left; each suppression is an inline `# nosec BXXX  # reason`.
 - checkov (.checkov.yaml) over deploy/docker/Dockerfile, the Helm chart as rendered with
   each values file, and docker-compose.yml with its env example (secrets only: checkov has
   no Compose framework): no failed check; every skip carries its reason where it is made.
@@ -8,8 +10,8 @@
   cannot be reached (no network, or an index mirror without PyPI's JSON API), this one test
   skips and says so; nothing else here may skip.
 
-Both run from .venv-tools, the scanners' own venv (`make install`; requirements/tools.in
-says why it is separate). bandit runs in `make lint`.
+All run from .venv-tools, the scanners' own venv (`make install`; requirements/tools.in
+says why it is separate).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rendering import ENVIRONMENTS, ROOT, render
 
 TOOLS_BIN = ROOT / ".venv-tools" / "bin"
+BANDIT_TIMEOUT_S = 300
 CHECKOV_TIMEOUT_S = 600  # its start-up alone takes ~30 s on a busy 2-core machine
 PIP_AUDIT_TIMEOUT_S = 300
 PIP_AUDIT_SOCKET_TIMEOUT_S = 15
@@ -55,6 +58,33 @@ def rendered_files(out_dir: Path) -> list[Path]:
 def checkov_reports(output: str) -> list[dict[str, Any]]:
     data = json.loads(output)
     return data if isinstance(data, list) else [data]
+
+
+def test_bandit_finds_nothing(tmp_path: Path) -> None:
+    sources = sorted(str(p) for p in (*ROOT.glob("services/*/src"), *ROOT.glob("libs/*/src")))
+    assert len(sources) >= 8, sources
+    report_path = tmp_path / "bandit.json"
+    command = [str(tool("bandit")), "-c", str(ROOT / "pyproject.toml"), "-q", "-f", "json"]
+    command += ["-o", str(report_path), "-r", *sources]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BANDIT_TIMEOUT_S,
+        check=False,
+    )
+    assert report_path.exists(), result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    findings = [
+        f"{r['test_id']} {r['filename']}:{r['line_number']} {r['issue_text']}"
+        for r in report["results"]
+    ]
+    totals = report["metrics"]["_totals"]
+    print(f"bandit: {totals['loc']} lines, {totals['skipped_tests']} suppressed inline")
+    assert findings == []
+    assert report["errors"] == []
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_checkov_finds_nothing(tmp_path: Path) -> None:
