@@ -114,6 +114,22 @@ def transfer_handler(scales: d.Scales, metrics: PortfolioMetrics | None = None) 
     return apply
 
 
+def transfer_batch_handler(
+    scales: d.Scales, metrics: PortfolioMetrics | None = None
+) -> BatchHandler:
+    """Transfers a consumer batch at a time: each applied as `transfer_handler` does, in
+    order, all in one transaction (one commit for the batch instead of one per transfer).
+    An unusable transfer fails the batch, which the consumer then applies one transfer
+    at a time (dead-lettering that one)."""
+    one = transfer_handler(scales, metrics)
+
+    async def apply(conn: AsyncConnection, events: Sequence[ConsumedEvent]) -> None:
+        for event in events:
+            await one(conn, event)
+
+    return apply
+
+
 def price_update(event: ConsumedEvent, skew_s_max: float) -> repo.PriceUpdate:
     """The decoded marketdata.prices.v1 record as a price; InvalidEvent if unusable."""
     record = event.record

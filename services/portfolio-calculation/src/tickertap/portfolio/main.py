@@ -22,7 +22,7 @@ from tickertap.portfolio.consumer import (
     PRICES_TOPIC,
     TRANSFERS_TOPIC,
     price_batch_handler,
-    transfer_handler,
+    transfer_batch_handler,
 )
 from tickertap.portfolio.metrics import PortfolioMetrics
 from tickertap.portfolio.reconcile_job import ReconcileMetrics, run_periodically
@@ -103,7 +103,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
         runtime.start_consumer(
             name="transfers",
             topics=[TRANSFERS_TOPIC],
-            handler=transfer_handler(settings.scales(), metrics),
+            batch_handler=transfer_batch_handler(settings.scales(), metrics),
             batch_max=settings.transfer_consumer_batch_max,
         )
         runtime.start_consumer(
