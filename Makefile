@@ -27,7 +27,7 @@ $(STAMP): requirements/lock.txt requirements/bootstrap.txt $(foreach p,$(PACKAGE
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation $(foreach p,$(PACKAGES),-e $(p))
 	@touch $@
 
-$(TOOLS_STAMP): requirements/tools-lock.txt $(STAMP)
+$(TOOLS_STAMP): requirements/tools-lock.txt | $(STAMP)
 	$(PYTHON) -m venv --without-pip $(TOOLS_VENV)
 	$(VENV)/bin/uv pip install --quiet --python $(TOOLS_VENV)/bin/python --require-hashes -r requirements/tools-lock.txt
 	@touch $@

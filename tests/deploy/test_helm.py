@@ -3,8 +3,8 @@ the environment files override only keys the defaults define, every `.Values` pa
 every per-service `$svc` key a template uses exists, and the security, probe, Vault and
 migration settings the deployment relies on are there.
 
-What this cannot check (no helm here): that the templates render and that the manifests
-validate against the Kubernetes schemas; helm/README.md says how to check that.
+These read the templates as text; test_helm_render.py renders them with Helm's Go SDK and
+checks what a cluster would receive (schemas, and the same settings on every workload).
 """
 
 from __future__ import annotations
