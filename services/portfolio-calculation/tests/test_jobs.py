@@ -27,11 +27,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from confluent_kafka import Producer
-from portfolio_testkit import TRANSFERS, Book, new_id, new_symbol, publish
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from portfolio_testkit import TRANSFERS, Book, new_id, new_symbol, produce, publish
 
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
+from tickertap.messaging import headers as h
 from tickertap.portfolio import domain as d
+from tickertap.portfolio import jobs
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[3]
@@ -276,6 +278,33 @@ async def test_who_may_submit_and_read(
     assert (r.status_code, r.json()["code"]) == (404, "portfolio_not_found")
 
 
+def dead_letters(bootstrap: str) -> dict[bytes, dict[str, str]]:
+    """Every message on portfolio.jobs.dlq.v1 (read by assignment), value -> headers."""
+    topic = h.dead_letter_topic(jobs.JOBS_TOPIC)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"jobs-test-{new_id()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        found: dict[bytes, dict[str, str]] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            batch = consumer.consume(500, 1.0)
+            if not batch and found:
+                break
+            for m in batch:
+                if m.error() is None and m.value() is not None:
+                    found[m.value()] = {k: v.decode() for k, v in m.headers() or []}
+        return found
+    finally:
+        consumer.close()
+
+
 async def submit(api: httpx.AsyncClient, history: History, headers: Any, body: Any) -> str:
     r = await api.post(f"/v1/portfolios/{history.owner}/reports", json=body, headers=headers)
     assert r.status_code == 202, r.text
@@ -289,11 +318,11 @@ async def test_workers_run_each_job_once_and_a_killed_workers_job_is_finished_by
 ) -> None:
     """Worker A claims a job and pauses before writing its result (the test-only
     --result-delay-s, for that job only: A also runs jobs other tests left queued) and is
-    SIGKILLed; worker B (started once A is gone: workers share
-    the topic, so A would take some of the other jobs) finishes it: one result, written by
-    attempt 2, attempt 1 recorded as expired. B also runs four report jobs submitted
-    meanwhile, whose figures match the table computed by hand and the domain computed
-    independently on the same transfers. (One test: each worker start joins the
+    SIGKILLed; worker B (started once A is gone: workers share the topic, so A would take
+    some of the other jobs) finishes it: one result, written by attempt 2, attempt 1
+    recorded as expired. B also dead-letters an undecodable event and runs four report
+    jobs submitted after it; their figures match the table computed by hand and the domain
+    computed independently on the same transfers. (One test: each worker start joins the
     consumer group, seconds each on the local broker.)"""
     owner = history.headers(mint_token)
     fifo_2026 = {"kind": "realized_pnl", "year": 2026, "method": "fifo"}
@@ -317,6 +346,9 @@ async def test_workers_run_each_job_once_and_a_killed_workers_job_is_finished_by
     }
     queued = await job_of(api, owner, submitted["fifo", 2026])
     assert (queued["status"], queued["attempts"], queued["result"]) == ("queued", 0, None)
+    garbage = f"not avro {new_id()}".encode()  # on the jobs' partition, before them
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
+    await asyncio.to_thread(produce, producer, jobs.JOBS_TOPIC, history.owner, garbage)
     with worker(tmp_path / "b.log", "--lease-s", "2", "--sweep-interval-s", "1"):
 
         async def all_done() -> bool:
@@ -345,6 +377,10 @@ async def test_workers_run_each_job_once_and_a_killed_workers_job_is_finished_by
         await db.close()
     assert tuple(row) == ("succeeded", 2, 2)
     assert [tuple(a) for a in attempts] == [(1, "expired"), (2, "succeeded")]
+    dead = await asyncio.to_thread(dead_letters, stack.kafka_bootstrap)
+    assert garbage in dead, "the undecodable event was not dead-lettered"
+    assert dead[garbage][h.DLQ_SOURCE_TOPIC] == jobs.JOBS_TOPIC
+    assert dead[garbage][h.DLQ_REASON] == "undecodable"
 
     for (method, year), job_id in submitted.items():
         job = await job_of(api, owner, job_id)

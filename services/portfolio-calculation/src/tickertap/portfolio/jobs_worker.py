@@ -38,26 +38,32 @@ import socket
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import faust
+from confluent_kafka import Producer
+from faust.types import Message
 from mode import Service
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tickertap.db import create_engine
+from tickertap.messaging import headers as h
+from tickertap.messaging.kafka import producer_config
 from tickertap.messaging.retry import is_transient_error
 from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import jobs
-from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import messaging_tables
 from tickertap.runtime.app import load_codec
+from tickertap.secrets import AppRoleLogin, CredentialRotator, TokenKeeper, Vault
 
 log = logging.getLogger(__name__)
+DLQ_FLUSH_S = 30.0
 
 
 class JobWorkerSettings(PortfolioSettings):
@@ -90,9 +96,22 @@ class JobStore(Service):
         self._exit = contextlib.AsyncExitStack()
 
     async def on_start(self) -> None:
-        self._engine = await self._exit.enter_async_context(
-            service_engine(self.settings, "portfolio-jobs")
-        )
+        """Log in as the service does and keep it up for the worker's life: the Vault token
+        renewed (or a new login) by a TokenKeeper, database credentials rotated with a grace
+        period, as the service's runtime does (ops.service_engine is for short commands)."""
+        s, stack = self.settings, self._exit
+        vault = Vault(s.vault_addr)
+        stack.callback(vault.close)
+        await vault.login_approle(AppRoleLogin(s.vault_role_id, s.secret_id()))
+        rotator = CredentialRotator(vault, s.vault_role, grace_s=s.db_credential_grace_s)
+        await rotator.start()
+        stack.push_async_callback(rotator.stop)  # after the pool is disposed
+        keeper = TokenKeeper(vault, [rotator])
+        keeper.start()
+        stack.push_async_callback(keeper.stop)
+        engine = create_engine(s.database(), rotator, application_name="portfolio-jobs")
+        stack.push_async_callback(engine.dispose)
+        self._engine = engine
         self.ready.set()
 
     async def on_stop(self) -> None:
@@ -114,16 +133,20 @@ class JobRunner:
         self.outbox = messaging_tables(settings.db_schema)[0]
         self.scales = settings.scales()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.dlq_producer = Producer(producer_config(settings.kafka_bootstrap_servers))
 
-    async def handle(self, value: bytes | None) -> None:
-        """One portfolio.jobs.v1 message; never raises (the sweeper retries what fails)."""
+    async def handle(self, message: Message) -> None:
+        """One portfolio.jobs.v1 message; never raises (the sweeper retries what fails). One
+        that cannot be decoded goes to portfolio.jobs.dlq.v1 (x-dlq-* headers) first."""
+        value = message.value
         if value is None:
             return
         try:
             record = self.codec.decode(value, jobs.JOBS_TOPIC)
             job_id = uuid.UUID(str(record["job_id"]))
         except Exception as exc:
-            log.warning("undecodable job event skipped", extra={"error": type(exc).__name__})
+            log.warning("undecodable job event dead-lettered", extra={"error": type(exc).__name__})
+            await asyncio.to_thread(self._dead_letter, message, type(exc).__name__, str(exc))
             return
         try:
             await self.run(job_id)
@@ -133,6 +156,37 @@ class JobRunner:
                 extra={"job_id": str(job_id), "error": type(exc).__name__},
                 exc_info=not is_transient_error(exc),
             )
+
+    def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
+        """The message unchanged (key, value, headers) with the x-dlq-* headers, acknowledged
+        by the broker before the offset moves on; a broker that does not take it within the
+        producer's timeout raises, and the agent stops there (the event is not lost)."""
+        raw = message.headers or []
+        pairs = list(raw.items()) if isinstance(raw, Mapping) else list(raw)
+        headers: list[tuple[str, str | bytes | None]] = [
+            (k, v) for k, v in pairs if k not in h.DLQ_HEADERS
+        ]
+        headers += h.encode_headers(
+            {
+                h.DLQ_REASON: "undecodable",
+                h.DLQ_DETAIL: f"{reason}: {detail}"[: h.DLQ_DETAIL_CHARS_MAX],
+                h.DLQ_SOURCE_TOPIC: message.topic,
+                h.DLQ_SOURCE_PARTITION: str(message.partition),
+                h.DLQ_SOURCE_OFFSET: str(message.offset),
+                h.DLQ_CONSUMER_GROUP: self.settings.job_group,
+            }
+        )
+        errors: list[Any] = []
+        self.dlq_producer.produce(
+            h.dead_letter_topic(jobs.JOBS_TOPIC),
+            key=message.key,
+            value=message.value,
+            headers=headers,
+            on_delivery=lambda err, _: errors.append(err),
+        )
+        left = self.dlq_producer.flush(DLQ_FLUSH_S)
+        if left or errors != [None]:
+            raise RuntimeError(f"dead-lettering failed: {errors or 'timed out'}")
 
     async def run(self, job_id: uuid.UUID) -> None:
         s = self.settings
@@ -257,8 +311,8 @@ def build_app(settings: JobWorkerSettings, runner: JobRunner) -> faust.App:
 
     @app.agent(topic, concurrency=settings.job_concurrency)
     async def run_jobs(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
-            await runner.handle(value)
+        async for event in stream.events():
+            await runner.handle(event.message)
 
     @app.timer(settings.job_sweep_interval_s)  # type: ignore[untyped-decorator]  # faust's
     async def sweep() -> None:
