@@ -333,6 +333,9 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
         version=definition.version,
         description=definition.description,
         lifespan=lifespan,
+        # metrics are Prometheus (/metrics); FastAPI's OpenTelemetry hooks would only look
+        # for global providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     app.include_router(
