@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from fastapi import APIRouter, FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.json_schema import models_json_schema
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 StartHook = Callable[["ServiceRuntime"], Awaitable[None]]
 KAFKA_STATS_INTERVAL_MS = 5_000
+RELAY_PROCESS_STOP_S_MAX = 15.0
 INBOX_PURGE_BATCH_MAX = 10_000
 
 
@@ -261,6 +264,57 @@ async def _report_backlog(runtime: ServiceRuntime, interval_s: float = 5.0) -> N
         await asyncio.sleep(interval_s)
 
 
+async def _start_relay_process(runtime: ServiceRuntime, service: str) -> None:
+    """The outbox relay as a child process (`tickertap.runtime.relay_process`) with this
+    service's settings; its exit fails readiness, and it is stopped with the service."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tickertap.runtime.relay_process",
+        service,
+        env={**os.environ, **_settings_env(runtime.settings)},
+    )
+    stopping = False
+
+    async def supervise() -> None:
+        code = await process.wait()
+        if not stopping:
+            log.error("outbox relay process exited", extra={"exit_code": code})
+
+    async def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        if process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), RELAY_PROCESS_STOP_S_MAX)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    runtime.spawn(supervise(), "outbox-relay-process")
+    runtime.on_stop(stop)
+
+
+def _settings_env(settings: ServiceSettings) -> dict[str, str]:
+    """The shared settings as the `TICKERTAP_*` variables that give them back (a service's
+    own defaults, such as its schema, and settings built in code reach the child too)."""
+    env: dict[str, str] = {}
+    for name in ServiceSettings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list | tuple | dict):
+            value = json.dumps(value)  # pydantic-settings reads complex values as JSON
+        env[f"TICKERTAP_{name.upper()}"] = str(value)
+    return env
+
+
 def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
     configure_logging(definition.name, settings.log_level)
     metrics = Metrics(definition.name)
@@ -309,8 +363,11 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
             app.state.runtime = runtime
             if definition.migrations is not None:
                 await upgrade_to_head(writer, definition.migrations, settings.db_schema)
-            runtime.spawn(runtime.relay.run(), "outbox-relay")
-            runtime.on_stop(_stopper(runtime.relay.stop))
+            if settings.outbox_relay_process:
+                await _start_relay_process(runtime, definition.name)
+            else:
+                runtime.spawn(runtime.relay.run(), "outbox-relay")
+                runtime.on_stop(_stopper(runtime.relay.stop))
             runtime.spawn(_report_backlog(runtime), "outbox-backlog", graceful=False)
             runtime.spawn(_purge_inbox(runtime), "inbox-purge", graceful=False)
             for hook in definition.on_start:

@@ -56,6 +56,9 @@ class ServiceSettings(BaseSettings):
     schemas_dir: Path | None = None  # defaults to the repository's schemas/avro
 
     readiness_timeout_s: float = Field(default=2.0, gt=0)
+    # publish the outbox from a child process (tickertap.runtime.relay_process) instead of
+    # the API's event loop: the relay's CPU then runs beside the requests, not among them
+    outbox_relay_process: bool = False
 
     # consumed event ids are kept this long to drop redeliveries, then forgotten
     inbox_retention_s: float = Field(default=7 * 24 * 3600, ge=3600)
