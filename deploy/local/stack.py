@@ -47,11 +47,17 @@ OPTIONAL_CHILDREN = frozenset({DEMO_FEED, JOB_WORKER})
 DEMO_FEED_SYMBOLS = 10
 DEMO_FEED_RATE_PER_S = 20
 DEMO_FEED_DESCRIPTION = f"{DEMO_FEED_RATE_PER_S} ticks/s for {DEMO_FEED_SYMBOLS} symbols"
-# The portfolio service's periodic reconciliation asks the ledger's API with tokens of this
+# The portfolio service's periodic reconciliation asks the ledger's API with tokens of a
 # machine client (client-credentials grant at auth), provisioned at every start with a new
 # secret (see provision_reconcile_client); the bench profile turns the job off.
 RECONCILE_CLIENT = "portfolio-reconcile"
 RECONCILE_CLIENT_TIMEOUT_S = 60
+
+
+def reconcile_client_id(cfg: StackConfig) -> str:
+    """One client per launcher (its port block): launchers that share servers, as
+    tests/e2e/test_external_servers.py does, never rotate each other's secret."""
+    return f"{RECONCILE_CLIENT}-{cfg.port_base}"
 
 
 def reconcile_secret_file(cfg: StackConfig) -> Path:
@@ -64,7 +70,7 @@ def reconcile_env(cfg: StackConfig) -> dict[str, str]:
     env = {
         "TICKERTAP_RECONCILE_LEDGER_URL": cfg.service_url(by_name["ledger"]),
         "TICKERTAP_RECONCILE_TOKEN_URL": f"{cfg.service_url(by_name['auth'])}/oauth/token",
-        "TICKERTAP_RECONCILE_CLIENT_ID": RECONCILE_CLIENT,
+        "TICKERTAP_RECONCILE_CLIENT_ID": reconcile_client_id(cfg),
         "TICKERTAP_RECONCILE_CLIENT_SECRET_FILE": str(reconcile_secret_file(cfg)),
     }
     if cfg.profile == "bench":  # benchmarks measure the event path, not a 10,000-owner walk
@@ -126,8 +132,9 @@ def provision_reconcile_client(cfg: StackConfig, creds: dict[str, dict[str, str]
     env = service_env(
         cfg, auth, creds[auth.schema]["role_id"], cfg.secrets_dir / f"{auth.schema}.secret_id"
     )
+    client_id = reconcile_client_id(cfg)
     argv = [parts.python(), "-m", "tickertap.auth.cli", "--operator", "stack.py"]
-    argv += ["set-client", RECONCILE_CLIENT, "--scope", "ledger:read", "--role", "support"]
+    argv += ["set-client", client_id, "--scope", "ledger:read", "--role", "support"]
     argv += ["--secret-file", str(reconcile_secret_file(cfg))]
     done = subprocess.run(
         argv,
@@ -139,7 +146,7 @@ def provision_reconcile_client(cfg: StackConfig, creds: dict[str, dict[str, str]
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"provisioning {RECONCILE_CLIENT} failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"provisioning {client_id} failed: {done.stderr[-2000:]}")
 
 
 def demo_feed_child(cfg: StackConfig) -> Child | None:
