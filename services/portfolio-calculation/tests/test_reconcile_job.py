@@ -29,7 +29,12 @@ from prometheus_client import CollectorRegistry
 
 from tickertap.money import install_context
 from tickertap.portfolio.ops import service_engine
-from tickertap.portfolio.reconcile import ledger_client, machine_token, reconcile
+from tickertap.portfolio.reconcile import (
+    TokenUnavailable,
+    ledger_client,
+    machine_token,
+    reconcile,
+)
 from tickertap.portfolio.reconcile_job import (
     LOCK_KEY,
     ReconcileMetrics,
@@ -241,6 +246,20 @@ async def test_a_replica_skips_the_round_another_one_holds(settings, engine, led
     outcome = await run_once(engine, ledger_http, settings, metrics, only=only)
     assert outcome.ran
     assert value(registry, "portfolio_reconcile_runs_total", result="ok") == 1
+
+
+async def test_a_refused_token_is_an_error_run(stack, engine):
+    wrong = stack_settings(
+        stack, reconcile_client_secret="not-the-secret", reconcile_client_secret_file=None
+    )
+    registry = CollectorRegistry()
+    metrics = ReconcileMetrics(registry)
+    assert wrong.reconcile_ledger_url is not None
+    async with ledger_client(wrong, wrong.reconcile_ledger_url, machine_token(wrong)) as client:
+        with pytest.raises(TokenUnavailable, match="401 \\(invalid_client\\)"):
+            await run_once(engine, client, wrong, metrics, only=[uuid.uuid4()])
+    assert value(registry, "portfolio_reconcile_runs_total", result="error") == 1
+    assert value(registry, "portfolio_reconcile_last_success_timestamp_seconds") == 0
 
 
 async def test_the_walk_covers_ledger_customers_without_a_portfolio_and_many_accounts(

@@ -33,7 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tickertap.portfolio.reconcile import (
     ClientCredentialsToken,
+    LedgerUnavailable,
     Report,
+    TokenUnavailable,
     ledger_client,
     machine_token,
     reconcile,
@@ -110,7 +112,9 @@ async def run_once(
             )
     except Exception as exc:
         metrics.runs.labels(result="error").inc()
-        log.error("reconciliation failed", extra={"error": type(exc).__name__})
+        # ours name a status, an OAuth error code or an owner id; others only their type
+        detail = str(exc) if isinstance(exc, LedgerUnavailable | TokenUnavailable) else None
+        log.error("reconciliation failed", extra={"error": type(exc).__name__, "detail": detail})
         raise
     duration_s = time.perf_counter() - started
     metrics.drift_portfolios.set(report.drifting)
