@@ -245,8 +245,19 @@ def update_record(s: Snapshot, now: datetime) -> dict[str, Any]:
     }
 
 
+class _Encoded:
+    """An outbox Encoder handing back records encoded earlier, by event id: the publisher
+    encodes before its write transaction, so that transaction stays short."""
+
+    def __init__(self, values: Mapping[str, bytes]) -> None:
+        self._values = values
+
+    def encode(self, schema_name: str, record: Mapping[str, Any], /) -> bytes:
+        return self._values[str(record["event_id"])]
+
+
 async def publish_due(
-    conn: AsyncConnection,
+    engine: AsyncEngine,
     outbox: Table,
     codec: Encoder,
     *,
@@ -258,28 +269,57 @@ async def publish_due(
     """Add an update event for each dirty portfolio whose last one is `interval_ms` old,
     computed from the current state (so always the latest); how many were published.
 
-    Why no change is lost: a due portfolio's row is locked here (others are skipped),
-    and the flag is cleared in the same transaction that reads the state. A transfer
-    locks the row too, so it either waits and sets the flag again or is skipped over.
-    A price marks holders only where the flag is clear, so a price committed after
-    the state was read would be lost: its lock, held while it is applied, makes this
-    transaction skip such a portfolio (try-lock, never wait: no deadlock) until the
-    price is in, and a price that starts later waits for these shared locks and then
-    finds the flag cleared and sets it.
+    Two transactions, so that no lock is held while portfolios are valued and encoded
+    (the price consumer waits for none of that):
+
+    1. read (repeatable read, read only: one consistent snapshot, no locks): the due
+       portfolios, their positions, cash and prices; then, outside any transaction,
+       their values and encoded update events;
+    2. write (short): lock the rows of those still due (skip locked: a transfer being
+       applied), keep those whose state did not change since the read (`updated_at`,
+       which every transfer sets), add their events to the outbox and clear their flag,
+       unless a price of a symbol they hold moved since the read or is being applied:
+       such a portfolio is published with what was read and stays marked, so its next
+       update (one interval later) carries the newer price.
+
+    Why no change is lost: a transfer locks the portfolio's row, so it waits for step 2
+    and sets the flag again, or commits before it and is seen by the `updated_at` check.
+    A price marks holders only where the flag is clear, so a price committed after the
+    read would be lost if the flag were cleared: step 2 shares the price locks of the
+    symbols (try-lock, never wait: no deadlock) BEFORE it compares the stored prices with
+    the ones read, so a price is either committed and seen, or being applied (busy), or
+    waits for step 2's commit and then finds the flag cleared and sets it.
     """
-    await repo.see_all(conn)
-    due = await repo.due_for_update(conn, interval_ms, batch_max)
-    if not due:
+    async with engine.connect() as reader:
+        reader = await reader.execution_options(isolation_level="REPEATABLE READ")
+        async with reader.begin():
+            await repo.see_all(reader)
+            due = await repo.due_for_update(reader, interval_ms, batch_max, lock=False)
+            if not due:
+                return 0
+            found = await snapshots(reader, due, base_currency, scales)
+    if not found:
         return 0
     now = datetime.now(UTC)
-    found = await snapshots(conn, due, base_currency, scales, skip_busy_prices=True)
-    events = [
-        OutboxEvent(UPDATES_TOPIC, update_record(s, now), str(owner_id))
-        for owner_id, s in found.items()
-    ]
-    await add_events(conn, outbox, codec, events, notify=True)
-    await repo.mark_published(conn, list(found))
-    return len(found)
+    records = {owner_id: update_record(s, now) for owner_id, s in found.items()}
+    encoded = _Encoded(
+        {str(r["event_id"]): codec.encode(UPDATES_TOPIC, r) for r in records.values()}
+    )
+    async with engine.begin() as conn:
+        await repo.see_all(conn)
+        current = await repo.lock_due(conn, list(found), interval_ms)
+        ready = [o for o in found if o in current and current[o] == found[o].portfolio.updated_at]
+        if not ready:
+            return 0
+        read_prices = {symbol: p.event for o in ready for symbol, p in found[o].prices.items()}
+        held = {o: [f.symbol for f in found[o].fifo.positions] for o in ready}
+        symbols = {symbol for symbols in held.values() for symbol in symbols}
+        busy = await repo.busy_prices(conn, symbols)  # first: see the docstring
+        moved = busy | await repo.prices_moved(conn, symbols, read_prices)
+        events = [OutboxEvent(UPDATES_TOPIC, records[o], str(o)) for o in ready]
+        await add_events(conn, outbox, encoded, events, notify=True)
+        await repo.mark_published(conn, {o: not moved.intersection(held[o]) for o in ready})
+    return len(ready)
 
 
 async def snapshot_valuations(

@@ -46,16 +46,15 @@ async def publish_updates(
         try:
             while True:
                 started = time.perf_counter()
-                async with runtime.writer.begin() as conn:
-                    added = await handlers.publish_due(
-                        conn,
-                        runtime.outbox,
-                        runtime.codec,
-                        interval_ms=settings.update_interval_ms,
-                        batch_max=settings.update_batch_max,
-                        base_currency=settings.base_currency,
-                        scales=scales,
-                    )
+                added = await handlers.publish_due(
+                    runtime.writer,
+                    runtime.outbox,
+                    runtime.codec,
+                    interval_ms=settings.update_interval_ms,
+                    batch_max=settings.update_batch_max,
+                    base_currency=settings.base_currency,
+                    scales=scales,
+                )
                 if added:
                     metrics.updates_published.inc(added)
                     metrics.update_batch_duration.observe(time.perf_counter() - started)

@@ -811,27 +811,79 @@ async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, Sto
 
 
 async def due_for_update(
-    conn: AsyncConnection, interval_ms: int, batch_max: int
+    conn: AsyncConnection, interval_ms: int, batch_max: int, *, lock: bool = True
 ) -> Sequence[uuid.UUID]:
-    """Dirty portfolios whose last update is at least `interval_ms` old, locked (skip locked)."""
+    """Dirty portfolios whose last update is at least `interval_ms` old, longest waiting
+    first; with `lock`, locked (skip locked)."""
     rows = await conn.execute(
         text(
             "SELECT owner_id FROM portfolio.portfolios WHERE dirty AND (last_published_at IS NULL"
             " OR last_published_at <= now() - make_interval(secs => :interval_s))"
-            " ORDER BY dirty_since LIMIT :batch FOR UPDATE SKIP LOCKED"
+            " ORDER BY dirty_since LIMIT :batch" + (" FOR UPDATE SKIP LOCKED" if lock else "")
         ),
         {"interval_s": interval_ms / 1000, "batch": batch_max},
     )
     return [r.owner_id for r in rows]
 
 
-async def mark_published(conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]) -> None:
+async def lock_due(
+    conn: AsyncConnection, owner_ids: Sequence[uuid.UUID], interval_ms: int
+) -> dict[uuid.UUID, datetime]:
+    """Lock those of `owner_ids` still due for an update (skip locked: a transfer is being
+    applied to it); their `updated_at`, which tells whether a transfer changed them."""
+    rows = await conn.execute(
+        text(
+            "SELECT owner_id, updated_at FROM portfolio.portfolios WHERE owner_id = ANY(:owners)"
+            " AND dirty AND (last_published_at IS NULL"
+            " OR last_published_at <= now() - make_interval(secs => :interval_s))"
+            " ORDER BY owner_id FOR UPDATE SKIP LOCKED"
+        ),
+        {"owners": list(owner_ids), "interval_s": interval_ms / 1000},
+    )
+    return {r.owner_id: r.updated_at for r in rows}
+
+
+async def prices_moved(
+    conn: AsyncConnection, symbols: Iterable[str], read: Mapping[str, Source]
+) -> set[str]:
+    """Those of `symbols` whose stored price is no longer the event `read[symbol]` (or
+    now exists where none was read)."""
+    wanted = sorted(set(symbols))
+    if not wanted:
+        return set()
+    rows = await conn.execute(
+        text(
+            "SELECT s.symbol FROM unnest(CAST(:symbols AS text[]), CAST(:topics AS text[]),"
+            " CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]))"
+            ' AS s(symbol, topic, partition, "offset")'
+            " LEFT JOIN portfolio.prices p ON p.symbol = s.symbol"
+            " WHERE (p.event_topic, p.event_partition, p.event_offset)"
+            ' IS DISTINCT FROM (s.topic, s.partition, s."offset")'
+        ),
+        {
+            "symbols": wanted,
+            "topics": [read[s].topic if s in read else None for s in wanted],
+            "partitions": [read[s].partition if s in read else None for s in wanted],
+            "offsets": [read[s].offset if s in read else None for s in wanted],
+        },
+    )
+    return {r.symbol for r in rows}
+
+
+async def mark_published(conn: AsyncConnection, clean: Mapping[uuid.UUID, bool]) -> None:
+    """Record the update of each portfolio of `clean` (locked by the caller); clear its
+    flag where `clean[owner]`, else leave it marked and put it last in line."""
+    if not clean:
+        return
+    owners = sorted(clean)
     await conn.execute(
         text(
-            "UPDATE portfolio.portfolios SET dirty = false, dirty_since = NULL,"
-            " last_published_at = now() WHERE owner_id = ANY(:owners)"
+            "UPDATE portfolio.portfolios p SET last_published_at = now(), dirty = NOT c.clean,"
+            " dirty_since = CASE WHEN c.clean THEN NULL ELSE now() END"
+            " FROM unnest(CAST(:owners AS uuid[]), CAST(:clean AS boolean[])) AS c(owner, clean)"
+            " WHERE p.owner_id = c.owner"
         ),
-        {"owners": list(owner_ids)},
+        {"owners": owners, "clean": [clean[o] for o in owners]},
     )
 
 
