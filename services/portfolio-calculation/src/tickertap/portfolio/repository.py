@@ -817,7 +817,7 @@ async def due_for_update(
     first; with `lock`, locked (skip locked)."""
     rows = await conn.execute(
         text(
-            "SELECT owner_id FROM portfolio.portfolios WHERE dirty AND (last_published_at IS NULL"
+            "SELECT owner_id FROM portfolio.portfolios WHERE dirty AND (last_published_at IS NULL"  # nosec B608  # a constant suffix
             " OR last_published_at <= now() - make_interval(secs => :interval_s))"
             " ORDER BY dirty_since LIMIT :batch" + (" FOR UPDATE SKIP LOCKED" if lock else "")
         ),
