@@ -94,6 +94,7 @@ QUIET_WAIT_S = 30.0
 SERVICE_START_ATTEMPTS = 3
 HTTP_PORT_OFFSET = 45  # odd and unused by the stack (services 1-4, Vault 20, PG 32, Kafka 92)
 SERVICE_RETRY_PAUSE_S = 2.0
+RESET_ATTEMPTS = 5
 PRODUCER_OVERRIDES = {"linger.ms": 5}
 PRODUCE_FLUSH_TIMEOUT_S = 120.0
 READ_BATCH_MAX = 5000
@@ -270,8 +271,17 @@ async def reset_portfolio_state(admin_url: str) -> None:
             )
             if r["tablename"] != "alembic_version"
         ]
-        if names:
-            await conn.execute(f"TRUNCATE {', '.join('portfolio.' + n for n in names)}")
+        # the service already runs (it migrated the schema): its readers can deadlock
+        # with the TRUNCATE, which then simply goes again
+        for attempt in range(1, RESET_ATTEMPTS + 1):
+            try:
+                if names:
+                    await conn.execute(f"TRUNCATE {', '.join('portfolio.' + n for n in names)}")
+                break
+            except asyncpg.DeadlockDetectedError:
+                if attempt == RESET_ATTEMPTS:
+                    raise
+                await asyncio.sleep(SERVICE_RETRY_PAUSE_S)
     finally:
         await conn.close()
 
