@@ -43,6 +43,7 @@ DEMO_FEED = "demo-feed"
 # them, by default one in the dev profile and none in test (the job tests start their own)
 # and bench. Jobs wait in Postgres while none runs, so a dead one does not stop the stack.
 JOB_WORKER = "portfolio-jobs-worker"
+JOB_WORKERS_MAX = 8
 OPTIONAL_CHILDREN = frozenset({DEMO_FEED, JOB_WORKER})
 DEMO_FEED_SYMBOLS = 10
 DEMO_FEED_RATE_PER_S = 20
@@ -174,9 +175,17 @@ def demo_feed_child(cfg: StackConfig) -> Child | None:
     return Child(DEMO_FEED, argv, cfg.logs_dir / f"{DEMO_FEED}.log", env=env, cwd=ROOT)
 
 
+def job_worker_count(cfg: StackConfig) -> int:
+    """TICKERTAP_JOB_WORKERS, by default 1 in the dev profile and 0 in the others."""
+    count = int(os.environ.get("TICKERTAP_JOB_WORKERS", "1" if cfg.profile == "dev" else "0"))
+    if not 0 <= count <= JOB_WORKERS_MAX:
+        raise SystemExit(f"TICKERTAP_JOB_WORKERS must be in [0, {JOB_WORKERS_MAX}]")
+    return count
+
+
 def job_worker_children(cfg: StackConfig, role_id: str, secret_file: Path) -> list[Child]:
     """`python -m tickertap.portfolio.jobs_worker` processes, in the portfolio service's env."""
-    count = int(os.environ.get("TICKERTAP_JOB_WORKERS", "1" if cfg.profile == "dev" else "0"))
+    count = job_worker_count(cfg)
     portfolio = next(svc for svc in SERVICES if svc.name == "portfolio-calculation")
     env = service_env(cfg, portfolio, role_id, secret_file)
     argv = [parts.python(), "-m", "tickertap.portfolio.jobs_worker"]
