@@ -197,7 +197,8 @@ def build_router(auth: BearerAuth) -> APIRouter:
     async def get_job(job_id: uuid.UUID, request: Request, principal: Anyone) -> dict[str, Any]:
         """The job's status, attempts and times; its result once succeeded (amounts as
         strings), its error code once failed. The job of another's portfolio is 404."""
-        async with engine_of(request, "reader").begin() as conn:
+        # the primary, not a replica: a client polls the Location right after the 202
+        async with engine_of(request, "writer").begin() as conn:
             if not READ_ALL.isdisjoint(principal.roles):
                 await repo.see_all(conn)
             else:
