@@ -50,8 +50,10 @@ PAGED_ACCOUNTS = 205  # more than the largest page of the ledger's account list 
 CONCURRENCY = 16
 
 
-def stack_settings(stack: Any, **overrides: Any) -> PortfolioSettings:
-    """The portfolio service's settings exactly as the launcher builds its environment."""
+def stack_settings(stack: Any, secret_id_file: Path, **overrides: Any) -> PortfolioSettings:
+    """The portfolio service's settings as the launcher builds its environment, with a
+    fresh AppRole secret_id (a test that reruns the bootstrap, test_external_servers.py,
+    destroys the ones the stack's files hold)."""
     sys.path.insert(0, str(ROOT / "deploy" / "local"))
     from config import SERVICES, StackConfig
     from stack import service_env
@@ -61,7 +63,7 @@ def stack_settings(stack: Any, **overrides: Any) -> PortfolioSettings:
         StackConfig.from_env(),
         spec,
         stack.role_id(spec.schema),
-        stack.secrets_dir / f"{spec.schema}.secret_id",
+        secret_id_file,
     )
     fields: dict[str, Any] = {
         k.removeprefix("TICKERTAP_").lower(): v
@@ -73,9 +75,17 @@ def stack_settings(stack: Any, **overrides: Any) -> PortfolioSettings:
 
 
 @pytest.fixture
-async def settings(stack) -> PortfolioSettings:
+def secret_id_file(approle_secret_id, tmp_path) -> Path:
+    path = tmp_path / "portfolio.secret_id"
+    path.write_text(approle_secret_id("portfolio"))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+async def settings(stack, secret_id_file) -> PortfolioSettings:
     install_context()
-    return stack_settings(stack, reconcile_interval_s=1.0, reconcile_settle_s=0.2)
+    return stack_settings(stack, secret_id_file, reconcile_interval_s=1.0, reconcile_settle_s=0.2)
 
 
 @pytest.fixture
@@ -140,7 +150,7 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return 0.0 if found is None else found
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(secret_id_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The command as an operator runs it: through the launcher, with no token of its own
     (the service's machine client gives it one)."""
     return subprocess.run(
@@ -150,6 +160,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
             "exec",
             "portfolio-calculation",
             "--",
+            "env",
+            f"TICKERTAP_VAULT_SECRET_ID_FILE={secret_id_file}",
             "python",
             "-m",
             "tickertap.portfolio.reconcile",
@@ -165,7 +177,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_job_reports_no_drift_then_a_corrupted_portfolio(
-    settings, engine, ledger: Ledger, db, caplog
+    settings, secret_id_file, engine, ledger: Ledger, db, caplog
 ):
     owner = new_id()
     await ledger.funded(owner, "40.00")
@@ -204,7 +216,7 @@ async def test_the_job_reports_no_drift_then_a_corrupted_portfolio(
             assert any(getattr(r, "drifting", None) == 1 for r in summary)
 
             # the operator's command says the same, with exit 1
-            done = await asyncio.to_thread(run_cli, f"--portfolio={owner}")
+            done = await asyncio.to_thread(run_cli, secret_id_file, f"--portfolio={owner}")
             assert done.returncode == 1, done.stdout + done.stderr
             report = json.loads(done.stdout)
             assert report["drifting"] == 1
@@ -248,9 +260,12 @@ async def test_a_replica_skips_the_round_another_one_holds(settings, engine, led
     assert value(registry, "portfolio_reconcile_runs_total", result="ok") == 1
 
 
-async def test_a_refused_token_is_an_error_run(stack, engine):
+async def test_a_refused_token_is_an_error_run(stack, secret_id_file, engine):
     wrong = stack_settings(
-        stack, reconcile_client_secret="not-the-secret", reconcile_client_secret_file=None
+        stack,
+        secret_id_file,
+        reconcile_client_secret="not-the-secret",
+        reconcile_client_secret_file=None,
     )
     registry = CollectorRegistry()
     metrics = ReconcileMetrics(registry)
