@@ -420,15 +420,33 @@ _PRIMITIVE_ENCODERS: dict[str, _Encoder] = {
 }
 
 
-def _decimal_encoder(precision: int, scale: int) -> _Encoder:
+def _decimal_encoder(precision: int, scale: int, *, as_bytes: bool = False) -> _Encoder:
     # Quantizing to the schema's scale in a context of the schema's precision that traps
     # Inexact and InvalidOperation rejects exactly the values that would need rounding (more
     # significant places than `scale`) or more digits than `precision`; trailing zeros beyond
     # the scale are dropped without changing the value.
+    #
+    # `as_bytes` (a bytes-backed decimal outside a union of several branches): hand fastavro
+    # the two's-complement big-endian unscaled value, byte for byte what it writes itself for
+    # the Decimal, made here at a fraction of its cost (a decimal(38, 18) is ~20 us in
+    # fastavro; an update event of the portfolio service carries about fifty).
     context = Context(prec=precision, rounding=ROUND_HALF_EVEN, traps=[Inexact, InvalidOperation])
     quantum = Decimal((0, (1,), -scale))
+    checked = _checked_decimal(precision, scale, context, quantum)
+    if not as_bytes:
+        return checked
 
-    def encode_decimal(datum: Any) -> Any:
+    def encode_decimal_bytes(datum: Any) -> Any:
+        unscaled = int(checked(datum).scaleb(scale, context))
+        return unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
+
+    return encode_decimal_bytes
+
+
+def _checked_decimal(
+    precision: int, scale: int, context: Context, quantum: Decimal
+) -> Callable[[Any], Decimal]:
+    def encode_decimal(datum: Any) -> Decimal:
         if not isinstance(datum, Decimal):
             raise _Invalid(f"expected a Decimal, got {_got(datum)}")
         if not datum.is_finite():
@@ -495,7 +513,7 @@ def _logical_encoder(node: dict[str, Any], kind: str) -> _Encoder:
     Avro specification requires."""
     logical_type = node.get("logicalType")
     if logical_type == "decimal" and kind == "bytes":
-        return _decimal_encoder(int(node["precision"]), int(node.get("scale", 0)))
+        return _decimal_encoder(int(node["precision"]), int(node.get("scale", 0)), as_bytes=True)
     if logical_type in ("timestamp-millis", "timestamp-micros") and kind == "long":
         return _encode_timestamp
     if logical_type in ("local-timestamp-millis", "local-timestamp-micros") and kind == "long":
@@ -600,6 +618,17 @@ def _compile_encoder(schema: Any) -> _Encoder:
     def union(branches: list[Any]) -> _Encoder:
         encoders = [compile_node(branch) for branch in branches]
         others = [e for branch, e in zip(branches, encoders, strict=True) if branch != "null"]
+        if len(branches) > 2 or len(others) > 1:
+            # fastavro picks the branch by the value's type: a decimal stays a Decimal here,
+            # or bytes would fit a "bytes" branch as well
+            encoders = [
+                _decimal_encoder(int(b["precision"]), int(b.get("scale", 0)))
+                if isinstance(b, dict)
+                and b.get("logicalType") == "decimal"
+                and b["type"] == "bytes"
+                else e
+                for b, e in zip(branches, encoders, strict=True)
+            ]
         if len(others) == 1 and len(branches) == 2:
             (only,) = others
 
