@@ -17,12 +17,12 @@ either: they may sit on different partitions).
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -282,7 +282,7 @@ async def add_events_driver(
         [r["topic"] for r in rows],
         [r["key"] for r in rows],
         [r["value"] for r in rows],
-        [json.dumps(r["headers"]) for r in rows],
+        [orjson.dumps(r["headers"]).decode() for r in rows],  # json.dumps: ~10x the time
     )
 
 
