@@ -24,6 +24,7 @@ from tickertap.authn.bearer import BearerAuth, bearer_token
 from tickertap.authn.errors import InsufficientScope, InvalidToken, KeysUnavailable, MissingToken
 from tickertap.authn.jwks import HttpJwks, JwksSource, StaticJwks, jwks_source, parse_jwks
 from tickertap.authn.principal import Principal
+from tickertap.authn.revocation import Revocations
 from tickertap.authn.verifier import AccessTokenVerifier, TokenVerifier
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "KeysUnavailable",
     "MissingToken",
     "Principal",
+    "Revocations",
     "StaticJwks",
     "TokenVerifier",
     "bearer_token",

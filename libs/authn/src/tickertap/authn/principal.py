@@ -23,6 +23,7 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     session_id: str | None = None
     token_id: str | None = None
+    issued_at: datetime | None = None
     claims: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False, hash=False
     )

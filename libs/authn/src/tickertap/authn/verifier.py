@@ -12,7 +12,9 @@ What a token must be, checked in this order, each failure an `InvalidToken`:
   ahead (each give or take `leeway_s`), `exp - iat` at most `lifetime_s_max`,
   `sub` a non-empty string; `roles` a list of strings, `scope` a
   space-separated string or `scp` a list (not both), `sid` and `jti` strings,
-  each optional and bounded in length and count.
+  each optional and bounded in length and count;
+- with `revocations`, neither its session nor its user revoked since it was issued
+  (`tickertap.authn.revocation`).
 
 The signature is checked before any claim is read.
 """
@@ -38,6 +40,7 @@ from tickertap.authn._jose import ASYMMETRIC_ALGORITHMS, algorithm, b64decode
 from tickertap.authn.errors import SCOPE_TOKEN, InvalidToken
 from tickertap.authn.jwks import JwksSource
 from tickertap.authn.principal import Principal
+from tickertap.authn.revocation import Revocations
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class AccessTokenVerifier:
         token_bytes_max: int = 8 * 1024,
         cache_entries_max: int = 10_000,
         cache_ttl_s: float = 60.0,
+        revocations: Revocations | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         allowed = frozenset(algorithms)
@@ -96,6 +100,7 @@ class AccessTokenVerifier:
         self._lifetime_s_max = lifetime_s_max
         self._token_bytes_max = token_bytes_max
         self._clock = clock
+        self.revocations = revocations
         # A token verified once is accepted again, as the very same string, until it
         # expires or `cache_ttl_s` passes, whichever is first, and only while the key
         # source still holds the very key that verified it: clients reuse one token for
@@ -119,10 +124,14 @@ class AccessTokenVerifier:
             valid_until, principal, kid, key = cached
             if now < valid_until and await self._jwks.get_key(kid) is key:
                 self._cache.move_to_end(token)
+                if self.revocations is not None:
+                    self.revocations.check(principal)
                 return principal
             self._cache.pop(token, None)
         try:
             principal, kid, key = await self._verify(token)
+            if self.revocations is not None:
+                self.revocations.check(principal)
         except InvalidToken as error:
             log.debug("access token rejected: %s", error.reason)
             raise
@@ -218,6 +227,7 @@ class AccessTokenVerifier:
             scopes=_scopes(claims),
             session_id=_text(claims, "sid", required=False),
             token_id=_text(claims, "jti", required=False),
+            issued_at=datetime.fromtimestamp(issued, UTC),
             expires_at=datetime.fromtimestamp(expires, UTC),
             claims=MappingProxyType(claims),
         )

@@ -7,7 +7,6 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tickertap.authn import AccessTokenVerifier, BearerAuth, jwks_source
 from tickertap.ledger import api
 from tickertap.ledger.consumer import PRICES_TOPIC, price_handler
 from tickertap.ledger.domain import LedgerError
@@ -16,18 +15,12 @@ from tickertap.ledger.reconcile import start_reconciler
 from tickertap.ledger.settings import LedgerSettings
 from tickertap.money import install_context
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, problem, serve
+from tickertap.runtime.revocations import token_auth
 
 
 def create_app(settings: LedgerSettings) -> FastAPI:
     install_context()
-    auth = BearerAuth(
-        AccessTokenVerifier(
-            jwks_source(settings.auth_jwks_url, settings.auth_jwks_file),
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            algorithms=settings.auth_algorithms,
-        )
-    )
+    auth, follow_revocations = token_auth(settings)
 
     async def start_ledger(runtime: ServiceRuntime) -> None:
         ledger = Ledger(
@@ -60,7 +53,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         migrations=Path(__file__).parent / "migrations",
         routers=[api.build_router(auth)],
         openapi_models=api.SELF_PARSED_BODIES,
-        on_start=[start_ledger, start_reconciler(settings)],
+        on_start=[start_ledger, start_reconciler(settings), follow_revocations],
     )
     app = create_service_app(definition, settings)
 

@@ -11,24 +11,17 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from tickertap.authn import AccessTokenVerifier, BearerAuth, jwks_source
 from tickertap.marketdata import api
 from tickertap.marketdata.settings import MarketDataSettings
 from tickertap.marketdata.worker import IngestWorker, worker_config
 from tickertap.money import install_context
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, serve
+from tickertap.runtime.revocations import token_auth
 
 
 def create_app(settings: MarketDataSettings) -> FastAPI:
     install_context()
-    auth = BearerAuth(
-        AccessTokenVerifier(
-            jwks_source(settings.auth_jwks_url, settings.auth_jwks_file),
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            algorithms=settings.auth_algorithms,
-        )
-    )
+    auth, follow_revocations = token_auth(settings)
 
     async def start_ingest(runtime: ServiceRuntime) -> None:
         if not settings.ingest_enabled:
@@ -54,7 +47,7 @@ def create_app(settings: MarketDataSettings) -> FastAPI:
         ),
         migrations=Path(__file__).parent / "migrations",
         routers=[api.build_router(auth, settings)],
-        on_start=[start_ingest],
+        on_start=[start_ingest, follow_revocations],
     )
     return create_service_app(definition, settings)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from tickertap.authn import AccessTokenVerifier, BearerAuth, jwks_source
 from tickertap.messaging.retry import is_transient_error
 from tickertap.money import install_context
 from tickertap.portfolio import api, handlers, jobs_api
@@ -28,6 +27,7 @@ from tickertap.portfolio.metrics import PortfolioMetrics
 from tickertap.portfolio.reconcile_job import ReconcileMetrics, run_periodically
 from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, serve
+from tickertap.runtime.revocations import token_auth
 
 log = logging.getLogger(__name__)
 PUBLISH_RETRY_S_MAX = 5.0
@@ -88,14 +88,7 @@ async def snapshot_valuations(runtime: ServiceRuntime, settings: PortfolioSettin
 
 def create_app(settings: PortfolioSettings) -> FastAPI:
     install_context()
-    auth = BearerAuth(
-        AccessTokenVerifier(
-            jwks_source(settings.auth_jwks_url, settings.auth_jwks_file),
-            issuer=settings.auth_issuer,
-            audience=settings.auth_audience,
-            algorithms=settings.auth_algorithms,
-        )
-    )
+    auth, follow_revocations = token_auth(settings)
 
     async def start_portfolio(runtime: ServiceRuntime) -> None:
         metrics = PortfolioMetrics(runtime.metrics.registry)
@@ -138,7 +131,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
         description="Positions, cost basis (FIFO and average), realized and unrealized P&L.",
         migrations=Path(__file__).parent / "migrations",
         routers=[api.build_router(auth, settings), jobs_api.build_router(auth)],
-        on_start=[start_portfolio],
+        on_start=[start_portfolio, follow_revocations],
     )
     return create_service_app(definition, settings)
 
