@@ -88,12 +88,14 @@ def owner_key(p: Principal, key: str | None) -> str | None:
     return None if key is None else f"{len(p.subject)}:{p.subject}:{key}"
 
 
-async def _scales(ledger: Ledger, codes: Iterable[str] = ()) -> dict[str, int]:
-    """Every asset's scale; reloaded when one of `codes` is new to this replica."""
+async def _scales(ledger: Ledger, codes: Iterable[str]) -> dict[str, int]:
+    """The scales of `codes` (not of every asset: this runs for every response); the assets
+    are reloaded when one of them is new to this replica."""
+    wanted = set(codes)
     assets = await ledger.assets()
-    if not set(codes) <= assets.keys():
+    if not wanted <= assets.keys():
         assets = await ledger.assets(refresh=True)
-    return {code: row.asset.scale for code, row in assets.items()}
+    return {code: assets[code].asset.scale for code in wanted if code in assets}
 
 
 def _codes(transfer: d.Transfer) -> set[str]:
