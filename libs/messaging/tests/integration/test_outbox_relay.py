@@ -265,6 +265,33 @@ async def test_notify_wakes_a_listening_relay_at_once(
         await wait_for(lambda: _backlog_is(relay, 0), 5, "a publication well before the poll")
 
 
+async def test_a_lingering_relay_publishes_commits_that_arrive_meanwhile_in_one_batch(
+    stack: Any, database: Any, tables: Any, topic: Callable[..., str]
+) -> None:
+    name = topic("lingered", partitions=1)
+    commits = 5
+    relay = relay_for(stack, database, tables, poll_interval_s=30.0, listen=True, linger_s=1.0)
+    async with running(relay):
+        await wait_for(lambda: _true(relay.stats.leader), 10, "leadership")
+        await asyncio.sleep(0.3)  # the first (empty) batch is done: the relay now waits
+        for n in range(commits):  # the first wakes the relay, which lingers for the rest
+            async with database.engine.begin() as conn:
+                await add_to_outbox(
+                    conn,
+                    tables.outbox,
+                    topic=name,
+                    key="k",
+                    value=codec.encode(SCHEMA_NAME, event("k", n)),
+                    event_id=uuid.uuid4(),
+                    notify=True,
+                )
+        await wait_for(lambda: _backlog_is(relay, 0), 10, "every row published")
+    assert relay.stats.published == commits
+    assert relay.stats.batches < commits  # they went out together, not one batch each
+    messages = await read_topic_async(stack.kafka_bootstrap, name, commits, 10.0)
+    assert [body(m)["seq"] for m in messages] == list(range(commits))
+
+
 async def test_writers_of_one_key_are_serialized_in_commit_order(
     database: Any, tables: Any
 ) -> None:

@@ -356,7 +356,13 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
                 codec=load_codec(settings),
                 outbox=outbox,
                 inbox=inbox,
-                relay=OutboxRelay(writer, outbox, settings.kafka_bootstrap_servers, listen=True),
+                relay=OutboxRelay(
+                    writer,
+                    outbox,
+                    settings.kafka_bootstrap_servers,
+                    listen=True,
+                    linger_s=settings.outbox_relay_linger_s,
+                ),
             )
             stack.push_async_callback(_stop_workers, runtime)
             state["runtime"] = runtime

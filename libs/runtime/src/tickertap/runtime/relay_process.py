@@ -57,7 +57,13 @@ async def run_relay(service: str, settings: ServiceSettings) -> None:
         writer = create_engine(settings.database(), rotator, application_name=f"{service}-relay")
         stack.push_async_callback(writer.dispose)
         outbox, _ = messaging_tables(settings.db_schema)
-        relay = OutboxRelay(writer, outbox, settings.kafka_bootstrap_servers, listen=True)
+        relay = OutboxRelay(
+            writer,
+            outbox,
+            settings.kafka_bootstrap_servers,
+            listen=True,
+            linger_s=settings.outbox_relay_linger_s,
+        )
         task = asyncio.ensure_future(relay.run())
         watcher = asyncio.ensure_future(_parent_gone(os.getppid()))
         log.info("outbox relay process started", extra={"schema": settings.db_schema})

@@ -59,6 +59,9 @@ class ServiceSettings(BaseSettings):
     # publish the outbox from a child process (tickertap.runtime.relay_process) instead of
     # the API's event loop: the relay's CPU then runs beside the requests, not among them
     outbox_relay_process: bool = False
+    # after a short batch the relay waits this long for more rows (fewer, larger batches:
+    # less CPU per event; events are later by up to this much). 0: publish at once
+    outbox_relay_linger_s: float = Field(default=0.0, ge=0, le=1)
 
     # consumed event ids are kept this long to drop redeliveries, then forgotten
     inbox_retention_s: float = Field(default=7 * 24 * 3600, ge=3600)
