@@ -41,6 +41,16 @@ APP_SERVICES = {
         "tickertap.portfolio",
     ),
 }
+# compose worker -> (settings class, schema, the service whose image and AppRole it shares,
+# the module it runs); no HTTP, so no ports, no healthcheck and no Prometheus target
+WORKERS = {
+    "portfolio-jobs-worker": (
+        "tickertap.portfolio.jobs_worker:JobWorkerSettings",
+        "portfolio",
+        "portfolio-calculation",
+        "tickertap.portfolio.jobs_worker",
+    ),
+}
 INFRA = {"postgres", "kafka", "schema-registry", "openbao", "bootstrap", "prometheus", "grafana"}
 ONE_SHOT = {"bootstrap", "feed"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -90,7 +100,7 @@ def test_the_compose_specification_rejects_a_misspelt_key(compose: dict[str, Any
 
 def test_every_part_is_there(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == INFRA | set(APP_SERVICES) | {"feed"}
+    assert set(services) == INFRA | set(APP_SERVICES) | set(WORKERS) | {"feed"}
     assert services["feed"]["profiles"] == ["feed"], "the feed simulator is opt-in"
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -98,7 +108,7 @@ def test_every_part_is_there(compose: dict[str, Any]) -> None:
     assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
-@pytest.mark.parametrize("name", sorted(INFRA | set(APP_SERVICES) | ONE_SHOT))
+@pytest.mark.parametrize("name", sorted(INFRA | set(APP_SERVICES) | set(WORKERS) | ONE_SHOT))
 def test_service_is_pinned_bound_and_checked(compose: dict[str, Any], name: str) -> None:
     service = compose["services"][name]
     image = service["image"]
@@ -110,6 +120,11 @@ def test_service_is_pinned_bound_and_checked(compose: dict[str, Any], name: str)
     if name in ONE_SHOT:
         assert service["restart"] == "no"
         assert healthcheck == {"disable": True}
+    elif name in WORKERS:
+        # long-running but with no HTTP endpoint to check: restarted when it exits
+        assert service["restart"] == "unless-stopped"
+        assert healthcheck == {"disable": True}
+        assert "ports" not in service
     else:
         assert healthcheck["test"][0] == "CMD"
         assert service["restart"] == "unless-stopped"
@@ -122,11 +137,36 @@ def test_app_service_settings_load(
     """The environment compose gives a service makes its settings class load."""
     service = compose["services"][name]
     target, schema, module = APP_SERVICES[name]
+    assert service["build"]["args"] == {"SERVICE": name, "MODULE": module}
+    _check_app_container(service, target, schema, monkeypatch)
+
+
+@pytest.mark.parametrize("name", sorted(WORKERS))
+def test_worker_runs_its_services_image_and_settings(
+    compose: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker container: its service's image, environment, AppRole and hardening, its own
+    module, started after its service is healthy (which has migrated the schema)."""
+    service = compose["services"][name]
+    target, schema, owner, module = WORKERS[name]
+    owner_service = compose["services"][owner]
+    assert service["image"] == owner_service["image"]
+    assert service["build"] == owner_service["build"]
+    assert service["command"][0].endswith(f"exec python -m {module}")
+    assert service["depends_on"][owner] == {"condition": "service_healthy"}
+    shared = {k: v for k, v in service["environment"].items() if k in owner_service["environment"]}
+    assert shared == owner_service["environment"], "the service's own settings"
+    assert service["environment"]["TICKERTAP_JOB_DATA_DIR"].startswith("/tmp/")
+    _check_app_container(service, target, schema, monkeypatch)
+
+
+def _check_app_container(
+    service: dict[str, Any], target: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     environment = {k: _interpolate(str(v)) for k, v in service["environment"].items()}
     assert environment["TICKERTAP_DB_SCHEMA"] == schema
     assert environment["TICKERTAP_VAULT_ROLE"] == schema
     assert environment["TICKERTAP_KAFKA_SCHEMA_REGISTRY_URL"].startswith("http://schema-registry")
-    assert service["build"]["args"] == {"SERVICE": name, "MODULE": module}
     # hardened: read-only root with a /tmp tmpfs, no capabilities, no privilege gain
     assert service["read_only"] is True
     assert service["cap_drop"] == ["ALL"]

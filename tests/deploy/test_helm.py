@@ -100,6 +100,14 @@ def test_one_component_per_service(values: dict[str, Any]) -> None:
         assert service["pdb"]["minAvailable"] < service["autoscaling"]["minReplicas"], name
     # only market-data-ingest has a separate worker (its single ingest replica)
     assert [n for n, s in services.items() if s["worker"]["enabled"]] == ["marketDataIngest"]
+    # only portfolio-calculation has job workers; the templates read the block's keys only
+    # where it is enabled (through $jobWorker, so the $svc check above does not see them)
+    assert [n for n, s in services.items() if s["jobWorker"]["enabled"]] == ["portfolioCalculation"]
+    job_worker = services["portfolioCalculation"]["jobWorker"]
+    assert set(job_worker) == {"enabled", "module", "replicas", "resources", "env"}
+    assert job_worker["module"] == "tickertap.portfolio.jobs_worker"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(job_worker["resources"][kind])
 
 
 def test_security_settings(values: dict[str, Any]) -> None:

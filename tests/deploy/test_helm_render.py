@@ -11,6 +11,7 @@ fails here instead of at `helm install`.
 from __future__ import annotations
 
 import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ COMPONENT = "app.kubernetes.io/component"
 MIGRATE_SCRIPT = "/opt/tickertap/ops/migrate.py"
 VAULT_TOKEN_VOLUME = "vault.hashicorp.com/agent-service-account-token-volume-name"
 TOKEN_LIFETIME_S_MAX = 3600  # the Vault agent logs in once, at pod start
+ROLE = "tickertap.io/role"
+# portfolio-calculation's report job workers: no HTTP, their replicas bound by the topic
+JOB_WORKER = "Deployment/tickertap-portfolio-calculation-jobs"
+JOB_WORKER_MODULE = "tickertap.portfolio.jobs_worker"
+JOBS_TOPIC = "portfolio.jobs.v1"
 
 
 def service_schemas() -> dict[str, str]:
@@ -101,7 +107,8 @@ def test_every_manifest_validates(
     assert failures == []
     kinds = Counter(doc["kind"] for doc in docs)
     services = len(SCHEMAS)
-    assert kinds["Deployment"] == services + 1  # one API per service + the market-data worker
+    # one API per service + the market-data worker + the portfolio job workers
+    assert kinds["Deployment"] == services + 2
     assert kinds["Job"] == services  # one migration Job per service
     assert kinds["NetworkPolicy"] == services
     assert kinds["Ingress"] == 1
@@ -151,13 +158,16 @@ def test_api_containers_probe_healthz_and_readyz(
     rendered_chart: dict[str, list[dict[str, Any]]], env: str
 ) -> None:
     """Every container that serves HTTP (the APIs, and the market-data worker's /metrics and
-    probes) is started, kept alive on /healthz and put in rotation on /readyz."""
+    probes) is started, kept alive on /healthz and put in rotation on /readyz. The portfolio
+    job workers serve nothing (test_job_workers_run_beside_the_portfolio_api)."""
     serving = 0
     for doc, pod in workloads(rendered_chart[env]):
         for container in pod["spec"]["containers"]:
             ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
             if doc["kind"] != "Deployment":
                 assert not ports, f"{ident(doc)} is a run-to-completion pod and serves nothing"
+                continue
+            if ident(doc) == JOB_WORKER:
                 continue
             assert "http" in ports, ident(doc)
             serving += 1
@@ -235,3 +245,50 @@ def test_each_service_migrates_in_a_hook_before_install_and_upgrade(
         account = hooks[f"ServiceAccount/{pod['serviceAccountName']}"]
         account_weight = int(account["metadata"]["annotations"]["helm.sh/hook-weight"])
         assert account_weight < int(annotations["helm.sh/hook-weight"]), ident(job)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_job_workers_run_beside_the_portfolio_api(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    """The report job workers: a Deployment of their own (the hardening, Vault role and
+    NetworkPolicy checks above iterate it with every workload), no more replicas than the
+    jobs topic has partitions (more would only wait), the jobs_worker module with the
+    service's settings, no HTTP (no ports, probes or scrape annotations), and outside the
+    API's Service, HPA and PDB, so it scales on its own."""
+    docs = rendered_chart[env]
+    by_ident = {ident(doc): doc for doc in docs}
+    deployment = by_ident[JOB_WORKER]
+    api = by_ident["Deployment/tickertap-portfolio-calculation"]
+    topics = tomllib.loads((CHART.parents[1] / "schemas" / "topics.toml").read_text())
+    partitions = topics["topics"][JOBS_TOPIC]["partitions"]
+    replicas = deployment["spec"]["replicas"]
+    assert 1 <= replicas <= partitions, replicas
+    if env != "staging":
+        assert replicas == partitions
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"][ROLE] == "jobs"
+    assert "prometheus.io/scrape" not in pod["metadata"]["annotations"]
+    api_pod = api["spec"]["template"]["spec"]
+    assert pod["spec"]["serviceAccountName"] == api_pod["serviceAccountName"]
+    (container,) = pod["spec"]["containers"]
+    (api_container,) = api_pod["containers"]
+    assert container["image"] == api_container["image"]
+    assert container["envFrom"] == api_container["envFrom"], "the service's own settings"
+    assert container["command"][-1].endswith(f"exec python -m {JOB_WORKER_MODULE}")
+    assert "TICKERTAP_VAULT_ROLE_ID=" in container["command"][-1]
+    env_vars = {e["name"]: e["value"] for e in container.get("env", [])}
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    assert mounts == ["/tmp"]
+    assert env_vars["TICKERTAP_JOB_DATA_DIR"].startswith("/tmp/"), "its only writable path"
+    assert "ports" not in container
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert probe not in container, f"{probe}: it serves no HTTP"
+    # the API's Service, autoscaler and disruption budget select or target the API alone
+    for doc in docs:
+        if doc["kind"] == "HorizontalPodAutoscaler":
+            assert doc["spec"]["scaleTargetRef"]["name"] != deployment["metadata"]["name"]
+        elif doc["kind"] == "Service":
+            assert doc["spec"]["selector"][ROLE] == "api", ident(doc)
+        elif doc["kind"] == "PodDisruptionBudget":
+            assert doc["spec"]["selector"]["matchLabels"][ROLE] == "api", ident(doc)

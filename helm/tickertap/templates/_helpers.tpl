@@ -78,11 +78,19 @@ vault.hashicorp.com/agent-inject-secret-secret_id: {{ printf "auth/approle/role/
 vault.hashicorp.com/agent-inject-template-secret_id: {{ printf "{{- with secret \"auth/approle/role/%s/secret-id\" \"metadata={}\" }}{{ .Data.secret_id }}{{ end }}" .svc.schema | quote }}
 {{- end }}
 
-{{/* The role_id is read from the injected file (the settings take it from the environment). */}}
+{{/*
+The role_id is read from the injected file (the settings take it from the environment).
+Runs the image's module (TICKERTAP_MODULE), or `.module` when the context names one (the
+portfolio job workers).
+*/}}
 {{- define "tickertap.command" -}}
 - /bin/sh
 - -c
+{{- if .module }}
+- {{ printf "export TICKERTAP_VAULT_ROLE_ID=\"$(cat /vault/secrets/role_id)\" && exec python -m %s" .module | squote }}
+{{- else }}
 - 'export TICKERTAP_VAULT_ROLE_ID="$(cat /vault/secrets/role_id)" && exec python -m "$TICKERTAP_MODULE"'
+{{- end }}
 {{- end }}
 
 {{/*
