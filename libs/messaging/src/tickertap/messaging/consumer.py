@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -70,10 +71,12 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    TextClause,
     Uuid,
     delete,
     func,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.dialects.postgresql import insert
@@ -252,25 +255,33 @@ async def claim_events(
         first.setdefault(event.event_id, event)
     if not first:
         return []
+    kept = list(first.values())
+    # one text statement over arrays: compiled once, whatever the batch's size (a
+    # multi-row VALUES is compiled anew for each size, which costs more than the insert)
     result = await conn.execute(
-        insert(table)
-        .values(
-            [
-                {
-                    "consumer": consumer,
-                    "event_id": e.event_id,
-                    "topic": e.topic,
-                    "partition": e.partition,
-                    "offset": e.offset,
-                }
-                for e in first.values()
-            ]
-        )
-        .on_conflict_do_nothing()
-        .returning(table.c.event_id)
+        _claims_sql(table),
+        {
+            "consumer": consumer,
+            "ids": [e.event_id for e in kept],
+            "topics": [e.topic for e in kept],
+            "partitions": [e.partition for e in kept],
+            "offsets": [e.offset for e in kept],
+        },
     )
     claimed = {row.event_id for row in result}
     return [e for e in first.values() if e.event_id in claimed]
+
+
+@functools.cache
+def _claims_sql(table: Table) -> TextClause:
+    assert table.schema, "an inbox lives in its service's schema"
+    name = ".".join('"' + part.replace('"', '""') + '"' for part in (table.schema, table.name))
+    return text(
+        f'INSERT INTO {name} (consumer, event_id, topic, "partition", "offset")'  # noqa: S608 # nosec B608 - the quoted name of the service's own inbox table
+        " SELECT :consumer, r.e, r.t, r.p, r.o FROM unnest(CAST(:ids AS uuid[]),"
+        " CAST(:topics AS text[]), CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]))"
+        " AS r(e, t, p, o) ON CONFLICT DO NOTHING RETURNING event_id"
+    )
 
 
 async def purge_inbox(
