@@ -54,7 +54,8 @@ TOKEN_ENV = "RECONCILE_LEDGER_TOKEN"  # noqa: S105 - a variable name, not a toke
 ACCOUNTS_PAGE_MAX = 200  # the ledger's bound on GET /v1/accounts
 ACCOUNT_PAGES_MAX = 1000  # an owner with more accounts than this many pages is an error
 OWNERS_PAGE_MAX = 500  # the ledger's bound on GET /v1/owners
-CONCURRENCY_MAX_DEFAULT = 4
+CONCURRENCY_MAX_DEFAULT = 4  # ledger requests in flight
+OWNERS_BATCH_MAX = 200  # owners read from this service's schema in one transaction
 CONCURRENCY_MAX_MAX = 64
 TOKEN_RENEW_FRACTION = 0.8  # a kept token is renewed after this part of its lifetime
 TOKEN_TTL_S_ASSUMED = 300.0  # when the token endpoint does not say (it should)
@@ -257,20 +258,25 @@ def differences(
     }
 
 
-async def portfolio_view(
-    engine: AsyncEngine, owner_id: uuid.UUID
-) -> tuple[dict[str, Decimal], dict[str, dict[str, str]]]:
-    """The portfolio's balances, and positions whose quantity is not their symbol's balance."""
+async def portfolio_views(
+    engine: AsyncEngine, owner_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[dict[str, Decimal], dict[str, dict[str, str]]]]:
+    """Each portfolio's balances, and positions whose quantity is not their symbol's
+    balance (one transaction for them all; an unknown owner has neither)."""
     async with engine.begin() as conn:
         await repo.see_all(conn)
-        balances = await repo.balances(conn, owner_id)
-        positions = await repo.positions(conn, owner_id)
-    inconsistent = {
-        p.symbol: {"lots": str(p.quantity), "balance": str(balances.get(p.symbol, ZERO))}
-        for p in positions
-        if p.quantity != balances.get(p.symbol, ZERO)
-    }
-    return balances, inconsistent
+        balances = await repo.balances_of(conn, owner_ids)
+        positions = await repo.positions_of(conn, owner_ids)
+    views = {}
+    for owner_id in owner_ids:
+        ours = balances[owner_id]
+        inconsistent = {
+            p.symbol: {"lots": str(p.quantity), "balance": str(ours.get(p.symbol, ZERO))}
+            for p in positions[owner_id]
+            if p.quantity != ours.get(p.symbol, ZERO)
+        }
+        views[owner_id] = (ours, inconsistent)
+    return views
 
 
 async def reconcile(
@@ -283,7 +289,8 @@ async def reconcile(
     concurrency_max: int = CONCURRENCY_MAX_DEFAULT,
 ) -> Report:
     """See the module docstring; `only`: these portfolios instead of every one (and no
-    walk of the ledger's owners). `concurrency_max` owners are compared at a time."""
+    walk of the ledger's owners). Owners go in batches: their ledger accounts with
+    `concurrency_max` requests in flight, then their portfolios in one transaction."""
     if only:
         known = set(only)
         owners = sorted(known)
@@ -297,24 +304,32 @@ async def reconcile(
         owners = sorted(known | others)
     report = Report(portfolios=len(known), ledger_only=len(owners) - len(known))
 
-    async def check(owner_id: uuid.UUID) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
-        ours, inconsistent = await portfolio_view(engine, owner_id)
-        return differences(ours, await ledger_balances(client, owner_id)), inconsistent
+    requests = asyncio.Semaphore(concurrency_max)
+
+    async def theirs(owner_id: uuid.UUID) -> dict[str, Decimal]:
+        async with requests:
+            return await ledger_balances(client, owner_id)
 
     async def checked(batch: list[uuid.UUID]) -> list[tuple[uuid.UUID, Any, Any]]:
-        found = await asyncio.gather(*(check(o) for o in batch))
-        return [(o, diff, bad) for o, (diff, bad) in zip(batch, found, strict=True)]
+        """Ledger first, then this service: a transfer applied in between shows as a
+        difference on the ledger's side, which the second look after settling clears."""
+        ledger = await asyncio.gather(*(theirs(o) for o in batch))
+        views = await portfolio_views(engine, batch)
+        return [
+            (o, differences(views[o][0], found), views[o][1])
+            for o, found in zip(batch, ledger, strict=True)
+        ]
 
     suspects = []
-    for start in range(0, len(owners), concurrency_max):
-        for owner_id, diff, inconsistent in await checked(owners[start : start + concurrency_max]):
+    for start in range(0, len(owners), OWNERS_BATCH_MAX):
+        for owner_id, diff, inconsistent in await checked(owners[start : start + OWNERS_BATCH_MAX]):
             if diff or inconsistent:
                 suspects.append(owner_id)
     if suspects:
         await asyncio.sleep(settle_s)
-    for start in range(0, len(suspects), concurrency_max):
+    for start in range(0, len(suspects), OWNERS_BATCH_MAX):
         for owner_id, diff, inconsistent in await checked(
-            suspects[start : start + concurrency_max]
+            suspects[start : start + OWNERS_BATCH_MAX]
         ):
             if not (diff or inconsistent):
                 continue

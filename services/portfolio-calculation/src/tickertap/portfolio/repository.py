@@ -501,6 +501,23 @@ async def balances(conn: AsyncConnection, owner_id: uuid.UUID) -> dict[str, Deci
     return {r.asset: r.amount for r in rows}
 
 
+async def balances_of(
+    conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Decimal]]:
+    """Each portfolio's balances (an empty dict for none), in one query."""
+    rows = await conn.execute(
+        text(
+            "SELECT owner_id, asset, amount FROM portfolio.balances"
+            " WHERE owner_id = ANY(:owners) ORDER BY 1, 2"
+        ),
+        {"owners": list(owner_ids)},
+    )
+    found: dict[uuid.UUID, dict[str, Decimal]] = {o: {} for o in owner_ids}
+    for r in rows:
+        found[r.owner_id][r.asset] = r.amount
+    return found
+
+
 async def positions_of(
     conn: AsyncConnection, owner_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[d.PositionFigures]]:
