@@ -55,7 +55,7 @@ ACCOUNTS_PAGE_MAX = 200  # the ledger's bound on GET /v1/accounts
 ACCOUNT_PAGES_MAX = 1000  # an owner with more accounts than this many pages is an error
 OWNERS_PAGE_MAX = 500  # the ledger's bound on GET /v1/owners
 CONCURRENCY_MAX_DEFAULT = 4  # ledger requests in flight
-OWNERS_BATCH_MAX = 200  # owners read from this service's schema in one transaction
+OWNERS_BATCH_MAX_DEFAULT = 200  # owners read from this service's schema in one transaction
 CONCURRENCY_MAX_MAX = 64
 TOKEN_RENEW_FRACTION = 0.8  # a kept token is renewed after this part of its lifetime
 TOKEN_TTL_S_ASSUMED = 300.0  # when the token endpoint does not say (it should)
@@ -287,10 +287,12 @@ async def reconcile(
     items_max: int,
     only: list[uuid.UUID] | None = None,
     concurrency_max: int = CONCURRENCY_MAX_DEFAULT,
+    batch_max: int = OWNERS_BATCH_MAX_DEFAULT,
 ) -> Report:
     """See the module docstring; `only`: these portfolios instead of every one (and no
     walk of the ledger's owners). Owners go in batches: their ledger accounts with
-    `concurrency_max` requests in flight, then their portfolios in one transaction."""
+    `concurrency_max` requests in flight, then their portfolios in one transaction
+    (`batch_max` owners a batch)."""
     if only:
         known = set(only)
         owners = sorted(known)
@@ -321,16 +323,14 @@ async def reconcile(
         ]
 
     suspects = []
-    for start in range(0, len(owners), OWNERS_BATCH_MAX):
-        for owner_id, diff, inconsistent in await checked(owners[start : start + OWNERS_BATCH_MAX]):
+    for start in range(0, len(owners), batch_max):
+        for owner_id, diff, inconsistent in await checked(owners[start : start + batch_max]):
             if diff or inconsistent:
                 suspects.append(owner_id)
     if suspects:
         await asyncio.sleep(settle_s)
-    for start in range(0, len(suspects), OWNERS_BATCH_MAX):
-        for owner_id, diff, inconsistent in await checked(
-            suspects[start : start + OWNERS_BATCH_MAX]
-        ):
+    for start in range(0, len(suspects), batch_max):
+        for owner_id, diff, inconsistent in await checked(suspects[start : start + batch_max]):
             if not (diff or inconsistent):
                 continue
             report.drifting += 1

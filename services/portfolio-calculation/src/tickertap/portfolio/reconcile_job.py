@@ -108,6 +108,7 @@ async def run_once(
                 settle_s=settings.reconcile_settle_s,
                 items_max=ITEMS_MAX,
                 concurrency_max=settings.reconcile_concurrency_max,
+                batch_max=settings.reconcile_batch_max,
                 only=only,
             )
     except Exception as exc:

@@ -62,7 +62,8 @@ class PortfolioSettings(ServiceSettings):
     reconcile_client_secret_file: Path | None = None
     reconcile_scope: str = "ledger:read"
     reconcile_settle_s: float = Field(default=2.0, ge=0, le=60)  # then a difference is drift
-    reconcile_concurrency_max: int = Field(default=4, ge=1, le=64)  # owners compared at once
+    reconcile_concurrency_max: int = Field(default=4, ge=1, le=64)  # ledger requests at once
+    reconcile_batch_max: int = Field(default=200, ge=1, le=10_000)  # owners per transaction
     reconcile_http_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     # API bounds
