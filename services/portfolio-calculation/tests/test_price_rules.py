@@ -1,0 +1,84 @@
+"""The SQL the batched price consumer and the update publisher rely on, against the stack's
+Postgres (as admin, on symbols of their own that no event names)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from portfolio_testkit import new_symbol
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tickertap.portfolio import domain as d
+from tickertap.portfolio import repository as repo
+from tickertap.portfolio.handlers import latest_per_symbol
+
+pytestmark = pytest.mark.stack
+NOON = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+
+
+@pytest.fixture
+async def engine(stack) -> AsyncIterator[AsyncEngine]:
+    url = stack.pg_admin_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url)
+    yield engine
+    await engine.dispose()
+
+
+def price(symbol: str, value: str, at: datetime, offset: int) -> repo.PriceUpdate:
+    quote = d.Quote(symbol, Decimal(value), at, "ticks", 0, offset)
+    return repo.PriceUpdate(quote, at + timedelta(seconds=1), repo.Source("prices", 0, offset))
+
+
+async def stored(engine: AsyncEngine, symbol: str) -> repo.StoredPrice:
+    async with engine.begin() as conn:
+        return (await repo.prices(conn, [symbol]))[symbol]
+
+
+async def test_a_batch_stores_what_one_by_one_would_with_the_previous_close(engine) -> None:
+    a, b = new_symbol(), new_symbol()
+    yesterday = NOON - timedelta(days=1)
+    async with engine.begin() as conn:  # b already has yesterday's price
+        assert await repo.record_prices(conn, latest_per_symbol([price(b, "5", yesterday, 1)]))
+    batch = [
+        price(a, "9", yesterday, 1),
+        price(a, "10", yesterday + timedelta(hours=1), 2),  # a's close
+        price(a, "11", NOON, 3),
+        price(b, "6", NOON, 2),  # b's close is the stored price
+        price(a, "8", yesterday + timedelta(hours=2), 4),  # late: changes nothing
+    ]
+    async with engine.begin() as conn:
+        await repo.lock_prices(conn, [a, b])
+        assert sorted(await repo.record_prices(conn, latest_per_symbol(batch))) == sorted([a, b])
+    pa, pb = await stored(engine, a), await stored(engine, b)
+    assert (pa.quote.price, pa.quote.previous_close, pa.event.offset) == (11, 10, 3)
+    assert (pb.quote.price, pb.quote.previous_close, pb.event.offset) == (6, 5, 2)
+    async with engine.begin() as conn:  # older than what is stored: nothing moves
+        assert await repo.record_prices(conn, latest_per_symbol(batch[:2])) == []
+
+
+async def test_moved_and_busy_prices_as_the_publisher_checks_them(engine) -> None:
+    a, b = new_symbol(), new_symbol()
+    async with engine.begin() as conn:
+        await repo.record_prices(conn, latest_per_symbol([price(a, "1", NOON, 1)]))
+    read = {a: (await stored(engine, a)).event}  # b: no price when read
+    async with engine.begin() as conn:
+        assert await repo.prices_moved(conn, [a, b], read) == set()
+        await repo.record_prices(
+            conn, latest_per_symbol([price(a, "2", NOON + timedelta(seconds=1), 2)])
+        )
+    async with engine.begin() as conn:
+        assert await repo.prices_moved(conn, [a, b], read) == {a}
+        await repo.record_prices(conn, latest_per_symbol([price(b, "3", NOON, 3)]))
+    async with engine.begin() as conn:
+        assert await repo.prices_moved(conn, [a, b], read) == {a, b}
+
+    async with engine.connect() as applier, engine.connect() as publisher:
+        async with applier.begin():
+            await repo.lock_prices(applier, [a])  # a price of a being applied
+            async with publisher.begin():
+                assert await repo.busy_prices(publisher, [a, b]) == {a}
+        async with publisher.begin():
+            assert await repo.busy_prices(publisher, [a, b]) == set()
