@@ -24,9 +24,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from portfolio_testkit import eventually, new_id
+from confluent_kafka import Producer
+from portfolio_testkit import TRANSFERS, Book, eventually, new_id, publish
 from prometheus_client import CollectorRegistry
 
+from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 from tickertap.money import install_context
 from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.reconcile import (
@@ -258,6 +260,45 @@ async def test_a_replica_skips_the_round_another_one_holds(settings, engine, led
     outcome = await run_once(engine, ledger_http, settings, metrics, only=only)
     assert outcome.ran
     assert value(registry, "portfolio_reconcile_runs_total", result="ok") == 1
+
+
+async def test_the_lock_is_held_outside_any_transaction_during_a_run(
+    stack, settings, engine, ledger_http, db
+):
+    """A run may outlast Postgres's idle-in-transaction timeout (20 s here): the lock's
+    session must wait idle, not idle in a transaction, or the database ends it."""
+    codec = AvroCodec(load_schemas(find_schemas_dir()))
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "acks": "all"})
+    fake = Book()  # a deposit the ledger never posted: this portfolio drifts
+    record = fake.deposit("7.00")
+    await publish(producer, codec, TRANSFERS, record["transfer_id"], record)
+    await applied(db, fake.owner, "7")
+    registry = CollectorRegistry()
+    metrics = ReconcileMetrics(registry)
+    slow = settings.model_copy(update={"reconcile_settle_s": 2.0})  # the suspect waits
+    run = asyncio.create_task(
+        run_once(engine, ledger_http, slow, metrics, only=[uuid.UUID(fake.owner)])
+    )
+    low, high = LOCK_KEY & 0xFFFFFFFF, (LOCK_KEY >> 32) & 0xFFFFFFFF
+
+    async def holder_state() -> str | None:
+        state = await db.fetchval(
+            "SELECT a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid "
+            "AND l.objid = $2::oid AND l.objsubid = 1",
+            high,
+            low,
+        )
+        return None if state is None else str(state)
+
+    try:
+        state = await eventually(holder_state, "the run holds the lock")
+        assert state == "idle"
+    finally:
+        outcome = await asyncio.wait_for(run, RUN_TIMEOUT_S)
+    assert outcome.ran
+    assert value(registry, "portfolio_reconcile_drift_portfolios") == 1
+    assert await holder_state() is None  # released at the end
 
 
 async def test_a_refused_token_is_an_error_run(stack, secret_id_file, engine):

@@ -4,9 +4,10 @@ for what is compared).
 Every `TICKERTAP_RECONCILE_INTERVAL_S` (0: never) the service compares every portfolio,
 and every customer the ledger lists, with the ledger's HTTP API. Runs are aligned to
 multiples of the interval on the wall clock, so all replicas wake together, and each run
-holds a transaction-scoped Postgres advisory lock: the replica that takes it runs, the
-others skip that round (and report nothing). The lock goes with the transaction, so a
-replica that dies mid-run leaves no lock behind.
+holds a Postgres advisory lock (session level, on a connection kept outside any
+transaction, since a run may outlast the idle-in-transaction timeout): the replica that
+takes it runs, the others skip that round (and report nothing). A replica that dies
+mid-run leaves no lock behind: it goes with the session.
 
 Outcome, for alerts:
 - `portfolio_reconcile_drift_portfolios`: portfolios (and ledger customers without one)
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tickertap.portfolio.reconcile import (
     ClientCredentialsToken,
@@ -95,22 +96,28 @@ async def run_once(
     portfolios, not every one (a test on a shared stack)."""
     started = time.perf_counter()
     try:
-        async with engine.begin() as conn:
+        async with engine.connect() as lock_conn:
             held = (
-                await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
+                await lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY})
             ).scalar()
+            # a session lock on a connection left outside any transaction: a run may take
+            # longer than the database's idle-in-transaction timeout
+            await lock_conn.commit()
             if not held:
                 log.info("reconciliation skipped: another replica runs it")
                 return Outcome(ran=False)
-            report = await reconcile(
-                engine,
-                client,
-                settle_s=settings.reconcile_settle_s,
-                items_max=ITEMS_MAX,
-                concurrency_max=settings.reconcile_concurrency_max,
-                batch_max=settings.reconcile_batch_max,
-                only=only,
-            )
+            try:
+                report = await reconcile(
+                    engine,
+                    client,
+                    settle_s=settings.reconcile_settle_s,
+                    items_max=ITEMS_MAX,
+                    concurrency_max=settings.reconcile_concurrency_max,
+                    batch_max=settings.reconcile_batch_max,
+                    only=only,
+                )
+            finally:
+                await release(lock_conn)
     except Exception as exc:
         metrics.runs.labels(result="error").inc()
         # ours name a status, an OAuth error code or an owner id; others only their type
@@ -132,6 +139,20 @@ async def run_once(
         },
     )
     return Outcome(ran=True, report=report)
+
+
+async def release(conn: AsyncConnection) -> None:
+    """Unlock; a connection that cannot (its session ended under it, for example when its
+    credentials were revoked) is closed, which releases a lock it still held."""
+    try:
+        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+        await conn.commit()
+    except Exception as exc:
+        log.warning(
+            "advisory unlock failed; closing its connection",
+            extra={"error": type(exc).__name__},
+        )
+        await conn.invalidate()
 
 
 def seconds_to_next_round(interval_s: float, now_s: float) -> float:
