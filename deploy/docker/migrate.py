@@ -19,9 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-from tickertap.db import create_engine, upgrade_to_head
+from tickertap.db import upgrade_to_head
 from tickertap.runtime import ServiceSettings
-from tickertap.secrets import AppRoleLogin, CredentialRotator, Vault
+from tickertap.runtime.login import command_engine
 
 
 def settings_class(module: str) -> type[ServiceSettings]:
@@ -51,23 +51,8 @@ def migrations_dir(module: str) -> Path:
 
 async def migrate(module: str) -> str:
     settings = settings_class(module)()  # type: ignore[call-arg]  # from the environment
-    vault = Vault(settings.vault_addr)
-    try:
-        await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
-        rotator = CredentialRotator(vault, settings.vault_role, grace_s=0)
-        await rotator.start()
-        try:
-            engine = create_engine(
-                settings.database(), rotator, application_name=f"{module}-migrate"
-            )
-            try:
-                await upgrade_to_head(engine, migrations_dir(module), settings.db_schema)
-            finally:
-                await engine.dispose()
-        finally:
-            await rotator.stop()  # after the pool: revoking the lease ends its sessions
-    finally:
-        vault.close()
+    async with command_engine(settings, f"{module}-migrate") as engine:
+        await upgrade_to_head(engine, migrations_dir(module), settings.db_schema)
     return settings.db_schema
 
 

@@ -30,7 +30,6 @@ from prometheus_client import CollectorRegistry
 
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 from tickertap.money import install_context
-from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.reconcile import (
     TokenUnavailable,
     ledger_client,
@@ -44,6 +43,7 @@ from tickertap.portfolio.reconcile_job import (
     run_periodically,
 )
 from tickertap.portfolio.settings import PortfolioSettings
+from tickertap.runtime.login import command_engine
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[3]
@@ -92,7 +92,7 @@ async def settings(stack, secret_id_file) -> PortfolioSettings:
 
 @pytest.fixture
 async def engine(settings):
-    async with service_engine(settings, "portfolio-reconcile-test", read_only=True) as engine:
+    async with command_engine(settings, "portfolio-reconcile-test", read_only=True) as engine:
         yield engine
 
 

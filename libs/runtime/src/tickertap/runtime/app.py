@@ -50,8 +50,9 @@ from tickertap.observability import (
 from tickertap.runtime.direct import DirectRoutes
 from tickertap.runtime.errors import install_error_handlers
 from tickertap.runtime.limits import BodySizeLimit
+from tickertap.runtime.login import service_login
 from tickertap.runtime.settings import ServiceSettings
-from tickertap.secrets import AppRoleLogin, CredentialRotator, TokenKeeper, Vault
+from tickertap.secrets import CredentialRotator, TokenKeeper, Vault
 
 log = logging.getLogger(__name__)
 
@@ -323,17 +324,9 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            vault = Vault(settings.vault_addr)
-            stack.callback(vault.close)
-            await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
-            rotator = CredentialRotator(
-                vault, settings.vault_role, grace_s=settings.db_credential_grace_s
-            )
-            await rotator.start()
-            stack.push_async_callback(rotator.stop)  # after the pools are disposed
-            keeper = TokenKeeper(vault, [rotator])
-            keeper.start()
-            stack.push_async_callback(keeper.stop)
+            login = await stack.enter_async_context(service_login(settings, keep_alive=True))
+            vault, rotator, keeper = login.vault, login.rotator, login.keeper
+            assert keeper is not None
             db = settings.database()
             writer = create_engine(db, rotator, application_name=definition.name)
             stack.push_async_callback(writer.dispose)

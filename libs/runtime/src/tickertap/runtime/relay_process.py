@@ -28,8 +28,8 @@ from tickertap.db import create_engine
 from tickertap.messaging import OutboxRelay
 from tickertap.observability import configure_logging
 from tickertap.runtime.app import messaging_tables
+from tickertap.runtime.login import service_login
 from tickertap.runtime.settings import ServiceSettings
-from tickertap.secrets import AppRoleLogin, CredentialRotator, TokenKeeper, Vault
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +43,10 @@ async def run_relay(service: str, settings: ServiceSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     async with contextlib.AsyncExitStack() as stack:
-        vault = Vault(settings.vault_addr)
-        stack.callback(vault.close)
-        await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
-        rotator = CredentialRotator(
-            vault, settings.vault_role, grace_s=settings.db_credential_grace_s
+        login = await stack.enter_async_context(service_login(settings, keep_alive=True))
+        writer = create_engine(
+            settings.database(), login.rotator, application_name=f"{service}-relay"
         )
-        await rotator.start()
-        stack.push_async_callback(rotator.stop)
-        keeper = TokenKeeper(vault, [rotator])
-        keeper.start()
-        stack.push_async_callback(keeper.stop)
-        writer = create_engine(settings.database(), rotator, application_name=f"{service}-relay")
         stack.push_async_callback(writer.dispose)
         outbox, _ = messaging_tables(settings.db_schema)
         relay = OutboxRelay(

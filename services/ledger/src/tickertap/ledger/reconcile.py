@@ -49,12 +49,11 @@ from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tickertap.db import create_engine
 from tickertap.ledger.settings import LedgerSettings
 from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.runtime import ServiceRuntime
-from tickertap.secrets import AppRoleLogin, CredentialRotator, Vault
+from tickertap.runtime.login import command_engine
 
 log = logging.getLogger(__name__)
 
@@ -447,29 +446,16 @@ async def reconcile_with_vault(
     Reads through the reader host when one is set; the database lease is revoked on the
     way out, so the short-lived login ends with the command.
     """
-    vault = Vault(settings.vault_addr)
-    try:
-        await vault.login_approle(AppRoleLogin(settings.vault_role_id, settings.secret_id()))
-        rotator = CredentialRotator(vault, settings.vault_role, grace_s=0)
-        await rotator.start()
-        try:
-            engine = create_engine(
-                settings.database(), rotator, application_name="ledger-reconcile", read_only=True
-            )
-            try:
-                async with engine.connect() as conn:
-                    return await reconcile(
-                        conn,
-                        outbox_window_s=outbox_window_s,
-                        items_max=items_max,
-                        statement_timeout_ms=statement_timeout_ms,
-                    )
-            finally:
-                await engine.dispose()
-        finally:
-            await rotator.stop()  # after the pool: revoking the lease ends its sessions
-    finally:
-        vault.close()
+    async with (
+        command_engine(settings, "ledger-reconcile", read_only=True) as engine,
+        engine.connect() as conn,
+    ):
+        return await reconcile(
+            conn,
+            outbox_window_s=outbox_window_s,
+            items_max=items_max,
+            statement_timeout_ms=statement_timeout_ms,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

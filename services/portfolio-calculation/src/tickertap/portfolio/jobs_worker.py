@@ -60,7 +60,7 @@ from tickertap.portfolio import jobs
 from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import messaging_tables
 from tickertap.runtime.app import load_codec
-from tickertap.secrets import AppRoleLogin, CredentialRotator, TokenKeeper, Vault
+from tickertap.runtime.login import service_login
 
 log = logging.getLogger(__name__)
 DLQ_FLUSH_S = 30.0
@@ -98,18 +98,10 @@ class JobStore(Service):
     async def on_start(self) -> None:
         """Log in as the service does and keep it up for the worker's life: the Vault token
         renewed (or a new login) by a TokenKeeper, database credentials rotated with a grace
-        period, as the service's runtime does (ops.service_engine is for short commands)."""
+        period, as the service's runtime does (`command_engine` is for short commands)."""
         s, stack = self.settings, self._exit
-        vault = Vault(s.vault_addr)
-        stack.callback(vault.close)
-        await vault.login_approle(AppRoleLogin(s.vault_role_id, s.secret_id()))
-        rotator = CredentialRotator(vault, s.vault_role, grace_s=s.db_credential_grace_s)
-        await rotator.start()
-        stack.push_async_callback(rotator.stop)  # after the pool is disposed
-        keeper = TokenKeeper(vault, [rotator])
-        keeper.start()
-        stack.push_async_callback(keeper.stop)
-        engine = create_engine(s.database(), rotator, application_name="portfolio-jobs")
+        login = await stack.enter_async_context(service_login(s, keep_alive=True))
+        engine = create_engine(s.database(), login.rotator, application_name="portfolio-jobs")
         stack.push_async_callback(engine.dispose)
         self._engine = engine
         self.ready.set()

@@ -33,8 +33,8 @@ from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
-from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.settings import PortfolioSettings
+from tickertap.runtime.login import command_engine
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ async def rebuild(engine: AsyncEngine, scales: d.Scales, *, repair: bool, items_
 async def rebuild_with_vault(
     settings: PortfolioSettings, *, repair: bool, items_max: int
 ) -> Report:
-    """Log in as the service does and rebuild (see `ops.service_engine`)."""
-    async with service_engine(settings, "portfolio-rebuild") as engine:
+    """Log in as the service does and rebuild (`tickertap.runtime.login.command_engine`)."""
+    async with command_engine(settings, "portfolio-rebuild") as engine:
         return await rebuild(engine, settings.scales(), repair=repair, items_max=items_max)
 
 

@@ -44,8 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.portfolio import repository as repo
-from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.settings import PortfolioSettings
+from tickertap.runtime.login import command_engine
 
 log = logging.getLogger(__name__)
 
@@ -363,9 +363,9 @@ async def reconcile_with_vault(
     only: list[uuid.UUID] | None = None,
     concurrency_max: int = CONCURRENCY_MAX_DEFAULT,
 ) -> Report:
-    """Log in as the service does (see `ops.service_engine`) and reconcile."""
+    """Log in as the service does (`tickertap.runtime.login.command_engine`) and reconcile."""
     async with (
-        service_engine(settings, "portfolio-reconcile", read_only=True) as engine,
+        command_engine(settings, "portfolio-reconcile", read_only=True) as engine,
         ledger_client(settings, ledger_url, source) as client,
     ):
         return await reconcile(

@@ -17,14 +17,14 @@ from datetime import UTC, datetime
 from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.portfolio import handlers
-from tickertap.portfolio.ops import service_engine
 from tickertap.portfolio.settings import PortfolioSettings
+from tickertap.runtime.login import command_engine
 
 log = logging.getLogger(__name__)
 
 
 async def snapshot_now(settings: PortfolioSettings) -> int:
-    async with service_engine(settings, "portfolio-valuations") as engine:
+    async with command_engine(settings, "portfolio-valuations") as engine:
         return await handlers.snapshot_valuations(
             engine,
             settings.base_currency,
