@@ -108,6 +108,15 @@ def test_one_component_per_service(values: dict[str, Any]) -> None:
     assert job_worker["module"] == "tickertap.portfolio.jobs_worker"
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(job_worker["resources"][kind])
+    # only portfolio-calculation reconciles with the ledger (the templates read the block
+    # with `get`, so the others need none); it names the machine client and the operator's
+    # Secret, never holds the secret itself
+    reconciling = [n for n, s in services.items() if s.get("reconcile", {}).get("enabled")]
+    assert reconciling == ["portfolioCalculation"]
+    reconcile = services["portfolioCalculation"]["reconcile"]
+    keys = {"enabled", "clientId", "scope", "intervalS", "secretName", "secretKey"}
+    assert set(reconcile) == keys
+    assert reconcile["scope"] == "ledger:read"
 
 
 def test_security_settings(values: dict[str, Any]) -> None:

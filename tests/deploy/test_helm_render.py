@@ -10,6 +10,7 @@ fails here instead of at `helm install`.
 
 from __future__ import annotations
 
+import os
 import sys
 import tomllib
 from collections import Counter
@@ -21,8 +22,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tickertap.portfolio.settings import PortfolioSettings
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rendering import CHART, ENVIRONMENTS, NAMESPACE, environment_values
+from rendering import CHART, ENVIRONMENTS, NAMESPACE, RELEASE, environment_values, manifests_of
 
 # the Kubernetes version the chart targets (kubernetes-validate ships its schemas offline)
 KUBERNETES_VERSION = "1.31.0"
@@ -292,3 +295,175 @@ def test_job_workers_run_beside_the_portfolio_api(
             assert doc["spec"]["selector"][ROLE] == "api", ident(doc)
         elif doc["kind"] == "PodDisruptionBudget":
             assert doc["spec"]["selector"]["matchLabels"][ROLE] == "api", ident(doc)
+
+
+# portfolio-calculation's periodic reconciliation with the ledger (values: its `reconcile`)
+PORTFOLIO_API = "Deployment/tickertap-portfolio-calculation"
+RECONCILE_ENV = "TICKERTAP_RECONCILE_"
+HTTP_PORT = 8000
+
+
+def reconcile_values() -> dict[str, Any]:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    block: dict[str, Any] = values["services"]["portfolioCalculation"]["reconcile"]
+    return block
+
+
+def container_env(doc: dict[str, Any]) -> dict[str, str]:
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = doc["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def policy_of(docs: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, Any]:
+    (policy,) = [
+        doc
+        for doc in docs
+        if doc["kind"] == "NetworkPolicy"
+        and doc["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    return policy
+
+
+def admits(rules: list[dict[str, Any]], side: str, peer: dict[str, str], port: int) -> bool:
+    """Whether a rule lets traffic on TCP `port` to (egress: side "to") or from (ingress:
+    "from") a pod of this namespace with labels `peer`: a podSelector peer with no
+    namespaceSelector whose labels the pod carries."""
+    for rule in rules:
+        ports = {(p["port"], p.get("protocol", "TCP")) for p in rule.get("ports", [])}
+        if (port, "TCP") not in ports:
+            continue
+        for selector in rule[side]:
+            if "namespaceSelector" in selector or "podSelector" not in selector:
+                continue
+            if selector["podSelector"]["matchLabels"].items() <= peer.items():
+                return True
+    return False
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_portfolio_api_reconciles_with_the_ledger(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The portfolio API replicas get the reconciliation's settings: the ledger's Service,
+    auth's token endpoint, the client id, scope and interval from the values, and the
+    client's secret as a file of the operator's Secret, mounted read-only (never a value:
+    no TICKERTAP_RECONCILE_CLIENT_SECRET, nothing in the ConfigMap); with them the
+    service's settings load with the job configured. The job workers get none of it."""
+    docs = rendered_chart[env]
+    by_ident = {ident(doc): doc for doc in docs}
+    api = by_ident[PORTFOLIO_API]
+    block = reconcile_values()
+    env_vars = container_env(api)
+    reconcile = {k: v for k, v in env_vars.items() if k.startswith(RECONCILE_ENV)}
+    services = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Service"}
+    ledger_service = services["tickertap-ledger"]
+    auth_service = services["tickertap-auth"]
+    assert [p["port"] for p in ledger_service["spec"]["ports"]] == [HTTP_PORT]
+    assert [p["port"] for p in auth_service["spec"]["ports"]] == [HTTP_PORT]
+    secret_file = Path(reconcile[f"{RECONCILE_ENV}CLIENT_SECRET_FILE"])
+    assert reconcile == {
+        f"{RECONCILE_ENV}LEDGER_URL": f"http://tickertap-ledger:{HTTP_PORT}",
+        f"{RECONCILE_ENV}TOKEN_URL": f"http://tickertap-auth:{HTTP_PORT}/oauth/token",
+        f"{RECONCILE_ENV}CLIENT_ID": block["clientId"],
+        f"{RECONCILE_ENV}SCOPE": block["scope"],
+        f"{RECONCILE_ENV}INTERVAL_S": str(block["intervalS"]),
+        f"{RECONCILE_ENV}CLIENT_SECRET_FILE": str(secret_file),
+    }
+    assert float(reconcile[f"{RECONCILE_ENV}INTERVAL_S"]) > 0, "the job runs"
+    # the secret: a file of the Secret's key, on a read-only mount without subPath (a
+    # rotated Secret reaches the running pod)
+    pod = api["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(secret_file.parent)]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    assert volume["secret"]["secretName"] == block["secretName"]
+    assert volume["secret"]["items"] == [{"key": block["secretKey"], "path": secret_file.name}]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "not world-readable"
+    assert volume["secret"].get("optional", False) is False, "no start without it"
+    # the ConfigMap every role shares carries none of it
+    (config_map,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tickertap-portfolio-calculation"
+    ]
+    assert not [k for k in config_map["data"] if k.startswith(RECONCILE_ENV)]
+    # the job workers and the other services: no reconciliation settings, no secret volume
+    for doc, other in workloads(docs):
+        if doc is api:
+            continue
+        for c in other["spec"]["containers"]:
+            assert not [e for e in c.get("env", []) if e["name"].startswith(RECONCILE_ENV)]
+        assert not [v for v in other["spec"]["volumes"] if "secret" in v], ident(doc)
+
+    # what the API container would load: the ConfigMap, then its own env
+    for key in [k for k in os.environ if k.startswith("TICKERTAP_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**config_map["data"], **env_vars}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TICKERTAP_VAULT_ROLE_ID", "from-the-vault-agent")
+    settings = PortfolioSettings()  # type: ignore[call-arg]  # from the environment
+    assert settings.reconcile_configured()
+    assert settings.reconcile_client_secret is None
+    assert settings.reconcile_client_secret_file == secret_file
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_portfolio_api_may_reach_the_ledger_and_auth(
+    rendered_chart: dict[str, list[dict[str, Any]]], env: str
+) -> None:
+    """Both NetworkPolicies let the reconciliation through on 8000: the portfolio pods'
+    egress to the ledger's and auth's API pods, the ledger's ingress from the portfolio API
+    pods (auth already admits every tickerTap pod, for its JWKS). The job workers do not
+    reconcile: the ledger does not admit them."""
+    docs = rendered_chart[env]
+    by_ident = {ident(doc): doc for doc in docs}
+    portfolio = pod_labels(by_ident[PORTFOLIO_API])
+    jobs = pod_labels(by_ident[JOB_WORKER])
+    ledger = pod_labels(by_ident["Deployment/tickertap-ledger"])
+    auth = pod_labels(by_ident["Deployment/tickertap-auth"])
+    egress = policy_of(docs, portfolio)["spec"]["egress"]
+    assert admits(egress, "to", ledger, HTTP_PORT)
+    assert admits(egress, "to", auth, HTTP_PORT)
+    assert not admits(egress, "to", ledger, HTTP_PORT + 1)
+    ledger_ingress = policy_of(docs, ledger)["spec"]["ingress"]
+    assert admits(ledger_ingress, "from", portfolio, HTTP_PORT)
+    assert not admits(ledger_ingress, "from", jobs, HTTP_PORT)
+    assert admits(policy_of(docs, auth)["spec"]["ingress"], "from", portfolio, HTTP_PORT)
+    # no other service reaches the ledger's pods, nor does the ledger reach itself this way
+    for other in ("auth", "ledger", "market-data-ingest"):
+        labels = pod_labels(by_ident[f"Deployment/tickertap-{other}"])
+        assert not admits(policy_of(docs, labels)["spec"]["egress"], "to", ledger, HTTP_PORT)
+        assert not admits(ledger_ingress, "from", labels, HTTP_PORT)
+
+
+def render_with(overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        texts = chart.render(overrides, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return manifests_of(texts)
+
+
+def test_reconciliation_can_be_turned_off() -> None:
+    """`reconcile.enabled: false`: no settings (the service logs that the job is off), no
+    Secret needed, and the NetworkPolicies open nothing for it."""
+    docs = render_with({"services": {"portfolioCalculation": {"reconcile": {"enabled": False}}}})
+    by_ident = {ident(doc): doc for doc in docs}
+    api = by_ident[PORTFOLIO_API]
+    assert not [k for k in container_env(api) if k.startswith(RECONCILE_ENV)]
+    assert not [v for v in api["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    ledger = pod_labels(by_ident["Deployment/tickertap-ledger"])
+    egress = policy_of(docs, pod_labels(api))["spec"]["egress"]
+    assert not admits(egress, "to", ledger, HTTP_PORT)
+    ledger_ingress = policy_of(docs, ledger)["spec"]["ingress"]
+    assert not admits(ledger_ingress, "from", pod_labels(api), HTTP_PORT)
+
+
+def test_reconciliation_needs_the_secret_name() -> None:
+    with pytest.raises(Exception, match=r"reconcile\.secretName"):
+        render_with({"services": {"portfolioCalculation": {"reconcile": {"secretName": ""}}}})

@@ -116,3 +116,43 @@ mounts `vault-token` into its agent only (agent-service-account-token-volume-nam
 - name: tmp
   mountPath: /tmp
 {{- end }}
+
+{{/*
+The periodic reconciliation with the ledger (portfolio-calculation's `reconcile` block; see
+its settings.py): the ledger's Service and auth's token endpoint in the release's namespace
+(the NetworkPolicies let the API pods reach both on 8000), the machine client's id and
+scope, the interval, and its secret as a file of the operator's Secret, mounted read-only:
+the service reads it at each token request, so a rotated Secret is picked up without a
+restart (the kubelet refreshes the file; no subPath, which would freeze it).
+*/}}
+{{- define "tickertap.reconcileSecretDir" -}}
+/run/tickertap-reconcile
+{{- end }}
+
+{{- define "tickertap.reconcileEnv" -}}
+{{- $reconcile := .svc.reconcile -}}
+- name: TICKERTAP_RECONCILE_LEDGER_URL
+  value: {{ printf "http://%s:8000" (include "tickertap.fullname" (dict "key" "ledger")) | quote }}
+- name: TICKERTAP_RECONCILE_TOKEN_URL
+  value: {{ printf "http://%s:8000/oauth/token" (include "tickertap.fullname" (dict "key" "auth")) | quote }}
+- name: TICKERTAP_RECONCILE_CLIENT_ID
+  value: {{ required "reconcile.clientId: the machine client provisioned with set-client" $reconcile.clientId | quote }}
+- name: TICKERTAP_RECONCILE_SCOPE
+  value: {{ $reconcile.scope | quote }}
+- name: TICKERTAP_RECONCILE_INTERVAL_S
+  value: {{ $reconcile.intervalS | quote }}
+- name: TICKERTAP_RECONCILE_CLIENT_SECRET_FILE
+  value: {{ printf "%s/client_secret" (include "tickertap.reconcileSecretDir" .) | quote }}
+{{- end }}
+
+{{/* Owner root, group the pod's fsGroup (10001): readable by the service's user only. */}}
+{{- define "tickertap.reconcileVolume" -}}
+{{- $reconcile := .svc.reconcile -}}
+- name: reconcile-client
+  secret:
+    secretName: {{ required "reconcile.secretName: the Secret holding the machine client's secret (helm/README.md)" $reconcile.secretName }}
+    items:
+      - key: {{ required "reconcile.secretKey: its key in that Secret" $reconcile.secretKey }}
+        path: client_secret
+    defaultMode: 0440
+{{- end }}
