@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,15 @@ WORKERS = {
     ),
 }
 INFRA = {"postgres", "kafka", "schema-registry", "openbao", "bootstrap", "prometheus", "grafana"}
-ONE_SHOT = {"bootstrap", "feed"}
+# the one-shot that provisions the portfolio reconciliation's machine client at auth, and
+# the volume it hands the client's secret to the portfolio service in
+RECONCILE_CLIENT = "reconcile-client"
+RECONCILE_VOLUME = "reconcile-client"
+RECONCILE_ENV = "TICKERTAP_RECONCILE_"
+ONE_SHOT = {"bootstrap", "feed", RECONCILE_CLIENT}
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
-SECRET_KEY = re.compile(r"PASSWORD|TOKEN|SECRET(?!_ID_FILE)|PRIVATE|API_KEY")
+# a secret's file or an endpoint is not a secret (…_SECRET_ID_FILE, …_SECRET_FILE, …_TOKEN_URL)
+SECRET_KEY = re.compile(r"PASSWORD|TOKEN(?!_URL)|SECRET(?!(_ID)?_FILE)|PRIVATE|API_KEY")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +107,7 @@ def test_the_compose_specification_rejects_a_misspelt_key(compose: dict[str, Any
 
 def test_every_part_is_there(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == INFRA | set(APP_SERVICES) | set(WORKERS) | {"feed"}
+    assert set(services) == INFRA | set(APP_SERVICES) | set(WORKERS) | ONE_SHOT
     assert services["feed"]["profiles"] == ["feed"], "the feed simulator is opt-in"
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -154,15 +161,23 @@ def test_worker_runs_its_services_image_and_settings(
     assert service["build"] == owner_service["build"]
     assert service["command"][0].endswith(f"exec python -m {module}")
     assert service["depends_on"][owner] == {"condition": "service_healthy"}
-    shared = {k: v for k, v in service["environment"].items() if k in owner_service["environment"]}
-    assert shared == owner_service["environment"], "the service's own settings"
+    # the service's own settings, but the reconciliation's: its API replicas run that job
+    owner_env = {
+        k: v for k, v in owner_service["environment"].items() if not k.startswith(RECONCILE_ENV)
+    }
+    shared = {k: v for k, v in service["environment"].items() if k in owner_env}
+    assert shared == owner_env, "the service's own settings"
+    assert not [k for k in service["environment"] if k.startswith(RECONCILE_ENV)]
+    assert [m["source"] for m in service["volumes"]] == ["credentials"]
     assert service["environment"]["TICKERTAP_JOB_DATA_DIR"].startswith("/tmp/")
     _check_app_container(service, target, schema, monkeypatch)
 
 
 def _check_app_container(
     service: dict[str, Any], target: str, schema: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Any:
+    """Checks `service` and returns its settings, loaded from the environment compose gives
+    it (the role_id a placeholder)."""
     environment = {k: _interpolate(str(v)) for k, v in service["environment"].items()}
     assert environment["TICKERTAP_DB_SCHEMA"] == schema
     assert environment["TICKERTAP_VAULT_ROLE"] == schema
@@ -171,16 +186,25 @@ def _check_app_container(
     assert service["read_only"] is True
     assert service["cap_drop"] == ["ALL"]
     assert any(t.startswith("/tmp") for t in service["tmpfs"])
-    (mount,) = service["volumes"]
-    assert mount["source"] == "credentials"
+    mounts = {m["source"]: m for m in service["volumes"]}
+    mount = mounts.pop("credentials")
     assert mount["read_only"] is True
     assert mount["volume"]["subpath"] == schema, "each service sees only its own AppRole"
+    # whatever else it mounts (the portfolio service: its reconciliation client's secret)
+    # it only reads
+    assert all(m["read_only"] is True for m in mounts.values()), mounts
     assert service["depends_on"]["bootstrap"] == {"condition": "service_completed_successfully"}
+    return _load_settings(service, target, schema, monkeypatch)
 
+
+def _load_settings(
+    service: dict[str, Any], target: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """`target`, the settings class, loaded from the environment compose gives `service`."""
     for key in [k for k in os.environ if k.startswith("TICKERTAP_")]:
         monkeypatch.delenv(key)
-    for key, value in environment.items():
-        monkeypatch.setenv(key, value)
+    for key, value in service["environment"].items():
+        monkeypatch.setenv(key, _interpolate(str(value)))
     # the entrypoint exports the role_id read from the credentials volume
     assert "TICKERTAP_VAULT_ROLE_ID=" in service["command"][0]
     monkeypatch.setenv("TICKERTAP_VAULT_ROLE_ID", "from-the-volume")
@@ -188,6 +212,7 @@ def _check_app_container(
     settings = getattr(importlib.import_module(module_name), class_name)()
     assert settings.db_schema == schema
     assert settings.environment == "production"
+    return settings
 
 
 def test_no_secret_literal_in_the_file(compose: dict[str, Any]) -> None:
@@ -261,3 +286,100 @@ def test_bootstrap_runs_the_project_bootstrap(compose: dict[str, Any]) -> None:
     ):
         assert needed in bootstrap["environment"]
     assert set(bootstrap["depends_on"]) == {"postgres", "kafka", "openbao"}
+
+
+def _mount_of(service: dict[str, Any], path: str) -> dict[str, Any]:
+    """The mount `path` lies in (the deepest target above it)."""
+    above = [m for m in service["volumes"] if Path(path).is_relative_to(m["target"])]
+    assert above, f"{path} is on no mount"
+    mount: dict[str, Any] = max(above, key=lambda m: len(m["target"]))
+    return mount
+
+
+def test_portfolio_reconciles_with_a_provisioned_client(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The portfolio service gets the reconciliation's settings (the ledger's and auth's
+    compose addresses, the client, scope and interval) and reads the client's secret from
+    the reconcile-client volume, read-only; the reconcile-client one-shot provisions that
+    same client with auth's set-client (auth's image, settings and AppRole, after auth is
+    healthy) and writes the secret into that volume, before the portfolio service starts.
+    No other container mounts the volume."""
+    services = compose["services"]
+    portfolio = services["portfolio-calculation"]
+    one_shot = services[RECONCILE_CLIENT]
+    auth = services["auth"]
+    env = portfolio["environment"]
+    reconcile = {k.removeprefix(RECONCILE_ENV): v for k, v in env.items() if RECONCILE_ENV in k}
+    assert set(reconcile) == {
+        "LEDGER_URL",
+        "TOKEN_URL",
+        "CLIENT_ID",
+        "SCOPE",
+        "CLIENT_SECRET_FILE",
+        "INTERVAL_S",
+    }, "the secret only as a file"
+    assert reconcile["LEDGER_URL"] == "http://ledger:8000"
+    assert reconcile["TOKEN_URL"] == "http://auth:8000/oauth/token"
+    assert float(reconcile["INTERVAL_S"]) > 0, "the job runs"
+    assert {"ledger", "auth"} <= set(services)
+
+    # the one-shot: auth's image, settings and AppRole, once auth has migrated its schema
+    assert one_shot["image"] == auth["image"]
+    assert one_shot["build"] == auth["build"]
+    assert one_shot["depends_on"] == {"auth": {"condition": "service_healthy"}}
+    assert one_shot["read_only"] is True
+    assert one_shot["cap_drop"] == ["ALL"]
+    assert one_shot["security_opt"] == ["no-new-privileges:true"]
+    one_env = one_shot["environment"]
+    assert {k: v for k, v in one_env.items() if k in auth["environment"]} == {
+        **auth["environment"],
+        "TICKERTAP_VAULT_SECRET_ID_FILE": one_env["TICKERTAP_VAULT_SECRET_ID_FILE"],
+    }
+    approle = _mount_of(one_shot, one_env["TICKERTAP_VAULT_SECRET_ID_FILE"])
+    assert approle["source"] == "credentials"
+    assert approle["volume"]["subpath"] == "auth"
+    assert approle["read_only"] is True
+    command = one_shot["command"][0]
+    role_id_file = re.search(r"cat (\S+)\)", command)
+    assert role_id_file is not None
+    assert _mount_of(one_shot, role_id_file[1]) is approle
+    # it provisions the client the portfolio service uses, with the role and scope it needs
+    argv = shlex.split(command.split("&&", 1)[1].replace("$$", "$"))
+    assert argv[:4] == ["exec", "python", "-m", "tickertap.auth.cli"]
+    at = argv.index("set-client")
+    assert argv[at + 1] == "$RECONCILE_CLIENT_ID"
+    assert one_env["RECONCILE_CLIENT_ID"] == reconcile["CLIENT_ID"]
+    assert argv[argv.index("--scope") + 1] == "$RECONCILE_SCOPE"
+    assert one_env["RECONCILE_SCOPE"] == reconcile["SCOPE"] == "ledger:read"
+    assert argv[argv.index("--role") + 1] == "support"  # reads every customer's accounts
+    # ... and writes its secret into the volume the portfolio service reads it from
+    written = argv[argv.index("--secret-file") + 1]
+    writes = _mount_of(one_shot, written)
+    reads = _mount_of(portfolio, reconcile["CLIENT_SECRET_FILE"])
+    assert writes["source"] == reads["source"] == RECONCILE_VOLUME
+    assert not writes.get("read_only", False)
+    assert reads["read_only"] is True
+    assert Path(written).relative_to(writes["target"]) == Path(
+        reconcile["CLIENT_SECRET_FILE"]
+    ).relative_to(reads["target"])
+    assert portfolio["depends_on"][RECONCILE_CLIENT] == {
+        "condition": "service_completed_successfully"
+    }
+    assert RECONCILE_VOLUME in compose["volumes"]
+    mounting = {
+        name
+        for name, service in services.items()
+        for m in service.get("volumes", [])
+        if isinstance(m, dict) and m["source"] == RECONCILE_VOLUME
+    }
+    assert mounting == {RECONCILE_CLIENT, "portfolio-calculation"}
+
+    # both load their settings from what compose gives them
+    settings = _check_app_container(
+        portfolio, APP_SERVICES["portfolio-calculation"][0], "portfolio", monkeypatch
+    )
+    assert settings.reconcile_configured()
+    assert settings.reconcile_client_secret is None
+    one_shot_settings = _load_settings(one_shot, APP_SERVICES["auth"][0], "auth", monkeypatch)
+    assert str(one_shot_settings.vault_secret_id_file) == one_env["TICKERTAP_VAULT_SECRET_ID_FILE"]
