@@ -105,7 +105,10 @@ def create_protected_app() -> Any:
     uncached = BearerAuth(
         AccessTokenVerifier(jwks, cache_entries_max=0, **options)  # type: ignore[arg-type]
     )
-    app = FastAPI()
+    service_stack = os.environ.get("BENCH_SERVICE_STACK") == "1"
+    # as create_service_app builds a service's app: FastAPI's OpenTelemetry hooks off
+    telemetry = {"tracing": False, "metrics": False, "logs": False} if service_stack else None
+    app = FastAPI(telemetry=telemetry)
     install_error_handlers(app)
     Cached = Annotated[Principal, Depends(cached.require())]
     Uncached = Annotated[Principal, Depends(uncached.require())]
@@ -129,7 +132,7 @@ def create_protected_app() -> Any:
     async def protected_uncached(principal: Uncached) -> dict[str, str]:
         return {"subject": principal.subject}
 
-    if os.environ.get("BENCH_SERVICE_STACK") == "1":
+    if service_stack:
         from tickertap.observability import Metrics, ObservabilityMiddleware
         from tickertap.runtime.limits import BodySizeLimit
         from tickertap.runtime.settings import ServiceSettings
