@@ -153,8 +153,13 @@ class RevocationFollower:
                     executor, consumer.consume, BATCH_MAX, POLL_TIMEOUT_S
                 )
                 for message in messages:
-                    if message.error() is None:
+                    error = message.error()
+                    if error is None:
                         self._apply(message.value())
+                    elif error.fatal():
+                        raise KafkaException(error)  # the task ends: readiness fails
+                    else:
+                        log.warning("revocations: %s", error)
         finally:
             await asyncio.shield(loop.run_in_executor(executor, consumer.close))
             executor.shutdown(wait=False)
