@@ -395,6 +395,16 @@ class InboxConsumer:
 
     # -- one batch ----------------------------------------------------------------------
 
+    def _usable(self, message: Message) -> bool:
+        """False for a message that carries a client error (logged); a fatal one raises."""
+        error = message.error()
+        if error is None:
+            return True
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consumer %s: %s", self.name, kafka.describe(error))
+        return False
+
     async def _process_batch(self, consumer: Consumer, messages: Sequence[Message]) -> None:
         if self._batch_handler is not None:
             await self._process_as_batch(consumer, messages, self._batch_handler)
@@ -404,11 +414,7 @@ class InboxConsumer:
             for message in messages:
                 if self._stopping.is_set():
                     break
-                error = message.error()
-                if error is not None:
-                    if error.fatal():
-                        raise KafkaException(error)
-                    log.warning("consumer %s: %s", self.name, kafka.describe(error))
+                if not self._usable(message):
                     continue
                 await self._process(message)
                 topic, partition, offset = _position(message)
@@ -478,11 +484,7 @@ class InboxConsumer:
             for message in messages:
                 if self._stopping.is_set():
                     break
-                error = message.error()
-                if error is not None:
-                    if error.fatal():
-                        raise KafkaException(error)
-                    log.warning("consumer %s: %s", self.name, kafka.describe(error))
+                if not self._usable(message):
                     continue
                 position = _position(message)
                 positions.append(position)

@@ -494,11 +494,7 @@ async def portfolio(conn: AsyncConnection, owner_id: uuid.UUID) -> PortfolioRow 
 
 
 async def balances(conn: AsyncConnection, owner_id: uuid.UUID) -> dict[str, Decimal]:
-    rows = await conn.execute(
-        text("SELECT asset, amount FROM portfolio.balances WHERE owner_id = :owner ORDER BY 1"),
-        {"owner": owner_id},
-    )
-    return {r.asset: r.amount for r in rows}
+    return (await balances_of(conn, [owner_id]))[owner_id]
 
 
 async def balances_of(
@@ -512,6 +508,13 @@ async def balances_of(
         ),
         {"owners": list(owner_ids)},
     )
+    return _amounts_by_owner(rows, owner_ids)
+
+
+def _amounts_by_owner(
+    rows: Iterable[Any], owner_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Decimal]]:
+    """(owner_id, asset, amount) rows as each owner's amounts by asset (empty for none)."""
     found: dict[uuid.UUID, dict[str, Decimal]] = {o: {} for o in owner_ids}
     for r in rows:
         found[r.owner_id][r.asset] = r.amount
@@ -562,10 +565,7 @@ async def cash_of(
         ),
         {"owners": list(owner_ids)},
     )
-    found: dict[uuid.UUID, dict[str, Decimal]] = {o: {} for o in owner_ids}
-    for r in rows:
-        found[r.owner_id][r.asset] = r.amount
-    return found
+    return _amounts_by_owner(rows, owner_ids)
 
 
 async def lots(conn: AsyncConnection, owner_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
