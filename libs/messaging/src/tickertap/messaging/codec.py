@@ -37,7 +37,9 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import io
+import math
 import re
+import struct
 import uuid
 from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation
@@ -163,8 +165,12 @@ class ConfluentSchemaRegistry:
         return str(schema.schema_str)
 
 
-# Compiled per schema. An encoder checks one value strictly and returns the value to hand to
-# fastavro; a decode check inspects one decoded value.
+# Compiled per schema. A writer checks one value strictly and appends its Avro binary encoding
+# through `put` (a list's append), in one walk. A checker (the path before the writers, kept
+# for the schemas the writers leave to fastavro) checks one value strictly and returns the value
+# to hand to fastavro's writer. A decode check inspects one decoded value.
+_Put = Callable[[bytes], object]
+_Writer = Callable[[Any, _Put], None]
 _Encoder = Callable[[Any], Any]
 _DecodeCheck = Callable[[Any, str], None]
 
@@ -181,7 +187,7 @@ class AvroCodec:
     def __init__(self, schemas: SchemaSet, registry: SchemaRegistry | None = None) -> None:
         self._schemas = schemas
         self._registry = registry
-        self._encoders: dict[str, _Encoder] = {}
+        self._writers: dict[str, _Writer] = {}
         self._decode_checks: dict[str, _DecodeCheck | None] = {}
         self._ids_by_subject: dict[tuple[str, bytes], int] = {}
         self._schemas_by_id: dict[int, AvroSchema] = {}
@@ -204,20 +210,14 @@ class AvroCodec:
         schema = self._schemas.get(schema_name)
         if not isinstance(record, Mapping):
             raise EncodeError(f"a record must be a mapping, got {type(record).__name__}")
-        encoder, _ = self._compiled(schema)
+        writer, _ = self._compiled(schema)
+        chunks = [b""]  # the header's place: an invalid record never reaches the registry
         try:
-            datum = encoder(record)
+            writer(record, chunks.append)
         except _Invalid as exc:
             raise EncodeError(f"{_format_path(schema.name, exc.path)}: {exc.problem}") from None
-        out = io.BytesIO()
-        out.write(self._header(schema, topic if topic is not None else schema_name))
-        try:
-            fastavro.schemaless_writer(
-                out, schema.parsed, datum, strict_allow_default=True, disable_tuple_notation=True
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise EncodeError(str(exc)) from None
-        return out.getvalue()
+        chunks[0] = self._header(schema, topic if topic is not None else schema_name)
+        return b"".join(chunks)
 
     def decode(self, data: bytes, schema_name: str | None = None) -> dict[str, Any]:
         """Decode one framed message.
@@ -332,13 +332,13 @@ class AvroCodec:
 
     # Strict values: compiled once per schema
 
-    def _compiled(self, schema: AvroSchema) -> tuple[_Encoder, _DecodeCheck | None]:
-        encoder = self._encoders.get(schema.name)
-        if encoder is None:
-            encoder = _compile_encoder(schema.parsed)
+    def _compiled(self, schema: AvroSchema) -> tuple[_Writer, _DecodeCheck | None]:
+        writer = self._writers.get(schema.name)
+        if writer is None:
+            writer = _compile_writer(schema.parsed)
             self._decode_checks[schema.name] = _compile_decode_check(schema.parsed)
-            self._encoders[schema.name] = encoder
-        return encoder, self._decode_checks[schema.name]
+            self._writers[schema.name] = writer
+        return writer, self._decode_checks[schema.name]
 
 
 class _Invalid(Exception):
@@ -529,9 +529,11 @@ def _logical_encoder(node: dict[str, Any], kind: str) -> _Encoder:
     return _PRIMITIVE_ENCODERS[kind]
 
 
-def _compile_encoder(schema: Any) -> _Encoder:
-    """A strict encoder for `schema` (fastavro-parsed): it checks a value against the schema
-    and returns what to hand to fastavro's writer, or raises `_Invalid`."""
+def _compile_checker(schema: Any) -> _Encoder:
+    """A strict checker for `schema` (fastavro-parsed): it checks a value against the schema
+    and returns what to hand to fastavro's writer, or raises `_Invalid`. The writers
+    (`_compile_writer`) apply the same rules; this remains for the schemas they leave to
+    fastavro and as the reference the writers' bytes are tested against."""
     named: dict[str, _Encoder] = {}
 
     def compile_node(node: Any) -> _Encoder:
@@ -681,6 +683,501 @@ def _compile_encoder(schema: Any) -> _Encoder:
         return encode_map
 
     return compile_node(schema)
+
+
+# Direct writers: check strictly and write the Avro binary encoding in one walk (Avro 1.11
+# specification, "Binary Encoding"), byte for byte what fastavro wrote for the checker's output.
+
+DECIMAL_CACHE_ENTRIES_MAX = 4096  # per (precision, scale, size) of a schema; cleared when full
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+_US_PER_S = 1_000_000
+_MS_PER_S = 1_000
+_S_PER_DAY = 86_400
+_UUID_CHARS = 36
+
+_ONE_BYTE_VARINTS = tuple(bytes((n,)) for n in range(0x80))
+_NULL_CHUNK = b""
+_FALSE_CHUNK = b"\x00"
+_TRUE_CHUNK = b"\x01"
+_END_OF_BLOCKS = b"\x00"
+_pack_float = struct.Struct("<f").pack
+_pack_double = struct.Struct("<d").pack
+
+
+class _NeedsFastavro(Exception):
+    """A union of several non-null branches: fastavro picks the branch, so the schema keeps the
+    checker and fastavro's writer."""
+
+
+def _varint(n: int) -> bytes:
+    """The variable-length encoding of a non-negative (already zig-zagged) integer."""
+    if n < 0x80:
+        return _ONE_BYTE_VARINTS[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _long_chunk(value: int) -> bytes:
+    """An int or long: zig-zag, then varint (the zig-zag of a 32-bit value is the same)."""
+    return _varint((value << 1) ^ (value >> 63))
+
+
+def _length_chunk(length: int) -> bytes:
+    return _varint(length << 1)
+
+
+def _integer(datum: Any, low: int, high: int, bits: int) -> int:
+    if datum.__class__ is not int and (not isinstance(datum, int) or isinstance(datum, bool)):
+        raise _Invalid(f"expected an int, got {_got(datum)}")
+    if not low <= datum <= high:
+        raise _Invalid(f"{datum} does not fit in {bits} bits")
+    return int(datum)
+
+
+def _write_null(datum: Any, put: _Put) -> None:
+    if datum is not None:
+        raise _Invalid(f"expected null, got {_got(datum)}")
+
+
+def _write_boolean(datum: Any, put: _Put) -> None:
+    if datum is True:
+        put(_TRUE_CHUNK)
+    elif datum is False:
+        put(_FALSE_CHUNK)
+    else:
+        raise _Invalid(f"expected a bool, got {_got(datum)}")
+
+
+def _write_int(datum: Any, put: _Put) -> None:
+    put(_long_chunk(_integer(datum, _INT_MIN, _INT_MAX, 32)))
+
+
+def _write_long(datum: Any, put: _Put) -> None:
+    put(_long_chunk(_integer(datum, _LONG_MIN, _LONG_MAX, 64)))
+
+
+def _real(datum: Any) -> float:
+    if not isinstance(datum, (int, float)) or isinstance(datum, bool):
+        raise _Invalid(f"expected a float, got {_got(datum)}")
+    try:
+        return float(datum)
+    except OverflowError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _write_float(datum: Any, put: _Put) -> None:
+    value = _real(datum)
+    try:
+        put(_pack_float(value))
+    except OverflowError:  # beyond a float's range: IEEE rounding gives infinity, as fastavro
+        put(_pack_float(math.copysign(math.inf, value)))
+
+
+def _write_double(datum: Any, put: _Put) -> None:
+    put(_pack_double(_real(datum)))
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _write_string(datum: Any, put: _Put) -> None:
+    if not isinstance(datum, str):
+        raise _Invalid(f"expected a str, got {_got(datum)}")
+    encoded = _utf8(datum)
+    put(_length_chunk(len(encoded)))
+    put(encoded)
+
+
+def _write_bytes(datum: Any, put: _Put) -> None:
+    if not isinstance(datum, (bytes, bytearray)):
+        raise _Invalid(f"expected bytes, got {_got(datum)}")
+    put(_length_chunk(len(datum)))
+    put(bytes(datum))
+
+
+_PRIMITIVE_WRITERS: dict[str, _Writer] = {
+    "null": _write_null,
+    "boolean": _write_boolean,
+    "int": _write_int,
+    "long": _write_long,
+    "float": _write_float,
+    "double": _write_double,
+    "string": _write_string,
+    "bytes": _write_bytes,
+}
+
+
+def _decimal_writer(
+    precision: int, scale: int, size: int | None, cache: dict[Decimal, bytes]
+) -> _Writer:
+    """A decimal on bytes (`size` None: two's-complement big-endian unscaled value, as many
+    bytes as fastavro writes, length-prefixed) or on a fixed of `size` bytes (sign-extended).
+
+    `cache` maps Decimals to their encoding: equal Decimals quantize to the same value at the
+    schema's scale, so they encode (or fail) identically. Only finite exact-type Decimals are
+    cached (an int or float equal to a cached Decimal must still be refused)."""
+    context = Context(prec=precision, rounding=ROUND_HALF_EVEN, traps=[Inexact, InvalidOperation])
+    quantum = Decimal((0, (1,), -scale))
+    checked = _checked_decimal(precision, scale, context, quantum)
+
+    def encoded(datum: Any) -> bytes:
+        unscaled = int(checked(datum).scaleb(scale, context))
+        if size is None:
+            raw = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
+            return _length_chunk(len(raw)) + raw
+        try:
+            return unscaled.to_bytes(size, "big", signed=True)
+        except OverflowError:
+            raise _Invalid(f"{datum} does not fit in a fixed of {size} bytes") from None
+
+    def write_decimal(datum: Any, put: _Put) -> None:
+        if datum.__class__ is Decimal and datum.is_finite():
+            chunk = cache.get(datum)
+            if chunk is None:
+                chunk = encoded(datum)
+                if len(cache) >= DECIMAL_CACHE_ENTRIES_MAX:
+                    cache.clear()
+                cache[datum] = chunk
+            put(chunk)
+        else:
+            put(encoded(datum))  # raises: not a Decimal, or not finite
+
+    return write_decimal
+
+
+def _timestamp_writer(units_per_s: int, *, local: bool) -> _Writer:
+    """timestamp-millis/micros (an aware datetime, or an int taken as it is) and
+    local-timestamp-millis/micros (any datetime, its wall clock taken as UTC, or an int)."""
+    us_per_unit = _US_PER_S // units_per_s
+
+    def write_timestamp(datum: Any, put: _Put) -> None:
+        if isinstance(datum, dt.datetime):
+            if local:
+                delta = datum.replace(tzinfo=dt.UTC) - _EPOCH
+            elif datum.utcoffset() is None:
+                raise _Invalid("naive datetime; give it a timezone (UTC)")
+            else:
+                delta = datum - _EPOCH
+            # exact integer arithmetic, as fastavro's conversion
+            seconds = delta.days * _S_PER_DAY + delta.seconds
+            put(_long_chunk(seconds * units_per_s + delta.microseconds // us_per_unit))
+            return
+        if not local and (not isinstance(datum, int) or isinstance(datum, bool)):
+            raise _Invalid(f"expected an aware datetime, got {_got(datum)}")
+        put(_long_chunk(_integer(datum, _LONG_MIN, _LONG_MAX, 64)))
+
+    return write_timestamp
+
+
+def _write_date(datum: Any, put: _Put) -> None:
+    if isinstance(datum, dt.date) and not isinstance(datum, dt.datetime):
+        put(_long_chunk(datum.toordinal() - _EPOCH_ORDINAL))
+    else:
+        put(_long_chunk(_integer(datum, _INT_MIN, _INT_MAX, 32)))
+
+
+def _time_writer(units_per_s: int, low: int, high: int, bits: int) -> _Writer:
+    us_per_unit = _US_PER_S // units_per_s
+
+    def write_time(datum: Any, put: _Put) -> None:
+        if isinstance(datum, dt.time):
+            seconds = datum.hour * 3600 + datum.minute * 60 + datum.second
+            put(_long_chunk(seconds * units_per_s + datum.microsecond // us_per_unit))
+        else:
+            put(_long_chunk(_integer(datum, low, high, bits)))
+
+    return write_time
+
+
+_UUID_LENGTH_CHUNK = _length_chunk(_UUID_CHARS)
+
+
+def _write_uuid(datum: Any, put: _Put) -> None:
+    put(_UUID_LENGTH_CHUNK)
+    put(_encode_uuid(datum).encode())
+
+
+def _compile_writer(schema: Any) -> _Writer:
+    """The writer of `schema` (fastavro-parsed); a schema with a union of several non-null
+    branches gets the checker and fastavro's writer instead."""
+    try:
+        return _compile_direct_writer(schema)
+    except _NeedsFastavro:
+        return _fastavro_writer(schema)
+
+
+def _fastavro_writer(schema: Any) -> _Writer:
+    """The checker, then fastavro's writer: the path before the direct writers."""
+    check = _compile_checker(schema)
+
+    def write_with_fastavro(datum: Any, put: _Put) -> None:
+        out = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(
+                out, schema, check(datum), strict_allow_default=True, disable_tuple_notation=True
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise _Invalid(str(exc)) from None
+        put(out.getvalue())
+
+    return write_with_fastavro
+
+
+def _compile_direct_writer(schema: Any) -> _Writer:
+    """A strict writer for `schema` (fastavro-parsed), applying the checker's rules and
+    messages, or raises `_NeedsFastavro`."""
+    named: dict[str, _Writer] = {}
+    named_nodes: dict[str, dict[str, Any]] = {}
+    decimal_caches: dict[tuple[int, int, int | None], dict[Decimal, bytes]] = {}
+
+    def compile_node(node: Any) -> _Writer:
+        if isinstance(node, str):
+            if node in _PRIMITIVE_WRITERS:
+                return _PRIMITIVE_WRITERS[node]
+            if node not in named:
+                raise SchemaError(f"unknown type {node!r}")
+            return named[node]
+        if isinstance(node, list):
+            return union(node)
+        kind = node["type"]
+        if isinstance(kind, (dict, list)):
+            return compile_node(kind)
+        if kind in ("record", "error"):
+            return record(node)
+        if kind == "enum":
+            return enum(node)
+        if kind == "fixed":
+            return fixed(node)
+        if kind == "array":
+            return array(compile_node(node["items"]))
+        if kind == "map":
+            return mapping(compile_node(node["values"]))
+        if kind in _PRIMITIVE_WRITERS:
+            return logical(node, kind)
+        return compile_node(kind)  # {"type": "<name of a defined type>"}
+
+    def decimal(node: dict[str, Any], size: int | None) -> _Writer:
+        precision, scale = int(node["precision"]), int(node.get("scale", 0))
+        cache = decimal_caches.setdefault((precision, scale, size), {})
+        return _decimal_writer(precision, scale, size, cache)
+
+    def logical(node: dict[str, Any], kind: str) -> _Writer:
+        # Unknown logical types are ignored, as the Avro specification requires.
+        logical_type = node.get("logicalType")
+        if logical_type == "decimal" and kind == "bytes":
+            return decimal(node, None)
+        if logical_type in ("timestamp-millis", "local-timestamp-millis") and kind == "long":
+            return _timestamp_writer(_MS_PER_S, local=logical_type.startswith("local"))
+        if logical_type in ("timestamp-micros", "local-timestamp-micros") and kind == "long":
+            return _timestamp_writer(_US_PER_S, local=logical_type.startswith("local"))
+        if logical_type == "date" and kind == "int":
+            return _write_date
+        if logical_type == "time-millis" and kind == "int":
+            return _time_writer(_MS_PER_S, _INT_MIN, _INT_MAX, 32)
+        if logical_type == "time-micros" and kind == "long":
+            return _time_writer(_US_PER_S, _LONG_MIN, _LONG_MAX, 64)
+        if logical_type == "uuid" and kind == "string":
+            return _write_uuid
+        return _PRIMITIVE_WRITERS[kind]
+
+    def record(node: dict[str, Any]) -> _Writer:
+        name = node["name"]
+        compiled: list[_Writer] = []
+        named[name] = lambda datum, put: compiled[0](datum, put)  # for recursive references
+        named_nodes[name] = node
+        fields = [
+            (
+                f["name"],
+                compile_node(f["type"]),
+                default_chunk(f["type"], f["default"], f["name"]) if "default" in f else None,
+            )
+            for f in node["fields"]
+        ]
+        field_names = frozenset(field_name for field_name, _, _ in fields)
+        missing = object()
+
+        def write_record(datum: Any, put: _Put) -> None:
+            if not isinstance(datum, Mapping):
+                raise _Invalid(f"expected a record (a mapping), got {_got(datum)}")
+            present = 0
+            for field_name, writer, default in fields:
+                value = datum.get(field_name, missing)
+                if value is not missing:
+                    present += 1
+                    try:
+                        writer(value, put)
+                    except _Invalid as exc:
+                        exc.path.insert(0, field_name)
+                        raise
+                elif default is None:
+                    raise _Invalid("missing, and the schema gives no default", [field_name])
+                else:
+                    put(default)
+            if len(datum) > present:
+                extras = sorted(str(key) for key in datum if key not in field_names)
+                if extras:
+                    raise _Invalid(f"fields not in the schema: {', '.join(extras)}")
+
+        compiled.append(write_record)
+        named[name] = write_record
+        return write_record
+
+    def enum(node: dict[str, Any]) -> _Writer:
+        chunks = {symbol: _long_chunk(index) for index, symbol in enumerate(node["symbols"])}
+        symbols = sorted(chunks)
+
+        def write_enum(datum: Any, put: _Put) -> None:
+            chunk = chunks.get(datum) if isinstance(datum, str) else None
+            if chunk is None:
+                raise _Invalid(f"{str(datum)[:40]!r} is not one of {symbols}")
+            put(chunk)
+
+        named[node["name"]] = write_enum
+        named_nodes[node["name"]] = node
+        return write_enum
+
+    def fixed(node: dict[str, Any]) -> _Writer:
+        size = int(node["size"])
+
+        def write_fixed(datum: Any, put: _Put) -> None:
+            if not isinstance(datum, (bytes, bytearray)) or len(datum) != size:
+                raise _Invalid(f"expected {size} bytes, got {_got(datum)}")
+            put(bytes(datum))
+
+        writer: _Writer = write_fixed
+        if node.get("logicalType") == "decimal":
+            writer = decimal(node, size)
+        named[node["name"]] = writer
+        named_nodes[node["name"]] = node
+        return writer
+
+    def union(branches: list[Any]) -> _Writer:
+        if len(branches) != 2 or "null" not in branches:
+            raise _NeedsFastavro
+        null_index = branches.index("null")
+        only = compile_node(branches[1 - null_index])
+        null_chunk, value_chunk = _long_chunk(null_index), _long_chunk(1 - null_index)
+
+        def write_optional(datum: Any, put: _Put) -> None:
+            if datum is None:
+                put(null_chunk)
+            else:
+                put(value_chunk)
+                only(datum, put)
+
+        return write_optional
+
+    def array(items: _Writer) -> _Writer:
+        def write_array(datum: Any, put: _Put) -> None:
+            if not isinstance(datum, (list, tuple)):
+                raise _Invalid(f"expected a list, got {_got(datum)}")
+            if datum:
+                put(_length_chunk(len(datum)))  # one block: a positive count, then the items
+                for index, item in enumerate(datum):
+                    try:
+                        items(item, put)
+                    except _Invalid as exc:
+                        exc.path.insert(0, f"[{index}]")
+                        raise
+            put(_END_OF_BLOCKS)
+
+        return write_array
+
+    def mapping(values: _Writer) -> _Writer:
+        def write_map(datum: Any, put: _Put) -> None:
+            if not isinstance(datum, Mapping):
+                raise _Invalid(f"expected a mapping, got {_got(datum)}")
+            if datum:
+                put(_length_chunk(len(datum)))
+                for key, value in datum.items():
+                    if not isinstance(key, str):
+                        raise _Invalid(f"map keys must be str, got {_got(key)}")
+                    try:
+                        encoded = _utf8(key)
+                        put(_length_chunk(len(encoded)))
+                        put(encoded)
+                        values(value, put)
+                    except _Invalid as exc:
+                        exc.path.insert(0, f"[{key[:40]!r}]")
+                        raise
+            put(_END_OF_BLOCKS)
+
+        return write_map
+
+    def default_chunk(node: Any, value: Any, field_name: str) -> bytes:
+        try:
+            return _default_encoding(node, value, named_nodes)
+        except (_Invalid, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+            raise SchemaError(
+                f"the default of field {field_name!r} does not fit its type: {exc}"
+            ) from None
+
+    return compile_node(schema)
+
+
+def _default_encoding(node: Any, value: Any, named_nodes: Mapping[str, dict[str, Any]]) -> bytes:
+    """The encoding of a field default, a JSON value of the type's underlying type (logical
+    types do not apply): a union's default is for its first branch; bytes and fixed defaults
+    are strings whose code points 0-255 are the bytes; a record default omitting a field
+    with a default takes that one."""
+    if isinstance(node, list):
+        return _long_chunk(0) + _default_encoding(node[0], value, named_nodes)
+    if isinstance(node, str):
+        if node in named_nodes:
+            return _default_encoding(named_nodes[node], value, named_nodes)
+        kind = node
+    else:
+        kind = node["type"]
+        if isinstance(kind, (dict, list)) or (
+            kind in named_nodes and kind not in ("record", "error", "enum", "fixed")
+        ):
+            return _default_encoding(kind, value, named_nodes)
+    chunks: list[bytes] = []
+    if kind == "null":
+        if value is not None:
+            raise ValueError(f"{value!r} is not null")
+    elif kind in ("boolean", "int", "long", "float", "double", "string", "bytes"):
+        if kind == "bytes":
+            value = value.encode("latin-1")
+        _PRIMITIVE_WRITERS[kind](
+            float(value) if kind in ("float", "double") else value, chunks.append
+        )
+    elif kind in ("record", "error"):
+        for field in node["fields"]:
+            field_value = value[field["name"]] if field["name"] in value else field["default"]
+            chunks.append(_default_encoding(field["type"], field_value, named_nodes))
+    elif kind == "enum":
+        chunks.append(_long_chunk(node["symbols"].index(value)))
+    elif kind == "fixed":
+        raw = value.encode("latin-1")
+        if len(raw) != int(node["size"]):
+            raise ValueError(f"{len(raw)} bytes for a fixed of {node['size']}")
+        chunks.append(raw)
+    elif kind == "array":
+        if value:
+            chunks.append(_length_chunk(len(value)))
+            chunks.extend(_default_encoding(node["items"], item, named_nodes) for item in value)
+        chunks.append(_END_OF_BLOCKS)
+    elif kind == "map":
+        if value:
+            chunks.append(_length_chunk(len(value)))
+            for key, item in value.items():
+                _write_string(key, chunks.append)
+                chunks.append(_default_encoding(node["values"], item, named_nodes))
+        chunks.append(_END_OF_BLOCKS)
+    else:
+        raise ValueError(f"unknown type {kind!r}")
+    return b"".join(chunks)
 
 
 def _compile_decode_check(schema: Any) -> _DecodeCheck | None:
