@@ -728,8 +728,12 @@ def _long_chunk(value: int) -> bytes:
     return _varint((value << 1) ^ (value >> 63))
 
 
+_LENGTH_CHUNKS_MAX = 1024
+_LENGTH_CHUNKS = tuple(_varint(length << 1) for length in range(_LENGTH_CHUNKS_MAX))
+
+
 def _length_chunk(length: int) -> bytes:
-    return _varint(length << 1)
+    return _LENGTH_CHUNKS[length] if length < _LENGTH_CHUNKS_MAX else _varint(length << 1)
 
 
 def _integer(datum: Any, low: int, high: int, bits: int) -> int:
@@ -794,7 +798,8 @@ def _write_string(datum: Any, put: _Put) -> None:
     if not isinstance(datum, str):
         raise _Invalid(f"expected a str, got {_got(datum)}")
     encoded = _utf8(datum)
-    put(_length_chunk(len(encoded)))
+    length = len(encoded)
+    put(_LENGTH_CHUNKS[length] if length < _LENGTH_CHUNKS_MAX else _varint(length << 1))
     put(encoded)
 
 
@@ -818,39 +823,57 @@ _PRIMITIVE_WRITERS: dict[str, _Writer] = {
 
 
 def _decimal_writer(
-    precision: int, scale: int, size: int | None, cache: dict[Decimal, bytes]
+    precision: int, scale: int, size: int | None, cache: dict[Decimal, bytes], prefix: bytes
 ) -> _Writer:
     """A decimal on bytes (`size` None: two's-complement big-endian unscaled value, as many
     bytes as fastavro writes, length-prefixed) or on a fixed of `size` bytes (sign-extended).
 
     `cache` maps Decimals to their encoding: equal Decimals quantize to the same value at the
     schema's scale, so they encode (or fail) identically. Only finite exact-type Decimals are
-    cached (an int or float equal to a cached Decimal must still be refused)."""
+    cached (an int or float equal to a cached Decimal must still be refused). `prefix` comes
+    first in each chunk: the branch index of an optional decimal, written in the same chunk."""
     context = Context(prec=precision, rounding=ROUND_HALF_EVEN, traps=[Inexact, InvalidOperation])
     quantum = Decimal((0, (1,), -scale))
     checked = _checked_decimal(precision, scale, context, quantum)
 
-    def encoded(datum: Any) -> bytes:
-        unscaled = int(checked(datum).scaleb(scale, context))
+    adjusted_limit = precision - scale
+
+    def chunk(unscaled: int) -> bytes:
         if size is None:
             raw = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
-            return _length_chunk(len(raw)) + raw
+            return prefix + _length_chunk(len(raw)) + raw
         try:
-            return unscaled.to_bytes(size, "big", signed=True)
+            return prefix + unscaled.to_bytes(size, "big", signed=True)
         except OverflowError:
-            raise _Invalid(f"{datum} does not fit in a fixed of {size} bytes") from None
+            raise _Invalid(f"{unscaled} does not fit in a fixed of {size} bytes") from None
+
+    def checked_chunk(datum: Any) -> bytes:
+        return chunk(int(checked(datum).scaleb(scale, context)))
 
     def write_decimal(datum: Any, put: _Put) -> None:
-        if datum.__class__ is Decimal and datum.is_finite():
-            chunk = cache.get(datum)
-            if chunk is None:
-                chunk = encoded(datum)
-                if len(cache) >= DECIMAL_CACHE_ENTRIES_MAX:
-                    cache.clear()
-                cache[datum] = chunk
-            put(chunk)
-        else:
-            put(encoded(datum))  # raises: not a Decimal, or not finite
+        if datum.__class__ is not Decimal or not datum.is_finite():
+            put(checked_chunk(datum))  # raises
+            return
+        encoded = cache.get(datum)
+        if encoded is None:
+            # The quick test of what `checked`'s quantize accepts: below 10**(precision -
+            # scale) in magnitude, and an integer once scaled (the context traps a rounding
+            # that would drop digits). What it leaves, `checked` accepts or refuses.
+            if datum.adjusted() < adjusted_limit:
+                try:
+                    scaled = datum.scaleb(scale, context)
+                except Inexact:
+                    pass
+                else:
+                    unscaled = int(scaled)
+                    if unscaled == scaled:
+                        encoded = chunk(unscaled)
+            if encoded is None:
+                encoded = checked_chunk(datum)
+            if len(cache) >= DECIMAL_CACHE_ENTRIES_MAX:
+                cache.clear()
+            cache[datum] = encoded
+        put(encoded)
 
     return write_decimal
 
@@ -938,7 +961,7 @@ def _compile_direct_writer(schema: Any) -> _Writer:
     messages, or raises `_NeedsFastavro`."""
     named: dict[str, _Writer] = {}
     named_nodes: dict[str, dict[str, Any]] = {}
-    decimal_caches: dict[tuple[int, int, int | None], dict[Decimal, bytes]] = {}
+    decimal_caches: dict[tuple[int, int, int | None, bytes], dict[Decimal, bytes]] = {}
 
     def compile_node(node: Any) -> _Writer:
         if isinstance(node, str):
@@ -966,10 +989,10 @@ def _compile_direct_writer(schema: Any) -> _Writer:
             return logical(node, kind)
         return compile_node(kind)  # {"type": "<name of a defined type>"}
 
-    def decimal(node: dict[str, Any], size: int | None) -> _Writer:
+    def decimal(node: dict[str, Any], size: int | None, prefix: bytes = b"") -> _Writer:
         precision, scale = int(node["precision"]), int(node.get("scale", 0))
-        cache = decimal_caches.setdefault((precision, scale, size), {})
-        return _decimal_writer(precision, scale, size, cache)
+        cache = decimal_caches.setdefault((precision, scale, size, prefix), {})
+        return _decimal_writer(precision, scale, size, cache, prefix)
 
     def logical(node: dict[str, Any], kind: str) -> _Writer:
         # Unknown logical types are ignored, as the Avro specification requires.
@@ -1004,26 +1027,27 @@ def _compile_direct_writer(schema: Any) -> _Writer:
             for f in node["fields"]
         ]
         field_names = frozenset(field_name for field_name, _, _ in fields)
+        fields_count = len(fields)
         missing = object()
 
         def write_record(datum: Any, put: _Put) -> None:
             if not isinstance(datum, Mapping):
                 raise _Invalid(f"expected a record (a mapping), got {_got(datum)}")
-            present = 0
+            absent = 0
             for field_name, writer, default in fields:
                 value = datum.get(field_name, missing)
-                if value is not missing:
-                    present += 1
-                    try:
-                        writer(value, put)
-                    except _Invalid as exc:
-                        exc.path.insert(0, field_name)
-                        raise
-                elif default is None:
-                    raise _Invalid("missing, and the schema gives no default", [field_name])
-                else:
+                if value is missing:
+                    if default is None:
+                        raise _Invalid("missing, and the schema gives no default", [field_name])
                     put(default)
-            if len(datum) > present:
+                    absent += 1
+                    continue
+                try:
+                    writer(value, put)
+                except _Invalid as exc:
+                    exc.path.insert(0, field_name)
+                    raise
+            if len(datum) > fields_count - absent:
                 extras = sorted(str(key) for key in datum if key not in field_names)
                 if extras:
                     raise _Invalid(f"fields not in the schema: {', '.join(extras)}")
@@ -1065,8 +1089,23 @@ def _compile_direct_writer(schema: Any) -> _Writer:
         if len(branches) != 2 or "null" not in branches:
             raise _NeedsFastavro
         null_index = branches.index("null")
-        only = compile_node(branches[1 - null_index])
+        branch = branches[1 - null_index]
         null_chunk, value_chunk = _long_chunk(null_index), _long_chunk(1 - null_index)
+        if (
+            isinstance(branch, dict)
+            and branch.get("logicalType") == "decimal"
+            and branch["type"] == "bytes"
+        ):  # the common optional decimal: one chunk a value, branch index included
+            decimal_writer = decimal(branch, None, value_chunk)
+
+            def write_optional_decimal(datum: Any, put: _Put) -> None:
+                if datum is None:
+                    put(null_chunk)
+                else:
+                    decimal_writer(datum, put)
+
+            return write_optional_decimal
+        only = compile_node(branch)
 
         def write_optional(datum: Any, put: _Put) -> None:
             if datum is None:
