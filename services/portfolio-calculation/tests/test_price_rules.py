@@ -1,12 +1,16 @@
-"""The SQL the batched price consumer and the update publisher rely on, against the stack's
+"""The SQL the batched price consumer and the live publisher rely on, against the stack's
 Postgres (as admin, on symbols of their own that no event names)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import asyncpg
 import pytest
 from portfolio_testkit import new_symbol
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -50,7 +54,6 @@ async def test_a_batch_stores_what_one_by_one_would_with_the_previous_close(engi
         price(a, "8", yesterday + timedelta(hours=2), 4),  # late: changes nothing
     ]
     async with engine.begin() as conn:
-        await repo.lock_prices(conn, [a, b])
         assert sorted(await repo.record_prices(conn, latest_per_symbol(batch))) == sorted([a, b])
     pa, pb = await stored(engine, a), await stored(engine, b)
     assert (pa.quote.price, pa.quote.previous_close, pa.event.offset) == (11, 10, 3)
@@ -59,26 +62,30 @@ async def test_a_batch_stores_what_one_by_one_would_with_the_previous_close(engi
         assert await repo.record_prices(conn, latest_per_symbol(batch[:2])) == []
 
 
-async def test_moved_and_busy_prices_as_the_publisher_checks_them(engine) -> None:
-    a, b = new_symbol(), new_symbol()
-    async with engine.begin() as conn:
-        await repo.record_prices(conn, latest_per_symbol([price(a, "1", NOON, 1)]))
-    read = {a: (await stored(engine, a)).event}  # b: no price when read
-    async with engine.begin() as conn:
-        assert await repo.prices_moved(conn, [a, b], read) == set()
-        await repo.record_prices(
-            conn, latest_per_symbol([price(a, "2", NOON + timedelta(seconds=1), 2)])
-        )
-    async with engine.begin() as conn:
-        assert await repo.prices_moved(conn, [a, b], read) == {a}
-        await repo.record_prices(conn, latest_per_symbol([price(b, "3", NOON, 3)]))
-    async with engine.begin() as conn:
-        assert await repo.prices_moved(conn, [a, b], read) == {a, b}
-
-    async with engine.connect() as applier, engine.connect() as publisher:
-        async with applier.begin():
-            await repo.lock_prices(applier, [a])  # a price of a being applied
-            async with publisher.begin():
-                assert await repo.busy_prices(publisher, [a, b]) == {a}
-        async with publisher.begin():
-            assert await repo.busy_prices(publisher, [a, b]) == set()
+async def test_changes_are_announced_at_commit_only_in_bounded_payloads(engine, stack) -> None:
+    heard: asyncio.Queue[dict[str, list[str]]] = asyncio.Queue()
+    listener = await asyncpg.connect(stack.pg_admin_url)
+    await listener.add_listener(
+        repo.CHANGES_CHANNEL, lambda *args: heard.put_nowait(json.loads(args[3]))
+    )
+    try:
+        owners = [uuid.uuid4() for _ in range(repo.NOTIFY_ITEMS_MAX + 1)]
+        symbol = new_symbol()
+        async with engine.connect() as conn:
+            async with conn.begin() as tx:  # rolled back: never announced
+                await repo.notify_changes(conn, owners=owners[:1], symbols=[symbol])
+                await tx.rollback()
+            async with conn.begin():
+                await repo.notify_changes(conn, owners=owners, symbols=[symbol])
+                await asyncio.sleep(0.2)
+                assert heard.empty()  # nothing before the commit
+        got = [await asyncio.wait_for(heard.get(), 5) for _ in range(3)]
+        assert got == [
+            {"owners": [str(o) for o in owners[: repo.NOTIFY_ITEMS_MAX]]},
+            {"owners": [str(owners[-1])]},
+            {"symbols": [symbol]},
+        ]
+        await asyncio.sleep(0.2)
+        assert heard.empty()
+    finally:
+        await listener.close()

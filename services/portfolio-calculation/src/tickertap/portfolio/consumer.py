@@ -162,7 +162,7 @@ def price_handler(skew_s_max: float, metrics: PortfolioMetrics | None = None) ->
     async def apply(conn: AsyncConnection, event: ConsumedEvent) -> None:
         marked = await handlers.apply_price(conn, price_update(event, skew_s_max))
         if metrics is not None:
-            metrics.holders_marked.inc(marked)
+            metrics.prices_moved.inc(marked)
 
     return apply
 
@@ -176,6 +176,6 @@ def price_batch_handler(skew_s_max: float, metrics: PortfolioMetrics | None = No
         prices = [price_update(event, skew_s_max) for event in events]
         marked = await handlers.apply_prices(conn, prices)
         if metrics is not None:
-            metrics.holders_marked.inc(marked)
+            metrics.prices_moved.inc(marked)
 
     return apply

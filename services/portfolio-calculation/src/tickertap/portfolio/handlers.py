@@ -2,13 +2,14 @@
 
     apply_transfer   a ledger transfer: record it in the history of each portfolio it
                      concerns, recompute that portfolio's state from its history
-    apply_price      a market price: keep it if newer, mark the portfolios holding it
+    apply_price      a market price: keep it if newer
     apply_prices     a batch of prices: the same, for the latest price of each symbol
     snapshot         a portfolio's valuation and where its inputs came from
-    publish_due      portfolio.updates.v1 events of the portfolios due, through the outbox
+    update_record    a snapshot as a portfolio.updates.v1 record
 
-The consumer calls the first two in the transaction that claims the event in the
-inbox, so each event is applied exactly once; the publisher calls the last in its own.
+The consumer calls the first three in the transaction that claims the event in the
+inbox, so each event is applied exactly once; each announces what it changed at commit
+(`repo.notify_changes`), which the live publisher (live.py) follows.
 """
 
 from __future__ import annotations
@@ -21,19 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tickertap.messaging import OutboxEvent, add_events
-from tickertap.messaging.outbox import Encoder
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
 
 log = logging.getLogger(__name__)
 
 UPDATES_TOPIC = "portfolio.updates.v1"
-# valuing and encoding a portfolio costs about a millisecond of CPU: a batch of them gives
-# the event loop back this often, so the consumers sharing it are not held up for a batch
+# valuing many portfolios gives the event loop back this often, so the consumers sharing
+# it are not held up for a whole batch
 YIELD_EVERY = 20
 
 
@@ -62,10 +60,12 @@ async def apply_transfer(
     """
     await repo.see_all(conn)
     changed = []
+    touched = []
     for owner_id in sorted(transfers):  # one lock order, so concurrent appliers never deadlock
         t = transfers[owner_id]
         if not await repo.add_transfer(conn, owner_id, t, source):
             continue
+        touched.append(owner_id)
         await repo.lock_portfolio(conn, owner_id)
         if await repo.is_latest(conn, owner_id, t):
             loaded = await repo.load_for_append(conn, owner_id, t)
@@ -76,11 +76,12 @@ async def apply_transfer(
                 continue
         holdings = await recompute(conn, owner_id, scales)
         changed.append((holdings, holdings.transfers_applied))
+    await repo.notify_changes(conn, owners=touched)
     return changed
 
 
 async def apply_price(conn: AsyncConnection, price: repo.PriceUpdate) -> int:
-    """Keep a newer price; how many portfolios holding the symbol are marked for an update."""
+    """Keep a newer price; 1 if it was kept, else 0."""
     return await apply_prices(conn, [price])
 
 
@@ -110,22 +111,17 @@ def _utc_day(at: datetime) -> date:
 
 
 async def apply_prices(conn: AsyncConnection, prices: Sequence[repo.PriceUpdate]) -> int:
-    """Keep the latest of `prices` per symbol where newer than the stored one, and mark the
-    holders of every symbol whose price moved, in a few statements for the whole batch;
-    how many portfolios were marked for an update.
-
-    The symbols' price locks are held until commit, so the publisher never values a
-    portfolio with such a symbol while its price is half applied (see `publish_due`).
-    Older prices in the batch change nothing, as they would one by one: a price only
-    replaces an older one.
-    """
+    """Keep the latest of `prices` per symbol where newer than the stored one, in one
+    statement for the whole batch, and announce the symbols whose price moved; how many
+    moved. Older prices in the batch change nothing, as they would one by one: a price only
+    replaces an older one."""
     latest = latest_per_symbol(prices)
     if not latest:
         return 0
     await repo.see_all(conn)
-    await repo.lock_prices(conn, [b.latest.quote.symbol for b in latest])
     moved = await repo.record_prices(conn, latest)
-    return await repo.mark_holders(conn, moved)
+    await repo.notify_changes(conn, symbols=moved)
+    return len(moved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,17 +142,13 @@ async def snapshots(
     owner_ids: Sequence[uuid.UUID],
     base_currency: str,
     scales: d.Scales,
-    *,
-    skip_busy_prices: bool = False,
 ) -> dict[uuid.UUID, Snapshot]:
     """The portfolios valued at the latest prices under both methods, a few queries for
-    all of them; unknown portfolios are left out, and with `skip_busy_prices` those
-    holding a symbol whose price is being applied (see `publish_due`)."""
+    all of them; unknown portfolios are left out."""
     rows = await repo.portfolios(conn, owner_ids)
     figures = await repo.positions_of(conn, list(rows))
     symbols = {f.symbol for fs in figures.values() for f in fs}
-    busy = await repo.busy_prices(conn, symbols) if skip_busy_prices else set()
-    ready = [o for o in rows if not busy.intersection(f.symbol for f in figures[o])]
+    ready = list(rows)
     cash = await repo.cash_of(conn, ready)
     stored = await repo.prices(conn, symbols)
     quotes = {s: p.quote for s, p in stored.items()}
@@ -249,87 +241,6 @@ def update_record(s: Snapshot, now: datetime) -> dict[str, Any]:
             {"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(sources.items())
         ],
     }
-
-
-class _Encoded:
-    """An outbox Encoder handing back records encoded earlier, by event id: the publisher
-    encodes before its write transaction, so that transaction stays short."""
-
-    def __init__(self, values: Mapping[str, bytes]) -> None:
-        self._values = values
-
-    def encode(self, schema_name: str, record: Mapping[str, Any], /) -> bytes:
-        return self._values[str(record["event_id"])]
-
-
-async def publish_due(
-    engine: AsyncEngine,
-    outbox: Table,
-    codec: Encoder,
-    *,
-    interval_ms: int,
-    batch_max: int,
-    base_currency: str,
-    scales: d.Scales,
-) -> int:
-    """Add an update event for each dirty portfolio whose last one is `interval_ms` old,
-    computed from the current state (so always the latest); how many were published.
-
-    Two transactions, so that no lock is held while portfolios are valued and encoded
-    (the price consumer waits for none of that):
-
-    1. read (repeatable read, read only: one consistent snapshot, no locks): the due
-       portfolios, their positions, cash and prices; then, outside any transaction,
-       their values and encoded update events;
-    2. write (short): lock the rows of those still due (skip locked: a transfer being
-       applied), keep those whose state did not change since the read (`updated_at`,
-       which every transfer sets), add their events to the outbox and clear their flag,
-       unless a price of a symbol they hold moved since the read or is being applied:
-       such a portfolio is published with what was read and stays marked, so its next
-       update (one interval later) carries the newer price.
-
-    Why no change is lost: a transfer locks the portfolio's row, so it waits for step 2
-    and sets the flag again, or commits before it and is seen by the `updated_at` check.
-    A price marks holders only where the flag is clear, so a price committed after the
-    read would be lost if the flag were cleared: step 2 shares the price locks of the
-    symbols (try-lock, never wait: no deadlock) BEFORE it compares the stored prices with
-    the ones read, so a price is either committed and seen, or being applied (busy), or
-    waits for step 2's commit and then finds the flag cleared and sets it.
-    """
-    async with engine.connect() as reader:
-        reader = await reader.execution_options(isolation_level="REPEATABLE READ")
-        async with reader.begin():
-            await repo.see_all(reader)
-            due = await repo.due_for_update(reader, interval_ms, batch_max, lock=False)
-            if not due:
-                return 0
-            found = await snapshots(reader, due, base_currency, scales)
-    if not found:
-        return 0
-    now = datetime.now(UTC)
-    records: dict[uuid.UUID, dict[str, Any]] = {}
-    values: dict[str, bytes] = {}
-    for n, (owner_id, s) in enumerate(found.items(), 1):
-        records[owner_id] = record = update_record(s, now)
-        values[str(record["event_id"])] = codec.encode(UPDATES_TOPIC, record)
-        if n % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-    encoded = _Encoded(values)
-    async with engine.begin() as conn:
-        await repo.see_all(conn)
-        current = await repo.lock_due(conn, list(found), interval_ms)
-        ready = [o for o in found if o in current and current[o] == found[o].portfolio.updated_at]
-        if not ready:
-            return 0
-        read_prices = {symbol: p.event for o in ready for symbol, p in found[o].prices.items()}
-        held = {o: [f.symbol for f in found[o].fifo.positions] for o in ready}
-        symbols = {symbol for symbols in held.values() for symbol in symbols}
-        busy = await repo.busy_prices(conn, symbols)  # first: see the docstring
-        moved = busy | await repo.prices_moved(conn, symbols, read_prices)
-        events = [OutboxEvent(UPDATES_TOPIC, records[o], str(o)) for o in ready]
-        await add_events(conn, outbox, encoded, events, notify=True)
-        await repo.mark_published(conn, {o: not moved.intersection(held[o]) for o in ready})
-    return len(ready)
 
 
 async def snapshot_valuations(

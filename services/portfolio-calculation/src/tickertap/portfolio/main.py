@@ -1,15 +1,14 @@
 """Composition root of the portfolio calculation service: `create_app(settings)` and `main()`.
 
 At start the service consumes ledger.transfers.v1 and marketdata.prices.v1 (inbox
-consumers, consumer.py) and runs the update publisher, which turns portfolios
-marked dirty into coalesced portfolio.updates.v1 events through the outbox.
+consumers, consumer.py) and runs the live publisher (live.py), which turns every change
+into coalesced portfolio.updates.v1 events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -23,6 +22,7 @@ from tickertap.portfolio.consumer import (
     price_batch_handler,
     transfer_batch_handler,
 )
+from tickertap.portfolio.live import LivePublisher
 from tickertap.portfolio.metrics import PortfolioMetrics
 from tickertap.portfolio.reconcile_job import ReconcileMetrics, run_periodically
 from tickertap.portfolio.settings import PortfolioSettings
@@ -31,41 +31,6 @@ from tickertap.runtime.revocations import token_auth
 
 log = logging.getLogger(__name__)
 PUBLISH_RETRY_S_MAX = 5.0
-
-
-async def publish_updates(
-    runtime: ServiceRuntime, settings: PortfolioSettings, metrics: PortfolioMetrics
-) -> None:
-    """Every poll interval, publish the portfolios that are due (several batches if many);
-    a database away for a moment is retried, never fatal."""
-    poll_s = settings.update_poll_interval_ms / 1000
-    scales = settings.scales()
-    delay_s = poll_s
-    while True:
-        await asyncio.sleep(delay_s)
-        try:
-            while True:
-                started = time.perf_counter()
-                added = await handlers.publish_due(
-                    runtime.writer,
-                    runtime.outbox,
-                    runtime.codec,
-                    interval_ms=settings.update_interval_ms,
-                    batch_max=settings.update_batch_max,
-                    base_currency=settings.base_currency,
-                    scales=scales,
-                )
-                if added:
-                    metrics.updates_published.inc(added)
-                    metrics.update_batch_duration.observe(time.perf_counter() - started)
-                if added < settings.update_batch_max:
-                    break
-            delay_s = poll_s
-        except Exception as exc:
-            if not is_transient_error(exc):
-                raise
-            delay_s = min(max(delay_s * 2, poll_s), PUBLISH_RETRY_S_MAX)
-            log.warning("update publishing failed; retrying", extra={"error": type(exc).__name__})
 
 
 async def snapshot_valuations(runtime: ServiceRuntime, settings: PortfolioSettings) -> None:
@@ -104,9 +69,18 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
             batch_handler=price_batch_handler(settings.price_exchange_ts_skew_s_max, metrics),
             batch_max=settings.price_consumer_batch_max,
         )
-        runtime.spawn(
-            publish_updates(runtime, settings, metrics), "update-publisher", graceful=False
+        publisher = LivePublisher(
+            runtime.writer,
+            runtime.codec,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            interval_ms=settings.update_interval_ms,
+            poll_interval_ms=settings.update_poll_interval_ms,
+            batch_max=settings.update_batch_max,
+            base_currency=settings.base_currency,
+            scales=settings.scales(),
+            metrics=metrics,
         )
+        runtime.spawn(publisher.run(), "live-updates", graceful=False)
         if settings.valuation_snapshot_interval_s > 0:
             runtime.spawn(
                 snapshot_valuations(runtime, settings), "valuation-snapshots", graceful=False

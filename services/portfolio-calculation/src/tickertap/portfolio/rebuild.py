@@ -86,6 +86,7 @@ async def rebuild(engine: AsyncEngine, scales: d.Scales, *, repair: bool, items_
             log.warning("portfolio differs from its history", extra={"portfolio_id": str(owner_id)})
             if repair:
                 await repo.save_holdings(conn, owner_id, holdings)
+                await repo.notify_changes(conn, owners=[owner_id])
                 report.repaired += 1
     return report
 

@@ -286,7 +286,7 @@ async def _update_portfolio(
     await conn.execute(
         text(
             "UPDATE portfolio.portfolios SET transfers_applied = :n, last_transfer_at = :at,"  # nosec B608  # new_sources is one of two constant expressions
-            " updated_at = now(), dirty = true, dirty_since = coalesce(dirty_since, now()),"
+            " updated_at = now(),"
             f" sources = {new_sources} WHERE owner_id = :owner"
         ),
         params,
@@ -733,61 +733,6 @@ _BATCH_CLOSE_NEWER = (
 )
 
 
-PRICE_LOCK_SPACE = 0x50465052  # advisory lock space of the price of a symbol ("PFPR")
-
-
-async def lock_price(conn: AsyncConnection, symbol: str) -> None:
-    """Hold the symbol's price lock until the transaction ends (a price being applied)."""
-    await lock_prices(conn, [symbol])
-
-
-async def lock_prices(conn: AsyncConnection, symbols: Iterable[str]) -> None:
-    """Hold the price locks of `symbols` until the transaction ends, taken in one statement
-    in one order (of their lock keys), so two appliers never deadlock."""
-    wanted = sorted(set(symbols))
-    if not wanted:
-        return
-    await conn.execute(
-        text(
-            "SELECT count(pg_advisory_xact_lock(:space, k)) FROM (SELECT DISTINCT hashtext(s)"
-            " AS k FROM unnest(CAST(:symbols AS text[])) AS s ORDER BY k) AS keys"
-        ),
-        {"space": PRICE_LOCK_SPACE, "symbols": wanted},
-    )
-
-
-async def busy_prices(conn: AsyncConnection, symbols: Iterable[str]) -> set[str]:
-    """Share the price locks of `symbols` until the transaction ends, without waiting; the
-    symbols whose price is being applied right now (their lock could not be shared)."""
-    wanted = sorted(set(symbols))
-    if not wanted:
-        return set()
-    rows = await conn.execute(
-        text(
-            "SELECT s FROM unnest(CAST(:symbols AS text[])) AS s"
-            " WHERE NOT pg_try_advisory_xact_lock_shared(:space, hashtext(s))"
-        ),
-        {"space": PRICE_LOCK_SPACE, "symbols": wanted},
-    )
-    return {r.s for r in rows}
-
-
-async def mark_holders(conn: AsyncConnection, symbols: Sequence[str]) -> int:
-    """Mark every portfolio holding one of `symbols` for an update event (one statement);
-    how many were marked (portfolios marked already are left as they are)."""
-    if not symbols:
-        return 0
-    result = await conn.execute(
-        text(
-            "UPDATE portfolio.portfolios SET dirty = true, dirty_since = now()"
-            " WHERE NOT dirty AND owner_id IN (SELECT owner_id FROM portfolio.positions"
-            " WHERE symbol = ANY(:symbols) AND quantity <> 0)"
-        ),
-        {"symbols": list(symbols)},
-    )
-    return int(result.rowcount)
-
-
 @dataclass(frozen=True, slots=True)
 class StoredPrice:
     quote: d.Quote
@@ -824,84 +769,35 @@ async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, Sto
     }
 
 
-# -- update events ---------------------------------------------------------------------------
+# -- change announcements -------------------------------------------------------------------
+
+CHANGES_CHANNEL = "portfolio_changes"  # LISTEN/NOTIFY channel the live publisher follows
+NOTIFY_ITEMS_MAX = 100  # ids per announcement: far below Postgres' 8,000-byte payload limit
 
 
-async def due_for_update(
-    conn: AsyncConnection, interval_ms: int, batch_max: int, *, lock: bool = True
-) -> Sequence[uuid.UUID]:
-    """Dirty portfolios whose last update is at least `interval_ms` old, longest waiting
-    first; with `lock`, locked (skip locked)."""
-    rows = await conn.execute(
-        text(
-            "SELECT owner_id FROM portfolio.portfolios WHERE dirty AND (last_published_at IS NULL"  # nosec B608  # a constant suffix
-            " OR last_published_at <= now() - make_interval(secs => :interval_s))"
-            " ORDER BY dirty_since LIMIT :batch" + (" FOR UPDATE SKIP LOCKED" if lock else "")
-        ),
-        {"interval_s": interval_ms / 1000, "batch": batch_max},
-    )
-    return [r.owner_id for r in rows]
-
-
-async def lock_due(
-    conn: AsyncConnection, owner_ids: Sequence[uuid.UUID], interval_ms: int
-) -> dict[uuid.UUID, datetime]:
-    """Lock those of `owner_ids` still due for an update (skip locked: a transfer is being
-    applied to it); their `updated_at`, which tells whether a transfer changed them."""
-    rows = await conn.execute(
-        text(
-            "SELECT owner_id, updated_at FROM portfolio.portfolios WHERE owner_id = ANY(:owners)"
-            " AND dirty AND (last_published_at IS NULL"
-            " OR last_published_at <= now() - make_interval(secs => :interval_s))"
-            " ORDER BY owner_id FOR UPDATE SKIP LOCKED"
-        ),
-        {"owners": list(owner_ids), "interval_s": interval_ms / 1000},
-    )
-    return {r.owner_id: r.updated_at for r in rows}
-
-
-async def prices_moved(
-    conn: AsyncConnection, symbols: Iterable[str], read: Mapping[str, Source]
-) -> set[str]:
-    """Those of `symbols` whose stored price is no longer the event `read[symbol]` (or
-    now exists where none was read)."""
-    wanted = sorted(set(symbols))
-    if not wanted:
-        return set()
-    rows = await conn.execute(
-        text(
-            "SELECT s.symbol FROM unnest(CAST(:symbols AS text[]), CAST(:topics AS text[]),"
-            " CAST(:partitions AS integer[]), CAST(:offsets AS bigint[]))"
-            ' AS s(symbol, topic, partition, "offset")'
-            " LEFT JOIN portfolio.prices p ON p.symbol = s.symbol"
-            " WHERE (p.event_topic, p.event_partition, p.event_offset)"
-            ' IS DISTINCT FROM (s.topic, s.partition, s."offset")'
-        ),
-        {
-            "symbols": wanted,
-            "topics": [read[s].topic if s in read else None for s in wanted],
-            "partitions": [read[s].partition if s in read else None for s in wanted],
-            "offsets": [read[s].offset if s in read else None for s in wanted],
-        },
-    )
-    return {r.symbol for r in rows}
-
-
-async def mark_published(conn: AsyncConnection, clean: Mapping[uuid.UUID, bool]) -> None:
-    """Record the update of each portfolio of `clean` (locked by the caller); clear its
-    flag where `clean[owner]`, else leave it marked and put it last in line."""
-    if not clean:
-        return
-    owners = sorted(clean)
-    await conn.execute(
-        text(
-            "UPDATE portfolio.portfolios p SET last_published_at = now(), dirty = NOT c.clean,"
-            " dirty_since = CASE WHEN c.clean THEN NULL ELSE now() END"
-            " FROM unnest(CAST(:owners AS uuid[]), CAST(:clean AS boolean[])) AS c(owner, clean)"
-            " WHERE p.owner_id = c.owner"
-        ),
-        {"owners": owners, "clean": [clean[o] for o in owners]},
-    )
+async def notify_changes(
+    conn: AsyncConnection,
+    *,
+    owners: Sequence[uuid.UUID] = (),
+    symbols: Sequence[str] = (),
+) -> None:
+    """Announce, at the commit of the caller's transaction (never before, never if it rolls
+    back), the portfolios and the prices it changed: JSON payloads {"owners": [...]} and
+    {"symbols": [...]} on CHANGES_CHANNEL."""
+    payloads = [
+        json.dumps({"owners": [str(o) for o in owners[i : i + NOTIFY_ITEMS_MAX]]})
+        for i in range(0, len(owners), NOTIFY_ITEMS_MAX)
+    ] + [
+        json.dumps({"symbols": list(symbols[i : i + NOTIFY_ITEMS_MAX])})
+        for i in range(0, len(symbols), NOTIFY_ITEMS_MAX)
+    ]
+    if payloads:
+        await conn.execute(
+            text(
+                "SELECT count(pg_notify(:channel, p)) FROM unnest(CAST(:payloads AS text[])) AS p"
+            ),
+            {"channel": CHANGES_CHANNEL, "payloads": payloads},
+        )
 
 
 def day_bounds(start: date | None, end: date | None) -> tuple[datetime | None, datetime | None]:

@@ -38,11 +38,11 @@ class PortfolioSettings(ServiceSettings):
     price_exchange_ts_skew_s_max: float = Field(default=30.0, ge=0, le=3600)
 
     # portfolio.updates.v1: at most one update per portfolio per interval, always its latest
-    # state; the publisher looks for due portfolios every poll interval, at most batch_max
-    # portfolios per transaction
+    # state; the live publisher (live.py) wakes on every change, or after at most the poll
+    # interval, and publishes up to batch_max due portfolios before it looks again
     update_interval_ms: int = Field(default=250, ge=0, le=3_600_000)
     update_poll_interval_ms: int = Field(default=50, ge=5, le=60_000)
-    update_batch_max: int = Field(default=200, ge=1, le=10_000)
+    update_batch_max: int = Field(default=2000, ge=1, le=100_000)
 
     # daily valuations: every interval (0: never) today's valuation of every portfolio is
     # stored, batch_max portfolios per transaction; the day's last one stands for the day
