@@ -24,9 +24,11 @@ at the end if so), with the portfolio-calculation service as `make run` starts i
    Also updates/s during the feed, the service's RSS (process tree), and the backlog in
    the middle and at the end of the feed: prices not applied yet (sent minus claimed in the
    service's inbox; the local broker's watermarks are unreliable), unsent outbox rows,
-   dirty portfolios and the age of the oldest one. A backlog grows when the end is above
-   the middle by more than a second of feed (prices), 1,000 rows (outbox), or the oldest
-   dirty portfolio is more than a second older at the end.
+   changed portfolios waiting for their update and the longest wait (the live publisher's
+   gauges on /metrics). Each run's feed starts once the fresh service has published every
+   portfolio once (what it does at start; that time is reported too). A backlog grows when
+   the end is above the middle by more than a second of feed (prices), 1,000 rows
+   (outbox), or the longest-waiting changed portfolio waits a second longer at the end.
 
 Bounded: seed and drain timeouts, every run's duration (at most 600 s), every process start
 and stop. CPU shares (percent of one core) say who had the CPU: the service, Postgres, the
@@ -50,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,6 +94,12 @@ SEED_TIMEOUT_S_MAX = 3600.0  # a machine shared with other work can take that lo
 DRAIN_TIMEOUT_S_DEFAULT = 30.0
 SAMPLE_INTERVAL_S = 1.0
 QUIET_WAIT_S = 30.0
+STARTUP_PUBLISH_TIMEOUT_S = 300.0
+LIVE_GAUGES = {
+    "tickertap_portfolio_live_leader",
+    "tickertap_portfolio_live_dirty_portfolios",
+    "tickertap_portfolio_live_oldest_dirty_seconds",
+}
 SERVICE_START_ATTEMPTS = 3
 HTTP_PORT_OFFSET = 45  # odd and unused by the stack (services 1-4, Vault 20, PG 32, Kafka 92)
 SERVICE_RETRY_PAUSE_S = 2.0
@@ -140,9 +149,8 @@ def portfolio_service(
         without_auth=True,  # the bench runs this service alone
     )
     env["TICKERTAP_VALUATION_SNAPSHOT_INTERVAL_S"] = "0"  # a daily job, not the feed's load
-    port = stack.cfg.port_base + HTTP_PORT_OFFSET
-    env["TICKERTAP_HTTP_PORT"] = str(port)
-    url = f"http://127.0.0.1:{port}"
+    env["TICKERTAP_HTTP_PORT"] = str(stack.cfg.port_base + HTTP_PORT_OFFSET)
+    url = service_url(stack)
     for attempt in range(1, SERVICE_START_ATTEMPTS + 1):
         with open(log, "ab") as handle:
             proc = subprocess.Popen(
@@ -167,6 +175,10 @@ def portfolio_service(
         yield proc
     finally:
         harness.stop_process(proc, mdb.SERVICE_STOP_TIMEOUT_S)
+
+
+def service_url(stack: mdb.Stack) -> str:
+    return f"http://127.0.0.1:{stack.cfg.port_base + HTTP_PORT_OFFSET}"
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -385,16 +397,48 @@ async def seeded_state(admin_url: str) -> tuple[int, int]:
 
 
 async def clear_leftovers(admin_url: str) -> None:
-    """Every run starts alike: nothing waiting from the run before (which may not have
-    drained within its bound): no dirty portfolio, no unsent update."""
+    """Every run starts alike: no unsent outbox row from the run before."""
     conn = await asyncpg.connect(admin_url)
     try:
-        await conn.execute(
-            "UPDATE portfolio.portfolios SET dirty = false, dirty_since = NULL WHERE dirty"
-        )
         await conn.execute("DELETE FROM portfolio.outbox WHERE sent_at IS NULL")
     finally:
         await conn.close()
+
+
+@dataclass(frozen=True)
+class Live:
+    """The live publisher's gauges, read from the service's /metrics."""
+
+    leader: bool
+    dirty: int
+    oldest_s: float
+
+
+def live_state(url: str) -> Live:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310  # nosec B310  # the bench's own service on 127.0.0.1
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in LIVE_GAUGES:
+            values[name] = float(value)
+    return Live(
+        values.get("tickertap_portfolio_live_leader", 0.0) == 1.0,
+        int(values.get("tickertap_portfolio_live_dirty_portfolios", -1)),
+        values.get("tickertap_portfolio_live_oldest_dirty_seconds", 0.0),
+    )
+
+
+def wait_published(url: str, timeout_s: float) -> float:
+    """Until the service leads and has published every portfolio it loaded; seconds taken."""
+    started = time.monotonic()
+    while True:
+        live = live_state(url)
+        if live.leader and live.dirty == 0:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"live publisher: {live} after {timeout_s} s")
+        time.sleep(0.2)
 
 
 async def count_positions(admin_url: str) -> int:
@@ -407,7 +451,9 @@ async def count_positions(admin_url: str) -> int:
         await conn.close()
 
 
-async def wait_seeded(admin_url: str, portfolios: int, positions: int, timeout_s: float) -> float:
+async def wait_seeded(
+    admin_url: str, url: str, portfolios: int, positions: int, timeout_s: float
+) -> float:
     """Until every position is stored and no portfolio waits for its update; seconds taken."""
     conn = await asyncpg.connect(admin_url)
     started = time.monotonic()
@@ -416,16 +462,13 @@ async def wait_seeded(admin_url: str, portfolios: int, positions: int, timeout_s
             stored = await conn.fetchval(
                 "SELECT count(*) FROM portfolio.positions WHERE quantity <> 0"
             )
-            dirty = await conn.fetchval("SELECT count(*) FROM portfolio.portfolios WHERE dirty")
-            unsent = await conn.fetchval(
-                "SELECT count(*) FROM portfolio.outbox WHERE sent_at IS NULL"
-            )
-            if stored >= portfolios * positions and dirty == 0 and unsent == 0:
+            live = await asyncio.to_thread(live_state, url)
+            if stored >= portfolios * positions and live.leader and live.dirty == 0:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(
-                    f"seed: {stored} of {portfolios * positions} positions, {dirty} dirty, "
-                    f"{unsent} unsent after {timeout_s} s"
+                    f"seed: {stored} of {portfolios * positions} positions, {live} after "
+                    f"{timeout_s} s"
                 )
             await asyncio.sleep(1.0)
     finally:
@@ -459,6 +502,7 @@ class RunResult:
     rss_end_bytes: int = 0
     mid: Sample | None = None
     end: Sample | None = None
+    startup_publish_s: float = 0.0  # from ready to every loaded portfolio published once
 
     @property
     def updates_per_s(self) -> float:
@@ -493,11 +537,12 @@ class Feed:
 class Sampler(threading.Thread):
     """Every second: the service's RSS, the prices not applied yet (sent by the feed minus
     claimed in the service's inbox since the run began; the local broker's watermarks are
-    not reliable), unsent outbox rows, dirty portfolios and the oldest one's age."""
+    not reliable), unsent outbox rows, and the live publisher's changed portfolios waiting
+    for their update and the oldest one's wait (its /metrics)."""
 
-    def __init__(self, stack: mdb.Stack, pid: int, feed: Feed) -> None:
+    def __init__(self, stack: mdb.Stack, pid: int, url: str, feed: Feed) -> None:
         super().__init__(daemon=True)
-        self.stack, self.pid, self.feed = stack, pid, feed
+        self.stack, self.pid, self.url, self.feed = stack, pid, url, feed
         self.samples: list[Sample] = []
         self.stop_event = threading.Event()
         self.t0 = time.monotonic()
@@ -527,14 +572,10 @@ class Sampler(threading.Thread):
             PRICES,
             self.since,
         )
-        row = await conn.fetchrow(
-            "SELECT count(*) AS dirty,"
-            " coalesce(extract(epoch FROM now() - min(dirty_since)), 0) AS oldest"
-            " FROM portfolio.portfolios WHERE dirty"
-        )
+        live = await asyncio.to_thread(live_state, self.url)
         unsent = await conn.fetchval("SELECT count(*) FROM portfolio.outbox WHERE sent_at IS NULL")
         rss = tree_rss_bytes(self.pid)
-        return Sample(at_s, rss, sent - applied, unsent, row["dirty"], float(row["oldest"]))
+        return Sample(at_s, rss, sent - applied, unsent, live.dirty, live.oldest_s)
 
 
 class UpdateReader(threading.Thread):
@@ -685,10 +726,12 @@ def run_once(
     harness.settle(QUIET_WAIT_S, f"portfolio run {run}")
     log = stack.cfg.logs_dir / "bench-portfolio.log"
     with portfolio_service(stack, secret_file, log) as proc:
+        url = service_url(stack)
+        startup_publish_s = wait_published(url, STARTUP_PUBLISH_TIMEOUT_S)
         reader = UpdateReader(stack.bootstrap, partitions)
         reader.start()
         feed = Feed()
-        sampler = Sampler(stack, proc.pid, feed)
+        sampler = Sampler(stack, proc.pid, url, feed)
         shares = mdb.Shares(
             {
                 "postgres": stack.postgres_pid,
@@ -739,6 +782,7 @@ def run_once(
         rss_end,
         mid,
         end,
+        startup_publish_s,
     )
 
 
@@ -775,6 +819,8 @@ def print_report(results: list[RunResult], args: argparse.Namespace, seed_s: flo
     print(f"  updates published per second     {med([r.updates_per_s for r in results]):,.0f}")
     rss = med([r.rss_max_bytes / mib for r in results])
     print(f"  service RSS                      max {rss:.0f} MiB")
+    startup = med([r.startup_publish_s for r in results])
+    print(f"  every portfolio published at start  {startup:.1f} s after ready")
     growing = [r.label for r in results if r.growing(args.rate)]
     print(f"  backlog grows                    {'yes: ' + ', '.join(growing) if growing else 'no'}")
     print("\n  run      prices  updates/s  p50 ms  p99 ms  max ms  fresh p50/p99  RSS MiB  drain s")
@@ -853,7 +899,11 @@ def main() -> int:
                 )
                 asyncio.run(
                     wait_seeded(
-                        stack.admin_url, args.portfolios, args.positions, args.seed_timeout_s
+                        stack.admin_url,
+                        service_url(stack),
+                        args.portfolios,
+                        args.positions,
+                        args.seed_timeout_s,
                     )
                 )
                 seed_s = time.monotonic() - started
@@ -880,6 +930,7 @@ def main() -> int:
                 "fresh_p99_ms": mdb.percentile(r.freshness_ms, 99),
                 "rss_max_bytes": r.rss_max_bytes,
                 "drain_s": r.drain_s,
+                "startup_publish_s": r.startup_publish_s,
                 "shares": r.shares,
                 "middle": r.mid.__dict__ if r.mid else None,
                 "end": r.end.__dict__ if r.end else None,
