@@ -45,12 +45,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tickertap.messaging import headers as h
+from tickertap.messaging.codec import EncodeError
 from tickertap.messaging.kafka import producer_config
 from tickertap.messaging.outbox import Encoder
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
+from tickertap.portfolio import wire
 from tickertap.portfolio.handlers import UPDATES_TOPIC, Snapshot, update_record
 from tickertap.portfolio.metrics import PortfolioMetrics
+from tickertap.portfolio.wire import Parts, UpdateWriter
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class _Entry:
     figures: list[d.PositionFigures]
     cash: dict[str, Decimal]
     published_at: float = -math.inf  # monotonic seconds
+    parts: Parts | None = None  # what its updates share, encoded on first use
 
 
 @dataclass(slots=True)
@@ -93,7 +97,8 @@ class Book:
 
     interval_s: float
     _entries: dict[uuid.UUID, _Entry] = field(default_factory=dict)
-    _holders: dict[str, set[uuid.UUID]] = field(default_factory=dict)
+    _holders: dict[str, set[uuid.UUID]] = field(default_factory=dict)  # a non-zero quantity
+    _listed: dict[str, int] = field(default_factory=dict)  # portfolios with a position
     _prices: dict[str, repo.StoredPrice] = field(default_factory=dict)
     _dirty: dict[uuid.UUID, tuple[float, int]] = field(default_factory=dict)  # since, ticket
     _due: list[tuple[float, int, uuid.UUID]] = field(default_factory=list)  # a heap
@@ -106,8 +111,8 @@ class Book:
         return list(self._entries)
 
     def symbols(self) -> set[str]:
-        """The symbols held (a non-zero quantity) by some portfolio."""
-        return set(self._holders)
+        """The symbols of some portfolio's positions (their prices are needed)."""
+        return set(self._listed)
 
     def put(
         self,
@@ -123,6 +128,7 @@ class Book:
             self._unhold(owner, old.figures)
         self._entries[owner] = _Entry(row, figures, cash, old.published_at if old else -math.inf)
         for f in figures:
+            self._listed[f.symbol] = self._listed.get(f.symbol, 0) + 1
             if f.quantity:
                 self._holders.setdefault(f.symbol, set()).add(owner)
         self.mark(owner, now)
@@ -202,8 +208,23 @@ class Book:
             held,
         )
 
+    def encode(
+        self, owner: uuid.UUID, writer: UpdateWriter, event_id: uuid.UUID, occurred_at_us: int
+    ) -> bytes:
+        """The portfolio's update, framed (see wire.py); WireError for a value the schema
+        cannot carry."""
+        entry = self._entries[owner]
+        if entry.parts is None:
+            entry.parts = writer.parts(entry.row, entry.figures, entry.cash)
+        return writer.encode(entry.row, entry.parts, self._prices, event_id, occurred_at_us)
+
     def _unhold(self, owner: uuid.UUID, figures: Iterable[d.PositionFigures]) -> None:
         for f in figures:
+            listed = self._listed[f.symbol] - 1
+            if listed:
+                self._listed[f.symbol] = listed
+            else:
+                del self._listed[f.symbol]
             holders = self._holders.get(f.symbol)
             if holders is not None:
                 holders.discard(owner)
@@ -266,6 +287,7 @@ class LivePublisher:
         self._changes = _Changes()
         self._wake = asyncio.Event()
         self._failed: list[uuid.UUID] = []
+        self._writer: UpdateWriter | None = None
         self.book = Book(self._interval_s)
 
     async def run(self) -> None:
@@ -382,6 +404,9 @@ class LivePublisher:
             await conn.rollback()
 
     async def _publish_due(self, producer: Producer) -> None:
+        if self._writer is None:
+            header = wire.framing_header(self._codec)
+            self._writer = UpdateWriter(header, self._base_currency, self._scales)
         started = time.perf_counter()
         published = 0
         while published < self._batch_max:
@@ -389,11 +414,17 @@ class LivePublisher:
             if not owners:
                 break
             occurred_at = datetime.now(UTC)
+            occurred_at_us = wire.micros(occurred_at)
             for owner in owners:
-                record = update_record(
-                    self.book.snapshot(owner, self._base_currency, self._scales), occurred_at
-                )
-                await self._produce(producer, owner, record)
+                event_id = uuid.uuid4()
+                value: bytes | None
+                try:
+                    value = self.book.encode(owner, self._writer, event_id, occurred_at_us)
+                except wire.WireError:
+                    value = self._encoded_by_codec(owner, event_id, occurred_at)
+                    if value is None:
+                        continue
+                await self._produce(producer, owner, event_id, value)
             published += len(owners)
             producer.poll(0)
             await asyncio.sleep(0)
@@ -401,12 +432,28 @@ class LivePublisher:
             self._metrics.updates_published.inc(published)
             self._metrics.update_batch_duration.observe(time.perf_counter() - started)
 
+    def _encoded_by_codec(
+        self, owner: uuid.UUID, event_id: uuid.UUID, occurred_at: datetime
+    ) -> bytes | None:
+        """The codec's encoding, for its strict errors: an update the schema cannot carry
+        is logged and left out (the next change of the portfolio tries again)."""
+        snapshot = self.book.snapshot(owner, self._base_currency, self._scales)
+        record = {**update_record(snapshot, occurred_at), "event_id": str(event_id)}
+        try:
+            return self._codec.encode(UPDATES_TOPIC, record)
+        except EncodeError as exc:
+            log.error(
+                "live updates: a portfolio's update does not fit the schema: %s",
+                exc.detail,
+                extra={"portfolio_id": str(owner)},
+            )
+            return None
+
     async def _produce(
-        self, producer: Producer, owner: uuid.UUID, record: Mapping[str, Any]
+        self, producer: Producer, owner: uuid.UUID, event_id: uuid.UUID, value: bytes
     ) -> None:
-        value = self._codec.encode(UPDATES_TOPIC, record)
         headers: list[tuple[str, str | bytes | None]] = [
-            (h.EVENT_ID, str(record["event_id"])),
+            (h.EVENT_ID, str(event_id)),
             (h.SCHEMA, UPDATES_TOPIC),
         ]
 

@@ -1,0 +1,357 @@
+"""portfolio.updates.v1 bytes for the live publisher, without building a record first.
+
+The bytes are exactly those of `codec.encode(UPDATES_TOPIC, update_record(snapshot, now))`
+for the same event id and time (tests/test_wire.py checks this on random portfolios and
+decodes them with fastavro), but most of them are encoded once rather than per update:
+
+- what only a transfer changes (ids, cash, each position's quantity, costs and realized
+  P&L, the totals of those) once per portfolio state (`Parts`, kept on the book's entry);
+- what only a price sets (the price, its time and source, the previous close) once per
+  price, shared by every holder of the symbol;
+- per update, only what needs both: market values, unrealized P&L, day change and totals.
+
+The arithmetic is the domain's (`domain.value_position`, `domain.valuate_figures`): the
+same context, the same rounding, in the same order.
+
+Avro binary encoding (specification 1.11): longs and ints as zigzag varints; strings as a
+length and UTF-8; a decimal(38, 18) on bytes as the length and the two's-complement
+big-endian unscaled value; an optional (["null", T]) as the branch index (0 or 1) and the
+value; an array as one block (the count, the items) and a 0; a record as its fields in
+order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Context, Decimal, Inexact, InvalidOperation, localcontext
+from typing import Any
+
+from tickertap.messaging.codec import (
+    CONFLUENT_HEADER_BYTES,
+    SINGLE_OBJECT_HEADER_BYTES,
+    SINGLE_OBJECT_MAGIC,
+)
+from tickertap.messaging.outbox import Encoder
+from tickertap.portfolio import domain as d
+from tickertap.portfolio import repository as repo
+from tickertap.portfolio.handlers import UPDATES_TOPIC
+
+SCALE = 18  # every decimal of portfolio.updates.v1 is a decimal(38, 18)
+PRECISION = 38
+_EXACT = Context(prec=PRECISION, traps=[Inexact, InvalidOperation])
+_UNSCALED_LIMIT = 10**PRECISION
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NULL = b"\x00"
+_SOME = b"\x02"  # branch 1 of ["null", T]
+_END = b"\x00"  # the end of an array's blocks
+PRICE_CACHE_MAX = 100_000
+TOTALS = (
+    "market_value",
+    "cost_basis",
+    "unrealized_pnl",
+    "realized_pnl",
+    "cash_value",
+    "total_value",
+    "cost_basis_average",
+    "unrealized_pnl_average",
+    "realized_pnl_average",
+    "day_change",
+)
+
+
+class WireError(ValueError):
+    """A value portfolio.updates.v1 cannot carry (the codec's path then says which)."""
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+_SMALL = 1024
+_SMALL_LONGS = [_varint(n) for n in range(_SMALL)]  # lengths, counts, partitions
+
+
+def long_bytes(n: int) -> bytes:
+    return _SMALL_LONGS[n] if 0 <= n < _SMALL else _varint(n)
+
+
+def string_bytes(s: str) -> bytes:
+    b = s.encode()
+    return long_bytes(len(b)) + b
+
+
+def decimal_bytes(v: Decimal) -> bytes:
+    try:
+        unscaled = int(v.scaleb(SCALE, _EXACT).to_integral_exact(context=_EXACT))
+    except (Inexact, InvalidOperation, ValueError, OverflowError):
+        raise WireError(f"{v} does not fit a decimal({PRECISION}, {SCALE})") from None
+    if not -_UNSCALED_LIMIT < unscaled < _UNSCALED_LIMIT:
+        raise WireError(f"{v} does not fit a decimal({PRECISION}, {SCALE})")
+    raw = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
+    return _SMALL_LONGS[len(raw)] + raw
+
+
+def optional_decimal(v: Decimal | None) -> bytes:
+    return _NULL if v is None else _SOME + decimal_bytes(v)
+
+
+def micros(at: datetime) -> int:
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    symbol: str
+    quantity: Decimal
+    places: int
+    in_base: bool
+    cost_fifo: Decimal
+    cost_average: Decimal
+    head: bytes  # symbol, quantity, cost_basis, average_cost
+    middle: bytes  # realized_pnl, currency, cost_basis_average
+    realized_average: bytes  # realized_pnl_average
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What a portfolio's updates share until its next transfer."""
+
+    ids: bytes  # portfolio_id, owner_id, base_currency
+    positions: tuple[_Position, ...]  # by symbol, as valuate_figures orders them
+    cash: bytes  # the whole cash array
+    cost_fifo: Decimal  # totals of the positions in the base currency
+    cost_average: Decimal
+    realized: bytes  # totals.realized_pnl
+    cash_value: Decimal
+    cost_average_total: bytes  # totals.cost_basis_average
+    realized_average: bytes  # totals.realized_pnl_average
+    sources: Mapping[tuple[str, int], int]  # the transfers' input partitions
+
+
+@dataclass(frozen=True, slots=True)
+class _Quote:
+    stored: repo.StoredPrice
+    price: Decimal
+    previous_close: Decimal | None
+    head: bytes  # price, price_as_of
+    tail: bytes  # price_source_topic, _partition, _offset, previous_close
+    exchange_us: int
+
+
+class UpdateWriter:
+    """Encodes a book entry's update; `header` is the codec's framing of the schema."""
+
+    def __init__(self, header: bytes, base_currency: str, scales: d.Scales) -> None:
+        self._header = header
+        self._base = base_currency
+        self._scales = scales
+        self._quotes: dict[str, _Quote] = {}
+
+    def parts(
+        self,
+        row: repo.PortfolioRow,
+        figures: Sequence[d.PositionFigures],
+        cash: Mapping[str, Decimal],
+    ) -> Parts:
+        base = self._base
+        positions = []
+        with localcontext(d.WORK):
+            for f in sorted(figures, key=lambda f: f.symbol):
+                places = self._scales.of(f.currency)
+                cost_fifo = d.at_scale(f.cost_fifo, places)
+                cost_average = d.at_scale(f.cost_average, places)
+                average = (
+                    d.round_to(cost_fifo / f.quantity, d.UNIT_COST_PLACES) if f.quantity else d.ZERO
+                )
+                positions.append(
+                    _Position(
+                        f.symbol,
+                        f.quantity,
+                        places,
+                        f.currency == base,
+                        cost_fifo,
+                        cost_average,
+                        string_bytes(f.symbol)
+                        + decimal_bytes(f.quantity)
+                        + decimal_bytes(cost_fifo)
+                        + decimal_bytes(average),
+                        decimal_bytes(f.realized_fifo)
+                        + _SOME
+                        + string_bytes(f.currency)
+                        + _SOME
+                        + decimal_bytes(cost_average),
+                        _SOME + decimal_bytes(f.realized_average),
+                    )
+                )
+            in_base = [p for p in positions if p.in_base]
+            by_symbol = {f.symbol: f for f in figures}
+            cost_fifo_total = sum((p.cost_fifo for p in in_base), d.ZERO)
+            cost_average_total = sum((p.cost_average for p in in_base), d.ZERO)
+            realized = sum((by_symbol[p.symbol].realized_fifo for p in in_base), d.ZERO)
+            realized_average = sum((by_symbol[p.symbol].realized_average for p in in_base), d.ZERO)
+        owner = str(row.owner_id)
+        cash_items = sorted(cash.items())
+        return Parts(
+            string_bytes(owner) + string_bytes(owner) + string_bytes(base),
+            tuple(positions),
+            _array([string_bytes(a) + decimal_bytes(v) for a, v in cash_items]),
+            cost_fifo_total,
+            cost_average_total,
+            decimal_bytes(realized),
+            cash.get(base, d.ZERO),
+            _SOME + decimal_bytes(cost_average_total),
+            _SOME + decimal_bytes(realized_average),
+            {(x.topic, x.partition): x.offset for x in row.sources},
+        )
+
+    def encode(
+        self,
+        row: repo.PortfolioRow,
+        parts: Parts,
+        prices: Mapping[str, repo.StoredPrice],
+        event_id: uuid.UUID,
+        occurred_at_us: int,
+    ) -> bytes:
+        """The framed update of a portfolio whose `parts` are current, at `prices` (those
+        of its symbols that have one)."""
+        chunks = [
+            self._header,
+            string_bytes(str(event_id)),
+            long_bytes(occurred_at_us),
+            parts.ids,
+        ]
+        sources = dict(parts.sources)
+        latest = row.last_transfer_at
+        as_of_us = micros(latest) if latest is not None else None
+        market = unrealized = unrealized_average = day_change = d.ZERO
+        positions = []
+        with localcontext(d.WORK):
+            for p in parts.positions:
+                stored = prices.get(p.symbol)
+                if stored is None:
+                    positions.append(p.head + b"\x00\x00\x00\x00" + p.middle + _NULL)
+                    positions.append(p.realized_average + b"\x00\x00\x00\x00\x00")
+                    if p.in_base:
+                        market += p.cost_fifo
+                    continue
+                q = self._quote(stored)
+                if as_of_us is None or q.exchange_us > as_of_us:
+                    as_of_us = q.exchange_us
+                key = (stored.event.topic, stored.event.partition)
+                sources[key] = max(sources.get(key, -1), stored.event.offset)
+                value = d.round_to(p.quantity * q.price, p.places)
+                gain = value - p.cost_fifo
+                gain_average = value - p.cost_average
+                change = None
+                if q.previous_close is not None:
+                    change = value - d.round_to(p.quantity * q.previous_close, p.places)
+                positions.append(
+                    p.head
+                    + q.head
+                    + _SOME
+                    + decimal_bytes(value)
+                    + _SOME
+                    + decimal_bytes(gain)
+                    + p.middle
+                    + _SOME
+                    + decimal_bytes(gain_average)
+                    + p.realized_average
+                    + q.tail
+                    + optional_decimal(change)
+                )
+                if p.in_base:
+                    market += value
+                    unrealized += gain
+                    unrealized_average += gain_average
+                    if change is not None:
+                        day_change += change
+            total = market + parts.cash_value
+        if as_of_us is None:
+            as_of_us = micros(row.updated_at)
+        chunks.append(long_bytes(as_of_us))
+        chunks.append(_array_joined(len(parts.positions), b"".join(positions)))
+        chunks.append(parts.cash)
+        chunks += [
+            decimal_bytes(market),
+            decimal_bytes(parts.cost_fifo),
+            decimal_bytes(unrealized),
+            parts.realized,
+            decimal_bytes(parts.cash_value),
+            decimal_bytes(total),
+            parts.cost_average_total,
+            _SOME + decimal_bytes(unrealized_average),
+            parts.realized_average,
+            _SOME + decimal_bytes(day_change),
+        ]
+        chunks.append(
+            _array(
+                [
+                    string_bytes(t) + long_bytes(n) + long_bytes(o)
+                    for (t, n), o in sorted(sources.items())
+                ]
+            )
+        )
+        return b"".join(chunks)
+
+    def _quote(self, stored: repo.StoredPrice) -> _Quote:
+        symbol = stored.quote.symbol
+        cached = self._quotes.get(symbol)
+        if cached is not None and cached.stored is stored:
+            return cached
+        q = stored.quote
+        made = _Quote(
+            stored,
+            q.price,
+            q.previous_close,
+            _SOME + decimal_bytes(q.price) + _SOME + long_bytes(micros(q.exchange_ts)),
+            _SOME
+            + string_bytes(q.source_topic)
+            + _SOME
+            + long_bytes(q.source_partition)
+            + _SOME
+            + long_bytes(q.source_offset)
+            + optional_decimal(q.previous_close),
+            micros(q.exchange_ts),
+        )
+        if len(self._quotes) >= PRICE_CACHE_MAX:
+            self._quotes.clear()
+        self._quotes[symbol] = made
+        return made
+
+
+def framing_header(codec: Encoder) -> bytes:
+    """The framing the codec puts before an update's Avro body (single-object encoding's
+    marker and fingerprint, or Confluent's schema id), read off an empty update."""
+    empty: dict[str, Any] = {
+        "event_id": str(uuid.UUID(int=0)),
+        "occurred_at": _EPOCH,
+        "portfolio_id": str(uuid.UUID(int=0)),
+        "owner_id": str(uuid.UUID(int=0)),
+        "base_currency": "",
+        "as_of": _EPOCH,
+        "positions": [],
+        "cash": [],
+        "totals": dict.fromkeys(TOTALS, d.ZERO),
+        "source_offsets": [],
+    }
+    framed = codec.encode(UPDATES_TOPIC, empty)
+    single_object = framed[:1] == SINGLE_OBJECT_MAGIC[:1]
+    return framed[: SINGLE_OBJECT_HEADER_BYTES if single_object else CONFLUENT_HEADER_BYTES]
+
+
+def _array(items: Sequence[bytes]) -> bytes:
+    return _array_joined(len(items), b"".join(items))
+
+
+def _array_joined(count: int, body: bytes) -> bytes:
+    return long_bytes(count) + body + _END if count else _END
