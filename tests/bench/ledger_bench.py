@@ -17,6 +17,9 @@ shows the median of the runs, then each run. Bounded: each load lasts
 `--duration-s`; everything stops by itself.
 
     .venv/bin/python tests/bench/ledger_bench.py --runs 3 --duration-s 10
+
+`--only batch` loads the batch endpoint and the two floors alone (no second replica);
+`--only transfers` the single-transfer loads and the floors.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ BATCH_CONNECTIONS = 4
 FUNDS = "1000000.00"
 REPLICA_START_S_MAX = 60.0
 REPLICA_STOP_S_MAX = 15.0
+PARTS = ("all", "transfers", "batch")
 
 
 def start_stack(marker: Path) -> dict[str, object]:
@@ -310,6 +314,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument(
+        "--only",
+        choices=PARTS,
+        default="all",
+        help="batch: the batch endpoint and the floors; transfers: single transfers and "
+        "the floors (default: everything)",
+    )
     args = parser.parse_args()
     assert 1 <= args.runs <= 10
     assert 1 <= args.duration_s <= 120
@@ -335,12 +346,13 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
     rows: dict[str, list[loadgen.LoadResult]] = {}
     postings_per_s: list[float] = []
     ledger_pid = int(services["ledger"]["pid"])
-    with second_replica(free_port()) as (replica, replica_pid):
+    with contextlib.ExitStack() as scope:
+        second = scope.enter_context(second_replica(free_port())) if args.only != "batch" else None
         for run_no in range(args.runs):
             measure_once(
                 run_no,
                 (url, ledger_pid),
-                (replica, replica_pid),
+                second,
                 accounts,
                 ops,
                 stack,
@@ -357,7 +369,7 @@ def run(info: dict[str, object], args: argparse.Namespace) -> int:
 def measure_once(
     run_no: int,
     ledger: tuple[str, int],
-    second: tuple[str, int],
+    second: tuple[str, int] | None,
     accounts: list[str],
     ops: str,
     stack: harness.BenchStack,
@@ -366,9 +378,38 @@ def measure_once(
     rows: dict[str, list[loadgen.LoadResult]],
     postings_per_s: list[float],
 ) -> None:
-    (url, ledger_pid), (replica, replica_pid) = ledger, second
+    url, ledger_pid = ledger
     hot = accounts[:ACCOUNTS_HOT]
     tag = f"r{run_no}-{uuid.uuid4().hex[:8]}"
+    if args.only != "batch":
+        measure_transfers(url, ledger_pid, second, accounts, hot, ops, stack, spec, args, rows, tag)
+    if args.only != "transfers":
+        measure_batch(url, ledger_pid, accounts, ops, stack, spec, args, rows, postings_per_s, tag)
+    loadgen.run_async(baselines.reset_schema(stack.admin_url))
+    floor = baselines.http_insert_baseline(stack, spec)
+    floor_cpu = floor.extra.get("server_cpu_pct", math.nan)
+    floor.extra["server_us_per_ok"] = server_cpu_us_per_ok(floor_cpu, floor)
+    rows.setdefault("floor: FastAPI INSERT+COMMIT", []).append(floor)
+    rows.setdefault("floor: asyncpg INSERT+COMMIT", []).append(
+        baselines.pg_insert_baseline(stack, spec)
+    )
+
+
+def measure_transfers(
+    url: str,
+    ledger_pid: int,
+    second: tuple[str, int] | None,
+    accounts: list[str],
+    hot: list[str],
+    ops: str,
+    stack: harness.BenchStack,
+    spec: baselines.RunSpec,
+    args: argparse.Namespace,
+    rows: dict[str, list[loadgen.LoadResult]],
+    tag: str,
+) -> None:
+    assert second is not None
+    replica, replica_pid = second
     for label, name, pool in (
         ("transfers, 1,000 accounts", "spread", accounts),
         ("transfers, 10 hot accounts", "hot", hot),
@@ -397,6 +438,20 @@ def measure_once(
         stack,
     )
     rows.setdefault(both.label, []).append(both)
+
+
+def measure_batch(
+    url: str,
+    ledger_pid: int,
+    accounts: list[str],
+    ops: str,
+    stack: harness.BenchStack,
+    spec: baselines.RunSpec,
+    args: argparse.Namespace,
+    rows: dict[str, list[loadgen.LoadResult]],
+    postings_per_s: list[float],
+    tag: str,
+) -> None:
     harness.settle(spec.quiet_wait_s, "batch")
     batch = with_cpu(
         lambda: loadgen.run_async(
@@ -415,14 +470,6 @@ def measure_once(
     )
     rows.setdefault(batch.label, []).append(batch)
     postings_per_s.append(batch.ok / batch.duration_s * BATCH_TRANSFERS * 2)
-    loadgen.run_async(baselines.reset_schema(stack.admin_url))
-    floor = baselines.http_insert_baseline(stack, spec)
-    floor_cpu = floor.extra.get("server_cpu_pct", math.nan)
-    floor.extra["server_us_per_ok"] = server_cpu_us_per_ok(floor_cpu, floor)
-    rows.setdefault("floor: FastAPI INSERT+COMMIT", []).append(floor)
-    rows.setdefault("floor: asyncpg INSERT+COMMIT", []).append(
-        baselines.pg_insert_baseline(stack, spec)
-    )
 
 
 def report(
@@ -444,33 +491,39 @@ def report(
         label: statistics.median(r.latency_ms(99) for r in results)
         for label, results in rows.items()
     }
-    spread = med["transfers, 1,000 accounts"]
-    hot_rate = med["transfers, 10 hot accounts"]
-    two = med["transfers, 1,000 accounts, 2 replicas"]
     floor_http = med["floor: FastAPI INSERT+COMMIT"]
     floor_pg = med["floor: asyncpg INSERT+COMMIT"]
     print()
     print(f"medians of {args.runs} runs, {CONNECTIONS} connections, {args.duration_s:.0f} s each:")
-    lines = [
-        (
-            "transfers/s, 1,000 accounts",
-            spread,
-            p99["transfers, 1,000 accounts"],
-            f"= {spread / floor_http:.2f}x the FastAPI floor, {spread / floor_pg:.2f}x raw INSERT",
-        ),
-        (
-            "transfers/s, 10 hot accounts",
-            hot_rate,
-            p99["transfers, 10 hot accounts"],
-            f"= {hot_rate / spread:.2f}x the spread case",
-        ),
-        (
-            "transfers/s, 2 replicas",
-            two,
-            p99["transfers, 1,000 accounts, 2 replicas"],
-            f"= {two / spread:.2f}x one replica, {two / floor_http:.2f}x the FastAPI floor",
-        ),
-        ("postings/s, batch endpoint", statistics.median(postings_per_s), None, ""),
+    lines: list[tuple[str, float, float | None, str]] = []
+    spread = med.get("transfers, 1,000 accounts")
+    if spread is not None:
+        hot_rate = med["transfers, 10 hot accounts"]
+        two = med["transfers, 1,000 accounts, 2 replicas"]
+        lines += [
+            (
+                "transfers/s, 1,000 accounts",
+                spread,
+                p99["transfers, 1,000 accounts"],
+                f"= {spread / floor_http:.2f}x the FastAPI floor, "
+                f"{spread / floor_pg:.2f}x raw INSERT",
+            ),
+            (
+                "transfers/s, 10 hot accounts",
+                hot_rate,
+                p99["transfers, 10 hot accounts"],
+                f"= {hot_rate / spread:.2f}x the spread case",
+            ),
+            (
+                "transfers/s, 2 replicas",
+                two,
+                p99["transfers, 1,000 accounts, 2 replicas"],
+                f"= {two / spread:.2f}x one replica, {two / floor_http:.2f}x the FastAPI floor",
+            ),
+        ]
+    if postings_per_s:
+        lines.append(("postings/s, batch endpoint", statistics.median(postings_per_s), None, ""))
+    lines += [
         ("floor: FastAPI INSERT+COMMIT", floor_http, p99["floor: FastAPI INSERT+COMMIT"], ""),
         ("floor: asyncpg INSERT+COMMIT", floor_pg, None, ""),
     ]
@@ -481,11 +534,19 @@ def report(
         label: statistics.median(r.extra.get("server_us_per_ok", math.nan) for r in results)
         for label, results in rows.items()
     }
-    one, floor = cpu["transfers, 1,000 accounts"], cpu["floor: FastAPI INSERT+COMMIT"]
-    print(
-        f"  server CPU per request: transfer {one:.0f} us, FastAPI INSERT floor {floor:.0f} us"
-        f" (= {floor / one:.2f}x the floor's efficiency; a busy machine distorts this least)"
-    )
+    floor = cpu["floor: FastAPI INSERT+COMMIT"]
+    if spread is not None:
+        one = cpu["transfers, 1,000 accounts"]
+        print(
+            f"  server CPU per request: transfer {one:.0f} us, FastAPI INSERT floor {floor:.0f} us"
+            f" (= {floor / one:.2f}x the floor's efficiency; a busy machine distorts this least)"
+        )
+    if postings_per_s:
+        per_batch = cpu[f"batch of {BATCH_TRANSFERS} transfers"]
+        print(
+            f"  server CPU per batch request: {per_batch:.0f} us"
+            f" (= {per_batch / BATCH_TRANSFERS:.0f} us a transfer)"
+        )
 
 
 if __name__ == "__main__":
