@@ -264,6 +264,14 @@ def check_amount(value: Decimal, asset: Asset) -> Decimal:
     At most INTEGER_DIGITS_MAX integer digits (what the amount columns hold), else
     invalid_amount.
     """
+    if type(value) is Decimal:  # the common case, already at the scale: parse_amount's result
+        sign, digits, exponent = value.as_tuple()
+        if (
+            exponent == -asset.scale
+            and len(digits) <= INTEGER_DIGITS_MAX + asset.scale
+            and (digits != (0,) or not sign)  # parse_amount makes '-0' 0
+        ):
+            return value
     try:
         return parse_amount(value, asset, digits_max=INTEGER_DIGITS_MAX + asset.scale)
     except MoneyError as exc:
@@ -288,7 +296,7 @@ def validate(
     if len(cmd.legs) > legs_max:
         raise TooManyLegs(f"a transfer has at most {legs_max} legs")
     seen: set[uuid.UUID] = set()
-    sums: dict[str, Decimal] = defaultdict(Decimal)
+    sums: dict[str, Decimal] = {}
     legs: list[Leg] = []
     for leg in cmd.legs:
         account = accounts.get(leg.account_id)
@@ -301,11 +309,10 @@ def validate(
         if asset is None:
             raise UnknownAsset(f"no asset {account.asset}", asset=account.asset)
         amount = check_amount(leg.amount, asset)
-        if amount == ZERO:
+        if not amount:
             raise ZeroAmount("a leg moves a non-zero amount")
-        with localcontext(EXACT):
-            sums[asset.code] += amount
-        legs.append(Leg(leg.account_id, amount))
+        sums[asset.code] = EXACT.add(sums.get(asset.code, ZERO), amount)
+        legs.append(leg if amount is leg.amount else Leg(leg.account_id, amount))
     unbalanced = sorted(code for code, total in sums.items() if total != ZERO)
     if unbalanced:
         raise UnbalancedTransfer(
@@ -332,9 +339,8 @@ def post(
     postings = []
     for leg in legs:
         account = accounts[leg.account_id]
-        with localcontext(EXACT):
-            after = balances[leg.account_id] + leg.amount
-        if abs(after) >= BALANCE_LIMIT:
+        after = EXACT.add(balances[leg.account_id], leg.amount)
+        if not -BALANCE_LIMIT < after < BALANCE_LIMIT:
             raise InvalidAmount(
                 f"account {account.id} would exceed the largest balance the ledger holds",
                 account_id=str(account.id),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -286,13 +287,13 @@ class Ledger:
                     first_with_key[key] = i
                 pending.append(i)
 
-            accounts = {i: r.account for i, r in ctx.accounts.items()}
-            balances = {i: r.balance for i, r in ctx.accounts.items()}
+            accounts, balances = ctx.accounts, ctx.balances
             if not {a.asset for a in accounts.values()} <= assets.keys():
                 await self.assets(refresh=True)  # an asset made by another replica
                 assets = await self._asset_map()
             exists, reversed_ = ctx.existing, ctx.reversed
             posted: list[tuple[int, d.Transfer]] = []
+            post, legs_max = d.post, self._legs_max
             for i in pending:
                 cmd = requests[i].cmd
                 try:
@@ -300,7 +301,7 @@ class Ledger:
                         raise d.TransferExists(f"transfer {cmd.transfer_id} exists")
                     if cmd.reverses is not None and cmd.reverses in reversed_:
                         raise d.AlreadyReversed(f"transfer {cmd.reverses} is already reversed")
-                    transfer = d.post(cmd, accounts, assets, balances, legs_max=self._legs_max)
+                    transfer = post(cmd, accounts, assets, balances, legs_max=legs_max)
                 except d.LedgerError as error:
                     outcomes[i] = error
                     continue
@@ -311,39 +312,37 @@ class Ledger:
                     reversed_.add(cmd.reverses)
                 posted.append((i, transfer))
 
-            new = [
-                repo.NewTransfer(
-                    transfer,
-                    uuid.uuid4(),
-                    _owners(transfer, accounts),
-                    {p.account_id: assets[p.asset].scale for p in transfer.postings},
+            created_at = datetime.now(UTC)  # unused when nothing was posted
+            if posted:
+                new = [
+                    repo.NewTransfer(transfer, event_id, _owners(transfer, accounts))
+                    for (_, transfer), event_id in zip(posted, new_ids(len(posted)), strict=True)
+                ]
+                created_at = await repo.insert_batch(
+                    tx.pg,
+                    new,
+                    accounts,
+                    assets,
+                    {
+                        key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
+                        for i, transfer in posted
+                        if (key := requests[i].idempotency_key) is not None
+                    },
                 )
-                for _, transfer in posted
-            ]
-            created_at = await repo.insert_batch(
-                tx.pg,
-                new,
-                accounts,
-                {
-                    key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
-                    for i, transfer in posted
-                    if (key := requests[i].idempotency_key) is not None
-                },
-            )
-            await add_events_driver(
-                tx.pg,
-                self._outbox,
-                self._codec,
-                [
-                    OutboxEvent(
-                        TOPIC,
-                        transfer_event(n, created_at[n.transfer.id], accounts),
-                        d.event_key(n.transfer, accounts),
-                    )
-                    for n in new
-                ],
-                notify=bool(new),
-            )
+                await add_events_driver(
+                    tx.pg,
+                    self._outbox,
+                    self._codec,
+                    [
+                        OutboxEvent(
+                            TOPIC,
+                            transfer_event(n, created_at, accounts),
+                            d.event_key(n.transfer, accounts),
+                        )
+                        for n in new
+                    ],
+                    notify=True,
+                )
             await tx.commit()
 
         stored: dict[uuid.UUID, repo.StoredTransfer] = {}
@@ -352,7 +351,7 @@ class Ledger:
                 await repo.see_all(conn)
                 stored = await repo.get_transfers(conn, list(set(replays.values())))
         for i, transfer in posted:
-            outcomes[i] = Posted(transfer, created_at[transfer.id], replayed=False)
+            outcomes[i] = Posted(transfer, created_at, replayed=False)
         for i, transfer_id in replays.items():
             original = stored[transfer_id]
             outcomes[i] = Posted(original.transfer, original.created_at, replayed=True)
@@ -541,6 +540,13 @@ def _as_retry_of(
     if isinstance(outcome, Posted):
         return Posted(outcome.transfer, outcome.created_at, replayed=True)
     return outcome
+
+
+def new_ids(count: int) -> list[uuid.UUID]:
+    """`count` random (version 4) UUIDs, as `uuid.uuid4()` makes them, from one read of the
+    operating system's random source rather than one each."""
+    data = os.urandom(16 * count)
+    return [uuid.UUID(bytes=data[k : k + 16], version=4) for k in range(0, 16 * count, 16)]
 
 
 def _owners(transfer: d.Transfer, accounts: Mapping[uuid.UUID, d.Account]) -> tuple[uuid.UUID, ...]:
