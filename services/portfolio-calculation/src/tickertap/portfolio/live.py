@@ -274,8 +274,10 @@ class LivePublisher:
         base_currency: str,
         scales: d.Scales,
         metrics: PortfolioMetrics,
+        lock_key: int = LEADER_LOCK,
     ) -> None:
         self._engine = engine
+        self._lock_key = lock_key
         self._codec = codec
         self._producer_config = producer_config(bootstrap_servers, PRODUCER_OVERRIDES)
         self._interval_s = interval_ms / 1000
@@ -318,7 +320,8 @@ class LivePublisher:
     async def _leadership(self) -> AsyncIterator[AsyncConnection | None]:
         conn = await self._engine.connect()
         try:
-            acquired = (await conn.execute(select(func.pg_try_advisory_lock(LEADER_LOCK)))).scalar()
+            lock = select(func.pg_try_advisory_lock(self._lock_key))
+            acquired = (await conn.execute(lock)).scalar()
             await conn.commit()
             yield conn if acquired else None
         finally:

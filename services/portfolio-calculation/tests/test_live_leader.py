@@ -1,0 +1,109 @@
+"""The live publisher against the stack's Postgres and broker: one leader at a time, a
+takeover when it stops, and announced changes published (a lock key of the test's own, so
+the running service's publisher is left alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
+from tickertap.portfolio import domain as d
+from tickertap.portfolio import repository as repo
+from tickertap.portfolio.live import LivePublisher
+from tickertap.portfolio.metrics import PortfolioMetrics
+
+pytestmark = pytest.mark.stack
+WAIT_S = 30.0
+
+
+@pytest.fixture
+async def engine(stack) -> AsyncIterator[AsyncEngine]:
+    url = stack.pg_admin_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url)
+    yield engine
+    await engine.dispose()
+
+
+def publisher(stack, engine: AsyncEngine, lock_key: int) -> tuple[LivePublisher, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return LivePublisher(
+        engine,
+        AvroCodec(load_schemas(find_schemas_dir())),
+        bootstrap_servers=stack.kafka_bootstrap,
+        interval_ms=250,
+        poll_interval_ms=50,
+        batch_max=2000,
+        base_currency="USD",
+        scales=d.Scales(),
+        metrics=PortfolioMetrics(registry),
+        lock_key=lock_key,
+    ), registry
+
+
+def gauge(registry: CollectorRegistry, name: str) -> float:
+    return registry.get_sample_value(name) or 0.0
+
+
+async def until(check: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.1)
+
+
+async def stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_one_leader_publishes_every_portfolio_and_a_standby_takes_over(stack, engine) -> None:
+    lock_key = uuid.uuid4().int & 0x7FFF_FFFF  # this test's own leadership
+    own = uuid.uuid4()
+    async with engine.begin() as conn:
+        await repo.see_all(conn)  # an empty portfolio of its own, besides the other tests'
+        await conn.execute(text("INSERT INTO portfolio.portfolios (owner_id) VALUES (:o)"), {"o": own})
+        owners = await repo.owners(conn)
+    first, first_metrics = publisher(stack, engine, lock_key)
+    second, second_metrics = publisher(stack, engine, lock_key)
+    leading = asyncio.create_task(first.run())
+    standing_by = asyncio.create_task(second.run())
+    try:
+        published = "tickertap_portfolio_updates_published_total"
+        leader = "tickertap_portfolio_live_leader"
+        await until(lambda: gauge(first_metrics, leader) == 1, "a leader")
+        await until(lambda: gauge(first_metrics, published) >= len(owners), "every portfolio once")
+        assert len(first.book) >= len(owners)
+        assert gauge(second_metrics, leader) == 0
+        assert gauge(second_metrics, published) == 0
+
+        before = gauge(first_metrics, published)
+        async with engine.begin() as conn:  # an announced change is published again
+            await repo.notify_changes(conn, owners=owners[:1])
+        await until(lambda: gauge(first_metrics, published) == before + 1, "the change published")
+
+        await stopped(leading)
+        await until(lambda: gauge(second_metrics, leader) == 1, "takeover")
+        await until(lambda: gauge(second_metrics, published) >= len(owners), "all published again")
+        async with engine.connect() as conn:
+            holders = await conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k"),
+                {"k": lock_key},
+            )
+            assert holders.scalar() == 1
+    finally:
+        for task in (leading, standing_by):
+            await stopped(task)
+        async with engine.begin() as conn:
+            await conn.execute(text("DELETE FROM portfolio.portfolios WHERE owner_id = :o"), {"o": own})
