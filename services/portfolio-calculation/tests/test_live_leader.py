@@ -22,6 +22,7 @@ from tickertap.portfolio.metrics import PortfolioMetrics
 
 pytestmark = pytest.mark.stack
 WAIT_S = 30.0
+TABLE = "portfolio.portfolios"
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ async def test_one_leader_publishes_every_portfolio_and_a_standby_takes_over(sta
     own = uuid.uuid4()
     async with engine.begin() as conn:
         await repo.see_all(conn)  # an empty portfolio of its own, besides the other tests'
-        await conn.execute(text("INSERT INTO portfolio.portfolios (owner_id) VALUES (:o)"), {"o": own})
+        await conn.execute(text(f"INSERT INTO {TABLE} (owner_id) VALUES (:o)"), {"o": own})
         owners = await repo.owners(conn)
     first, first_metrics = publisher(stack, engine, lock_key)
     second, second_metrics = publisher(stack, engine, lock_key)
@@ -106,4 +107,4 @@ async def test_one_leader_publishes_every_portfolio_and_a_standby_takes_over(sta
         for task in (leading, standing_by):
             await stopped(task)
         async with engine.begin() as conn:
-            await conn.execute(text("DELETE FROM portfolio.portfolios WHERE owner_id = :o"), {"o": own})
+            await conn.execute(text(f"DELETE FROM {TABLE} WHERE owner_id = :o"), {"o": own})
