@@ -688,7 +688,9 @@ def _compile_checker(schema: Any) -> _Encoder:
 # Direct writers: check strictly and write the Avro binary encoding in one walk (Avro 1.11
 # specification, "Binary Encoding"), byte for byte what fastavro wrote for the checker's output.
 
-DECIMAL_CACHE_ENTRIES_MAX = 4096  # per (precision, scale, size) of a schema; cleared when full
+DECIMAL_CACHE_ENTRIES_MAX = (
+    4096  # per decimal type of a schema (and optional or not); cleared when full
+)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_ORDINAL = _EPOCH.toordinal()
@@ -698,7 +700,6 @@ _S_PER_DAY = 86_400
 _UUID_CHARS = 36
 
 _ONE_BYTE_VARINTS = tuple(bytes((n,)) for n in range(0x80))
-_NULL_CHUNK = b""
 _FALSE_CHUNK = b"\x00"
 _TRUE_CHUNK = b"\x01"
 _END_OF_BLOCKS = b"\x00"
@@ -850,26 +851,31 @@ def _decimal_writer(
     def checked_chunk(datum: Any) -> bytes:
         return chunk(int(checked(datum).scaleb(scale, context)))
 
+    def uncached(datum: Decimal) -> bytes:
+        # The quick test of what `checked`'s quantize accepts: finite, below 10**(precision -
+        # scale) in magnitude, and an integer once scaled (the context traps a rounding that
+        # would drop digits). What it leaves, `checked` accepts or refuses.
+        if datum.is_finite() and datum.adjusted() < adjusted_limit:
+            try:
+                scaled = datum.scaleb(scale, context)
+            except Inexact:
+                pass
+            else:
+                unscaled = int(scaled)
+                if unscaled == scaled:
+                    return chunk(unscaled)
+        return checked_chunk(datum)
+
     def write_decimal(datum: Any, put: _Put) -> None:
-        if datum.__class__ is not Decimal or not datum.is_finite():
-            put(checked_chunk(datum))  # raises
+        if datum.__class__ is not Decimal:
+            put(checked_chunk(datum))  # a subclass, or raises
             return
-        encoded = cache.get(datum)
+        try:
+            encoded = cache.get(datum)
+        except TypeError:  # a signaling NaN has no hash
+            encoded = None
         if encoded is None:
-            # The quick test of what `checked`'s quantize accepts: below 10**(precision -
-            # scale) in magnitude, and an integer once scaled (the context traps a rounding
-            # that would drop digits). What it leaves, `checked` accepts or refuses.
-            if datum.adjusted() < adjusted_limit:
-                try:
-                    scaled = datum.scaleb(scale, context)
-                except Inexact:
-                    pass
-                else:
-                    unscaled = int(scaled)
-                    if unscaled == scaled:
-                        encoded = chunk(unscaled)
-            if encoded is None:
-                encoded = checked_chunk(datum)
+            encoded = uncached(datum)
             if len(cache) >= DECIMAL_CACHE_ENTRIES_MAX:
                 cache.clear()
             cache[datum] = encoded
@@ -1034,8 +1040,9 @@ def _compile_direct_writer(schema: Any) -> _Writer:
             if not isinstance(datum, Mapping):
                 raise _Invalid(f"expected a record (a mapping), got {_got(datum)}")
             absent = 0
+            get = datum.get
             for field_name, writer, default in fields:
-                value = datum.get(field_name, missing)
+                value = get(field_name, missing)
                 if value is missing:
                     if default is None:
                         raise _Invalid("missing, and the schema gives no default", [field_name])
