@@ -9,6 +9,10 @@ Wire formats (DESIGN.md, "Events"); decoding accepts both, whichever the codec e
   registry id as 4 big-endian bytes, then the body. Encoding registers (or looks up) the
   schema under the subject ``<topic>-value``; decoding fetches the schema by id.
 
+Encoding writes the Avro binary encoding itself, with writers compiled once per schema that
+check each value strictly as they write it (a schema with a union of several non-null branches
+is checked, then written by fastavro); decoding reads with fastavro.
+
 Values: ``decimal.Decimal`` for decimal fields (never float, int or str), timezone-aware
 ``datetime`` for timestamps, ``str`` or ``uuid.UUID`` for uuid fields. Decoding returns
 Decimals at exactly the schema's scale, UTC datetimes and ``uuid.UUID`` objects.
@@ -688,9 +692,8 @@ def _compile_checker(schema: Any) -> _Encoder:
 # Direct writers: check strictly and write the Avro binary encoding in one walk (Avro 1.11
 # specification, "Binary Encoding"), byte for byte what fastavro wrote for the checker's output.
 
-DECIMAL_CACHE_ENTRIES_MAX = (
-    4096  # per decimal type of a schema (and optional or not); cleared when full
-)
+# Encoded decimals kept per decimal type of a schema (optional or not); cleared when full.
+DECIMAL_CACHE_ENTRIES_MAX = 4096
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_ORDINAL = _EPOCH.toordinal()
