@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, localcontext
+from operator import attrgetter
 from typing import ClassVar
 
 from tickertap.money import (
@@ -53,6 +54,7 @@ INTEGER_DIGITS_MAX = DIGITS_MAX - SCALE_MAX
 EXACT = Context(prec=2 * DIGITS_MAX + 4, traps=[Inexact])
 BALANCE_LIMIT = Decimal(10) ** INTEGER_DIGITS_MAX  # what NUMERIC(38, 18) holds
 PRICE_SCALE_MAX = SCALE_MAX
+_UUID_INT = attrgetter("int")
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -643,5 +645,9 @@ def event_key(transfer: Transfer, accounts: Mapping[uuid.UUID, Account]) -> str:
 
 
 def lock_order(account_ids: Iterable[uuid.UUID]) -> Sequence[uuid.UUID]:
-    """Accounts are locked in one global order, so concurrent transfers never deadlock."""
-    return sorted(set(account_ids))
+    """Accounts are locked in one global order, so concurrent transfers never deadlock.
+
+    The order of the UUIDs (of their integers, as `UUID.__lt__` compares them, and as
+    Postgres sorts the uuid type), with the integers as sort keys: a batch sorts
+    thousands, and `UUID.__lt__` is Python code run for every comparison."""
+    return sorted(set(account_ids), key=_UUID_INT)
