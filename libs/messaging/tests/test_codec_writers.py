@@ -23,12 +23,14 @@ from hypothesis import strategies as st
 
 from tickertap.messaging.codec import (
     DECIMAL_CACHE_ENTRIES_MAX,
+    UUID_CACHE_ENTRIES_MAX,
     AvroCodec,
     EncodeError,
     _compile_direct_writer,
     _compile_writer,
     _decimal_writer,
     _fastavro_writer,
+    _uuid_writer,
     _Writer,
 )
 from tickertap.messaging.schemas import (
@@ -690,6 +692,39 @@ def test_decimals_at_the_edges_of_a_fixed() -> None:
         assert _old_bytes(schema, {"a": Decimal(value)}) == byte
     with pytest.raises(EncodeError, match=r"test\.tight\.v1\.a: 100 needs more than 2 digits"):
         AvroCodec(SchemaSet([schema])).encode("test.tight.v1", {"a": Decimal("100")})
+
+
+# Uuids: a bounded cache of their encodings
+
+
+def test_uuids_encode_as_their_canonical_text_and_the_cache_is_bounded() -> None:
+    cache: dict[uuid.UUID | str, bytes] = {}
+    writer = _uuid_writer(cache)
+    some = uuid.UUID("6f1b0a5e-3c2d-4e8f-9a0b-1c2d3e4f5a6b")
+    canonical = b"\x48" + str(some).encode()
+
+    for form in [some, str(some), str(some).upper(), f"{{{some}}}", some.hex]:
+        assert _write(writer, form) == canonical
+        assert _write(writer, form) == canonical  # from the cache
+    for step in range(UUID_CACHE_ENTRIES_MAX * 2 + 10):
+        _write(writer, uuid.UUID(int=step))
+        assert 0 < len(cache) <= UUID_CACHE_ENTRIES_MAX
+
+
+@pytest.mark.parametrize(("value", "problem"), [("not-a-uuid", "is not a UUID"), (7, "got int")])
+def test_a_refused_uuid_stays_refused(value: Any, problem: str) -> None:
+    codec = AvroCodec(SCHEMAS)
+    event = {
+        "event_id": uuid.uuid4(),
+        "occurred_at": EPOCH,
+        "user_id": uuid.uuid4(),
+        "event_type": "user_deleted",
+        "details": {},
+    }
+
+    for _ in range(2):
+        with pytest.raises(EncodeError, match=rf"auth\.events\.v1\.user_id: .*{problem}"):
+            codec.encode("auth.events.v1", event | {"user_id": value})
 
 
 # Floats, strings and errors

@@ -692,8 +692,10 @@ def _compile_checker(schema: Any) -> _Encoder:
 # Direct writers: check strictly and write the Avro binary encoding in one walk (Avro 1.11
 # specification, "Binary Encoding"), byte for byte what fastavro wrote for the checker's output.
 
-# Encoded decimals kept per decimal type of a schema (optional or not); cleared when full.
+# Encoded decimals kept per decimal type of a schema (optional or not), encoded uuids per
+# schema; each cache is cleared when full.
 DECIMAL_CACHE_ENTRIES_MAX = 4096
+UUID_CACHE_ENTRIES_MAX = 4096
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_ORDINAL = _EPOCH.toordinal()
@@ -934,9 +936,25 @@ def _time_writer(units_per_s: int, low: int, high: int, bits: int) -> _Writer:
 _UUID_LENGTH_CHUNK = _length_chunk(_UUID_CHARS)
 
 
-def _write_uuid(datum: Any, put: _Put) -> None:
-    put(_UUID_LENGTH_CHUNK)
-    put(_encode_uuid(datum).encode())
+def _uuid_writer(cache: dict[uuid.UUID | str, bytes]) -> _Writer:
+    """A uuid (a `uuid.UUID` or its text), as its canonical text. `cache` maps the UUIDs and
+    strings seen to their encoding (ids such as accounts and owners recur); only exact
+    `uuid.UUID` and `str` values are cached."""
+
+    def write_uuid(datum: Any, put: _Put) -> None:
+        kind = datum.__class__
+        if kind is not uuid.UUID and kind is not str:
+            put(_UUID_LENGTH_CHUNK + _encode_uuid(datum).encode())  # a subclass, or raises
+            return
+        encoded = cache.get(datum)
+        if encoded is None:
+            encoded = _UUID_LENGTH_CHUNK + _encode_uuid(datum).encode()
+            if len(cache) >= UUID_CACHE_ENTRIES_MAX:
+                cache.clear()
+            cache[datum] = encoded
+        put(encoded)
+
+    return write_uuid
 
 
 def _compile_writer(schema: Any) -> _Writer:
@@ -971,6 +989,7 @@ def _compile_direct_writer(schema: Any) -> _Writer:
     named: dict[str, _Writer] = {}
     named_nodes: dict[str, dict[str, Any]] = {}
     decimal_caches: dict[tuple[int, int, int | None, bytes], dict[Decimal, bytes]] = {}
+    write_uuid = _uuid_writer({})
 
     def compile_node(node: Any) -> _Writer:
         if isinstance(node, str):
@@ -1019,7 +1038,7 @@ def _compile_direct_writer(schema: Any) -> _Writer:
         if logical_type == "time-micros" and kind == "long":
             return _time_writer(_US_PER_S, _LONG_MIN, _LONG_MAX, 64)
         if logical_type == "uuid" and kind == "string":
-            return _write_uuid
+            return write_uuid
         return _PRIMITIVE_WRITERS[kind]
 
     def record(node: dict[str, Any]) -> _Writer:
