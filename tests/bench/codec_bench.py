@@ -8,10 +8,11 @@ union of several non-null branches). Both run in the same process, interleaved, 
   the totals, 2 source offsets (~45 decimals), as the portfolio service publishes;
 - `ledger.transfers.v1`: a 2-leg transfer with its metadata, as the ledger's outbox holds.
 
-"repeated" encodes the same record each time (equal decimals hit the writers' cache of
-encoded decimals); "distinct" gives every encode decimals not seen before (every one a miss),
-the cost of a feed whose numbers never repeat. Each figure is the median over `--runs` runs of
-`--encodes` encodes (µs per encode), then each run. No stack needed:
+"repeated" encodes the same record each time (equal decimals and uuids hit the writers' caches
+of encodings); "distinct" gives every encode decimals and uuids not seen before (every one a
+miss), the cost of a feed whose numbers and ids never repeat (real events sit in between:
+account, owner and portfolio ids and many amounts recur). Each figure is the median over
+`--runs` runs of `--encodes` encodes (µs per encode), then each run. No stack needed:
 
     .venv/bin/python tests/bench/codec_bench.py [--runs 5] [--encodes 5000]
 """
