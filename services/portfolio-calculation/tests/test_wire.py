@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import fastavro
 import pytest
@@ -141,3 +141,22 @@ def test_longs_are_zigzag_varints(n: int) -> None:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, "long", n)
     assert wire.long_bytes(n) == out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("quantity", "price", "places"),
+    [
+        ("0.5", "0.01", 2),  # 0.005: a tie, to the even 0.00
+        ("1.5", "0.01", 2),  # 0.015: a tie, to the even 0.02
+        ("-0.5", "0.03", 2),  # -0.015: a tie below zero, to -0.02
+        ("-2.5", "1", 0),  # -2.5: to -2
+        ("3.5", "1", 0),  # 3.5: to 4
+        ("0.000000000000000001", "0.000000000000000001", 18),  # 1e-36: to 0
+        ("123456789.123456789", "98765.4321", 8),
+    ],
+)
+def test_products_round_half_even_as_the_domain(quantity: str, price: str, places: int) -> None:
+    q, p = Decimal(quantity), Decimal(price)
+    with localcontext(d.WORK):
+        expected = d.round_to(q * p, places)
+    assert wire.round_product(wire.scaled(q) * wire.scaled(p), places) == wire.scaled(expected)

@@ -144,12 +144,14 @@ class Book:
         """The stored prices of some symbols; the holders of each that moved are due.
         How many portfolios became due."""
         marked = 0
+        waiting = self._dirty
         for symbol, price in prices.items():
             if self._prices.get(symbol) == price:
                 continue
             self._prices[symbol] = price
             for owner in self._holders.get(symbol, ()):
-                marked += self.mark(owner, now)
+                if owner not in waiting:  # most are, under a busy feed: skip the call
+                    marked += self.mark(owner, now)
         return marked
 
     def mark(self, owner: uuid.UUID, now: float) -> int:
@@ -342,9 +344,12 @@ class LivePublisher:
 
         await driver.add_listener(repo.CHANGES_CHANNEL, announced)  # before the load
         log.info("live updates: leading; loading every portfolio")
-        self._metrics.live_leader.set(1)
         self.book = Book(self._interval_s)
-        self._changes = _Changes(everything=True)
+        self._changes = _Changes()
+        await self._reload(_Changes(everything=True))
+        self._metrics.live_dirty.set(len(self.book))
+        self._metrics.live_leader.set(1)  # leading, with every portfolio loaded
+        log.info("live updates: %d portfolios loaded", len(self.book))
         producer = Producer(self._producer_config)
         try:
             await self._loop(driver, producer)
