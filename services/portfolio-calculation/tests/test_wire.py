@@ -85,9 +85,9 @@ def portfolios(draw: st.DrawFn) -> tuple[Book, uuid.UUID]:
     return book, owner
 
 
-def codec_bytes(book: Book, owner: uuid.UUID, event_id: uuid.UUID, at: datetime) -> bytes:
+def codec_bytes(book: Book, owner: uuid.UUID, event_id: str, at: datetime) -> bytes:
     record = update_record(book.snapshot(owner, BASE, SCALES), at)
-    return CODEC.encode(UPDATES_TOPIC, {**record, "event_id": str(event_id)})
+    return CODEC.encode(UPDATES_TOPIC, {**record, "event_id": event_id})
 
 
 @settings(max_examples=300, deadline=None)
@@ -97,10 +97,11 @@ def test_the_same_bytes_as_the_codec_of_the_record(
 ) -> None:
     book, owner = case
     writer = wire.UpdateWriter(wire.framing_header(CODEC), BASE, SCALES)
-    event_id = uuid.uuid4()
-    fast = book.encode(owner, writer, event_id, wire.micros(at))
+    (event_id,) = wire.event_ids(1)
+    key, fast = book.encode(owner, writer, event_id, wire.micros(at))
+    assert key == str(owner).encode()
     assert fast == codec_bytes(book, owner, event_id, at)
-    again = book.encode(owner, writer, event_id, wire.micros(at))  # parts and quotes cached
+    _, again = book.encode(owner, writer, event_id, wire.micros(at))  # parts, quotes cached
     assert again == fast
     schema = CODEC.schemas.get(UPDATES_TOPIC).parsed
     body = io.BytesIO(fast[SINGLE_OBJECT_HEADER_BYTES:])
@@ -117,11 +118,11 @@ def test_a_price_move_changes_only_what_depends_on_it() -> None:
     book = Book(0.25)
     book.put(row, [figure], {"USD": Decimal("5.00")}, 0.0)
     writer = wire.UpdateWriter(wire.framing_header(CODEC), BASE, SCALES)
-    event_id = uuid.UUID(int=1)
+    event_id = str(uuid.UUID(int=1))
     for n, price in enumerate(["101.5", "99.25"]):
         quote = d.Quote("AAA", Decimal(price), T0, "ticks", 0, n, Decimal(100), T0)
         book.set_prices({"AAA": repo.StoredPrice(quote, repo.Source("prices", 0, n))}, 0.0)
-        fast = book.encode(owner, writer, event_id, wire.micros(T0))
+        _, fast = book.encode(owner, writer, event_id, wire.micros(T0))
         assert fast == codec_bytes(book, owner, event_id, T0)
         decoded = CODEC.decode(fast)
         assert decoded["totals"]["market_value"] == Decimal(price) * 10
@@ -160,3 +161,11 @@ def test_products_round_half_even_as_the_domain(quantity: str, price: str, place
     with localcontext(d.WORK):
         expected = d.round_to(q * p, places)
     assert wire.round_product(wire.scaled(q) * wire.scaled(p), places) == wire.scaled(expected)
+
+
+def test_event_ids_are_random_version_4_uuids() -> None:
+    ids = wire.event_ids(1000)
+    assert len(set(ids)) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)

@@ -63,6 +63,7 @@ PUBLISH_SLICE = 64  # updates built between two yields to the event loop
 PRODUCE_RETRY_S = 0.05  # pause when librdkafka's local queue is full
 LIVENESS_CHECK_S = 2.0  # how often the leader's session is checked
 STANDBY_POLL_S = 5.0  # how often a standby tries to become leader
+GAUGE_INTERVAL_S = 1.0  # how often the backlog gauges are set while portfolios wait
 RETRY_S_MAX = 10.0
 PRODUCER_OVERRIDES = {
     "linger.ms": 5,
@@ -189,6 +190,11 @@ class Book:
             heapq.heappop(self._due)
         return None
 
+    @property
+    def waiting(self) -> int:
+        """How many portfolios changed since their last update."""
+        return len(self._dirty)
+
     def backlog(self, now: float) -> Backlog:
         oldest = min((since for since, _ in self._dirty.values()), default=now)
         return Backlog(len(self._dirty), now - oldest)
@@ -211,14 +217,15 @@ class Book:
         )
 
     def encode(
-        self, owner: uuid.UUID, writer: UpdateWriter, event_id: uuid.UUID, occurred_at_us: int
-    ) -> bytes:
-        """The portfolio's update, framed (see wire.py); WireError for a value the schema
-        cannot carry."""
+        self, owner: uuid.UUID, writer: UpdateWriter, event_id: str, occurred_at_us: int
+    ) -> tuple[bytes, bytes]:
+        """The portfolio's update: its Kafka key and value, framed (see wire.py); WireError
+        for a value the schema cannot carry."""
         entry = self._entries[owner]
-        if entry.parts is None:
-            entry.parts = writer.parts(entry.row, entry.figures, entry.cash)
-        return writer.encode(entry.row, entry.parts, self._prices, event_id, occurred_at_us)
+        parts = entry.parts
+        if parts is None:
+            parts = entry.parts = writer.parts(entry.row, entry.figures, entry.cash)
+        return parts.key, writer.encode(entry.row, parts, self._prices, event_id, occurred_at_us)
 
     def _unhold(self, owner: uuid.UUID, figures: Iterable[d.PositionFigures]) -> None:
         for f in figures:
@@ -357,7 +364,7 @@ class LivePublisher:
             await asyncio.to_thread(producer.flush, 5.0)
 
     async def _loop(self, driver: Any, producer: Producer) -> None:
-        checked_at = time.monotonic()
+        checked_at = gauged_at = time.monotonic()
         while True:
             now = time.monotonic()
             if now - checked_at >= LIVENESS_CHECK_S:
@@ -370,9 +377,11 @@ class LivePublisher:
             self._failed = []
             await self._publish_due(producer)
             producer.poll(0)
-            backlog = self.book.backlog(time.monotonic())
-            self._metrics.live_dirty.set(backlog.dirty)
-            self._metrics.live_oldest_dirty.set(backlog.oldest_s)
+            if time.monotonic() - gauged_at >= GAUGE_INTERVAL_S or not self.book.waiting:
+                backlog = self.book.backlog(time.monotonic())
+                self._metrics.live_dirty.set(backlog.dirty)
+                self._metrics.live_oldest_dirty.set(backlog.oldest_s)
+                gauged_at = time.monotonic()
             wait_s = self.book.next_due_in(time.monotonic())
             wait_s = self._poll_s if wait_s is None else min(max(wait_s, 0.001), self._poll_s)
             self._wake.clear()
@@ -415,6 +424,7 @@ class LivePublisher:
         if self._writer is None:
             header = wire.framing_header(self._codec)
             self._writer = UpdateWriter(header, self._base_currency, self._scales)
+        writer = self._writer
         started = time.perf_counter()
         published = 0
         while published < self._batch_max:
@@ -423,16 +433,27 @@ class LivePublisher:
                 break
             occurred_at = datetime.now(UTC)
             occurred_at_us = wire.micros(occurred_at)
-            for owner in owners:
-                event_id = uuid.uuid4()
-                value: bytes | None
+            for owner, event_id in zip(owners, wire.event_ids(len(owners)), strict=True):
                 try:
-                    value = self.book.encode(owner, self._writer, event_id, occurred_at_us)
+                    key, value = self.book.encode(owner, writer, event_id, occurred_at_us)
                 except wire.WireError:
-                    value = self._encoded_by_codec(owner, event_id, occurred_at)
-                    if value is None:
+                    encoded = self._encoded_by_codec(owner, event_id, occurred_at)
+                    if encoded is None:
                         continue
-                await self._produce(producer, owner, event_id, value)
+                    key, value = str(owner).encode(), encoded
+                headers: list[tuple[str, str | bytes | None]] = [
+                    (h.EVENT_ID, event_id),
+                    (h.SCHEMA, UPDATES_TOPIC),
+                ]
+                while True:
+                    try:
+                        producer.produce(
+                            UPDATES_TOPIC, value, key, headers=headers, on_delivery=self._delivered
+                        )
+                        break
+                    except BufferError:  # librdkafka's queue is full: let it drain
+                        producer.poll(0)
+                        await asyncio.sleep(PRODUCE_RETRY_S)
             published += len(owners)
             producer.poll(0)
             await asyncio.sleep(0)
@@ -441,12 +462,12 @@ class LivePublisher:
             self._metrics.update_batch_duration.observe(time.perf_counter() - started)
 
     def _encoded_by_codec(
-        self, owner: uuid.UUID, event_id: uuid.UUID, occurred_at: datetime
+        self, owner: uuid.UUID, event_id: str, occurred_at: datetime
     ) -> bytes | None:
         """The codec's encoding, for its strict errors: an update the schema cannot carry
         is logged and left out (the next change of the portfolio tries again)."""
         snapshot = self.book.snapshot(owner, self._base_currency, self._scales)
-        record = {**update_record(snapshot, occurred_at), "event_id": str(event_id)}
+        record = {**update_record(snapshot, occurred_at), "event_id": event_id}
         try:
             return self._codec.encode(UPDATES_TOPIC, record)
         except EncodeError as exc:
@@ -457,29 +478,9 @@ class LivePublisher:
             )
             return None
 
-    async def _produce(
-        self, producer: Producer, owner: uuid.UUID, event_id: uuid.UUID, value: bytes
-    ) -> None:
-        headers: list[tuple[str, str | bytes | None]] = [
-            (h.EVENT_ID, str(event_id)),
-            (h.SCHEMA, UPDATES_TOPIC),
-        ]
-
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                log.warning("live updates: an update was not delivered: %s", error)
-                self._failed.append(owner)
-
-        while True:
-            try:
-                producer.produce(
-                    UPDATES_TOPIC,
-                    value,
-                    str(owner).encode(),
-                    headers=headers,
-                    on_delivery=delivered,
-                )
-                return
-            except BufferError:
-                producer.poll(0)
-                await asyncio.sleep(PRODUCE_RETRY_S)
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            log.warning("live updates: an update was not delivered: %s", error)
+            key = message.key()
+            if isinstance(key, bytes):
+                self._failed.append(uuid.UUID(key.decode()))
