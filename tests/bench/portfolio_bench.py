@@ -132,7 +132,7 @@ def portfolio_secret_file(stack: mdb.Stack, directory: Path) -> Path:
 
 @contextlib.contextmanager
 def portfolio_service(
-    stack: mdb.Stack, secret_file: Path, log: Path
+    stack: mdb.Stack, secret_file: Path, log: Path, publisher_processes: int | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The portfolio-calculation service with the launcher's environment, until ready.
 
@@ -149,6 +149,8 @@ def portfolio_service(
         without_auth=True,  # the bench runs this service alone
     )
     env["TICKERTAP_VALUATION_SNAPSHOT_INTERVAL_S"] = "0"  # a daily job, not the feed's load
+    if publisher_processes is not None:
+        env["TICKERTAP_UPDATE_PUBLISHER_PROCESSES"] = str(publisher_processes)
     env["TICKERTAP_HTTP_PORT"] = str(stack.cfg.port_base + HTTP_PORT_OFFSET)
     url = service_url(stack)
     for attempt in range(1, SERVICE_START_ATTEMPTS + 1):
@@ -423,7 +425,7 @@ def live_state(url: str) -> Live:
         if name in LIVE_GAUGES:
             values[name] = float(value)
     return Live(
-        values.get("tickertap_portfolio_live_leader", 0.0) == 1.0,
+        values.get("tickertap_portfolio_live_leader", 0.0) >= 1.0,  # shards led
         int(values.get("tickertap_portfolio_live_dirty_portfolios", -1)),
         values.get("tickertap_portfolio_live_oldest_dirty_seconds", 0.0),
     )
@@ -725,7 +727,7 @@ def run_once(
     asyncio.run(clear_leftovers(stack.admin_url))
     harness.settle(QUIET_WAIT_S, f"portfolio run {run}")
     log = stack.cfg.logs_dir / "bench-portfolio.log"
-    with portfolio_service(stack, secret_file, log) as proc:
+    with portfolio_service(stack, secret_file, log, args.publisher_processes) as proc:
         url = service_url(stack)
         startup_publish_s = wait_published(url, STARTUP_PUBLISH_TIMEOUT_S)
         reader = UpdateReader(stack.bootstrap, partitions)
@@ -852,6 +854,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="prices per second")
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument(
+        "--publisher-processes",
+        type=int,
+        help="TICKERTAP_UPDATE_PUBLISHER_PROCESSES for the service (default: the stack's)",
+    )
     parser.add_argument("--seed-timeout-s", type=float, default=SEED_TIMEOUT_S_DEFAULT)
     parser.add_argument("--drain-timeout-s", type=float, default=DRAIN_TIMEOUT_S_DEFAULT)
     parser.add_argument(

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 StartHook = Callable[["ServiceRuntime"], Awaitable[None]]
 KAFKA_STATS_INTERVAL_MS = 5_000
-RELAY_PROCESS_STOP_S_MAX = 15.0
+RELAY_PROCESS_STOP_S_MAX = 15.0  # a child process's time to stop before SIGKILL
 INBOX_PURGE_BATCH_MAX = 10_000
 
 
@@ -266,21 +266,39 @@ async def _report_backlog(runtime: ServiceRuntime, interval_s: float = 5.0) -> N
 
 
 async def _start_relay_process(runtime: ServiceRuntime, service: str) -> None:
-    """The outbox relay as a child process (`tickertap.runtime.relay_process`) with this
-    service's settings; its exit fails readiness, and it is stopped with the service."""
+    """The outbox relay as a child process (`tickertap.runtime.relay_process`)."""
+    await start_child_process(
+        runtime, "outbox-relay-process", ["tickertap.runtime.relay_process", service]
+    )
+
+
+async def start_child_process(
+    runtime: ServiceRuntime,
+    name: str,
+    argv: Sequence[str],
+    *,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """`python -m <argv>` as a child process with this service's settings in its
+    environment; its exit fails readiness, and it is stopped (SIGTERM, then SIGKILL) with
+    the service. With `on_line`, each line the child writes to its standard output is
+    handed to it (its logs go to standard error)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tickertap.runtime.relay_process",
-        service,
+        *argv,
         env={**os.environ, **_settings_env(runtime.settings)},
+        stdout=asyncio.subprocess.PIPE if on_line is not None else None,
     )
     stopping = False
 
     async def supervise() -> None:
+        if on_line is not None and process.stdout is not None:
+            async for line in process.stdout:
+                on_line(line.decode(errors="replace"))
         code = await process.wait()
         if not stopping:
-            log.error("outbox relay process exited", extra={"exit_code": code})
+            log.error("child process exited", extra={"child": name, "exit_code": code})
 
     async def stop() -> None:
         nonlocal stopping
@@ -294,7 +312,7 @@ async def _start_relay_process(runtime: ServiceRuntime, service: str) -> None:
             process.kill()
             await process.wait()
 
-    runtime.spawn(supervise(), "outbox-relay-process")
+    runtime.spawn(supervise(), name)
     runtime.on_stop(stop)
 
 

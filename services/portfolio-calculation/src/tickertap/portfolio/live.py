@@ -21,6 +21,11 @@ loads the book afresh and publishes every portfolio's state once, so a consumer 
 missed an update (a crash between production and delivery) gets the latest state then.
 Updates are snapshots: each replaces the previous one of its portfolio; consumers
 deduplicate on `event_id` and can order by `as_of`.
+
+Shards: with `TICKERTAP_UPDATE_PUBLISHER_PROCESSES=N` (N > 0) each replica runs N child
+processes (live_process.py), shard i of N publishing the portfolios whose id is i modulo
+N, each shard with its own leader lock: on a machine with several cores the encoding then
+runs on several. Every replica must be given the same N.
 """
 
 from __future__ import annotations
@@ -284,9 +289,13 @@ class LivePublisher:
         scales: d.Scales,
         metrics: PortfolioMetrics,
         lock_key: int = LEADER_LOCK,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
+        assert 0 <= shard < shards
         self._engine = engine
         self._lock_key = lock_key
+        self._shard, self._shards = shard, shards
         self._codec = codec
         self._producer_config = producer_config(bootstrap_servers, PRODUCER_OVERRIDES)
         self._interval_s = interval_ms / 1000
@@ -329,7 +338,7 @@ class LivePublisher:
     async def _leadership(self) -> AsyncIterator[AsyncConnection | None]:
         conn = await self._engine.connect()
         try:
-            lock = select(func.pg_try_advisory_lock(self._lock_key))
+            lock = select(func.pg_try_advisory_lock(self._lock_key, self._shard))
             acquired = (await conn.execute(lock)).scalar()
             await conn.commit()
             yield conn if acquired else None
@@ -388,17 +397,20 @@ class LivePublisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
 
+    def _mine(self, owner: uuid.UUID) -> bool:
+        return owner.int % self._shards == self._shard
+
     async def _reload(self, changes: _Changes) -> None:
         """Read what `changes` names from the database into the book."""
         async with self._engine.connect() as conn:
             await repo.see_all(conn)
             if changes.everything:
-                owners = await repo.owners(conn)
+                owners = [o for o in await repo.owners(conn) if self._mine(o)]
                 for gone in set(self.book.owners()) - set(owners):
                     self.book.drop(gone)
                 symbols: set[str] = set()
             else:
-                owners = sorted(changes.owners)
+                owners = sorted(o for o in changes.owners if self._mine(o))
                 symbols = set(changes.symbols)
             for start in range(0, len(owners), LOAD_CHUNK):
                 chunk = owners[start : start + LOAD_CHUNK]

@@ -23,10 +23,12 @@ from tickertap.portfolio.consumer import (
     transfer_batch_handler,
 )
 from tickertap.portfolio.live import LivePublisher
+from tickertap.portfolio.live_process import ShardFigures
 from tickertap.portfolio.metrics import PortfolioMetrics
 from tickertap.portfolio.reconcile_job import ReconcileMetrics, run_periodically
 from tickertap.portfolio.settings import PortfolioSettings
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, serve
+from tickertap.runtime.app import start_child_process
 from tickertap.runtime.revocations import token_auth
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,35 @@ async def snapshot_valuations(runtime: ServiceRuntime, settings: PortfolioSettin
             log.warning("valuation snapshot failed", extra={"error": type(exc).__name__})
 
 
+async def start_live_updates(
+    runtime: ServiceRuntime, settings: PortfolioSettings, metrics: PortfolioMetrics
+) -> None:
+    """The live publisher (live.py): in this process, or sharded over child processes."""
+    shards = settings.update_publisher_processes
+    if shards == 0:
+        publisher = LivePublisher(
+            runtime.writer,
+            runtime.codec,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            interval_ms=settings.update_interval_ms,
+            poll_interval_ms=settings.update_poll_interval_ms,
+            batch_max=settings.update_batch_max,
+            base_currency=settings.base_currency,
+            scales=settings.scales(),
+            metrics=metrics,
+        )
+        runtime.spawn(publisher.run(), "live-updates", graceful=False)
+        return
+    figures = ShardFigures(metrics)
+    for shard in range(shards):
+        await start_child_process(
+            runtime,
+            f"live-updates-{shard}",
+            ["tickertap.portfolio.live_process", str(shard), str(shards)],
+            on_line=figures.take,
+        )
+
+
 def create_app(settings: PortfolioSettings) -> FastAPI:
     install_context()
     auth, follow_revocations = token_auth(settings)
@@ -69,18 +100,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
             batch_handler=price_batch_handler(settings.price_exchange_ts_skew_s_max, metrics),
             batch_max=settings.price_consumer_batch_max,
         )
-        publisher = LivePublisher(
-            runtime.writer,
-            runtime.codec,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            interval_ms=settings.update_interval_ms,
-            poll_interval_ms=settings.update_poll_interval_ms,
-            batch_max=settings.update_batch_max,
-            base_currency=settings.base_currency,
-            scales=settings.scales(),
-            metrics=metrics,
-        )
-        runtime.spawn(publisher.run(), "live-updates", graceful=False)
+        await start_live_updates(runtime, settings, metrics)
         if settings.valuation_snapshot_interval_s > 0:
             runtime.spawn(
                 snapshot_valuations(runtime, settings), "valuation-snapshots", graceful=False
