@@ -18,6 +18,7 @@ from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
 from tickertap.portfolio.live import LivePublisher
+from tickertap.portfolio.live_process import ShardFigures
 from tickertap.portfolio.metrics import PortfolioMetrics
 
 pytestmark = pytest.mark.stack
@@ -33,7 +34,9 @@ async def engine(stack) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def publisher(stack, engine: AsyncEngine, lock_key: int) -> tuple[LivePublisher, CollectorRegistry]:
+def publisher(
+    stack, engine: AsyncEngine, lock_key: int, *, shard: int = 0, shards: int = 1
+) -> tuple[LivePublisher, CollectorRegistry]:
     registry = CollectorRegistry()
     return LivePublisher(
         engine,
@@ -46,6 +49,8 @@ def publisher(stack, engine: AsyncEngine, lock_key: int) -> tuple[LivePublisher,
         scales=d.Scales(),
         metrics=PortfolioMetrics(registry),
         lock_key=lock_key,
+        shard=shard,
+        shards=shards,
     ), registry
 
 
@@ -99,7 +104,10 @@ async def test_one_leader_publishes_every_portfolio_and_a_standby_takes_over(sta
         await until(lambda: gauge(second_metrics, published) >= len(owners), "all published again")
         async with engine.connect() as conn:
             holders = await conn.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k"),
+                text(  # the two-key form: classid, objid = the key, the shard
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND objsubid = 2 AND classid::bigint = :k AND objid::bigint = 0"
+                ),
                 {"k": lock_key},
             )
             assert holders.scalar() == 1
@@ -108,3 +116,36 @@ async def test_one_leader_publishes_every_portfolio_and_a_standby_takes_over(sta
             await stopped(task)
         async with engine.begin() as conn:
             await conn.execute(text(f"DELETE FROM {TABLE} WHERE owner_id = :o"), {"o": own})
+
+
+async def test_shards_lead_side_by_side_and_split_the_portfolios(stack, engine) -> None:
+    lock_key = uuid.uuid4().int & 0x7FFF_FFFF
+    async with engine.begin() as conn:
+        await repo.see_all(conn)
+        owners = set(await repo.owners(conn))
+    shards = [publisher(stack, engine, lock_key, shard=i, shards=2) for i in range(2)]
+    tasks = [asyncio.create_task(p.run()) for p, _ in shards]
+    try:
+        for _, registry in shards:
+            await until(lambda r=registry: gauge(r, "tickertap_portfolio_live_leader") == 1, "lead")
+        books = [set(p.book.owners()) for p, _ in shards]
+        assert not books[0] & books[1]
+        assert books[0] | books[1] >= owners
+        assert all(o.int % 2 == i for i, book in enumerate(books) for o in book)
+    finally:
+        for task in tasks:
+            await stopped(task)
+
+
+def test_the_parent_sums_its_shards_figures() -> None:
+    registry = CollectorRegistry()
+    figures = ShardFigures(PortfolioMetrics(registry))
+    line = '{{"shard": {}, "leader": 1, "dirty": {}, "oldest_s": {}, "published": {}}}'
+    figures.take(line.format(0, 5, 0.5, 100))
+    figures.take(line.format(1, 7, 0.25, 40))
+    figures.take(line.format(0, 2, 0.125, 130))
+    figures.take("not json")
+    assert gauge(registry, "tickertap_portfolio_live_leader") == 2
+    assert gauge(registry, "tickertap_portfolio_live_dirty_portfolios") == 9
+    assert gauge(registry, "tickertap_portfolio_live_oldest_dirty_seconds") == 0.25
+    assert gauge(registry, "tickertap_portfolio_updates_published_total") == 170
