@@ -169,3 +169,22 @@ def test_event_ids_are_random_version_4_uuids() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+
+
+@pytest.mark.parametrize(
+    "unscaled", [10**38 - 1, -(10**38 - 1), 2**111 - 1, -(2**111), 0, -1, 127, -128]
+)
+def test_unscaled_values_up_to_38_digits_are_the_codecs_bytes(unscaled: int) -> None:
+    value = Decimal(unscaled).scaleb(-wire.SCALE, d.WORK)  # exact: 80 digits
+    record = {"asset": "X", "amount": value}
+    schema = CODEC.schemas.get(UPDATES_TOPIC).parsed
+    cash_schema = schema["fields"][7]["type"]["items"]
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, cash_schema, record)
+    assert wire.string_bytes("X") + wire.unscaled_bytes(unscaled) == out.getvalue()
+
+
+@pytest.mark.parametrize("unscaled", [10**38, -(10**38), 2**127])
+def test_unscaled_values_beyond_38_digits_are_refused(unscaled: int) -> None:
+    with pytest.raises(wire.WireError):
+        wire.unscaled_bytes(unscaled)

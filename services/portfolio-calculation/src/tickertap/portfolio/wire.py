@@ -44,6 +44,7 @@ SCALE = 18  # every decimal of portfolio.updates.v1 is a decimal(38, 18)
 PRECISION = 38
 _EXACT = Context(prec=PRECISION, traps=[Inexact, InvalidOperation])
 _UNSCALED_LIMIT = 10**PRECISION
+_SIZE_CHECKED = 16  # 10^38 takes 16 bytes: shorter values always fit
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NULL = b"\x00"
 _SOME = b"\x02"  # branch 1 of ["null", T]
@@ -106,10 +107,10 @@ def scaled(v: Decimal) -> int:
 
 def unscaled_bytes(unscaled: int) -> bytes:
     """A decimal(38, 18) given as its unscaled value."""
-    if not -_UNSCALED_LIMIT < unscaled < _UNSCALED_LIMIT:
+    size = (abs(unscaled).bit_length() + 8) >> 3  # two's complement, with its sign bit
+    if size >= _SIZE_CHECKED and not -_UNSCALED_LIMIT < unscaled < _UNSCALED_LIMIT:
         raise WireError(f"{unscaled}e-{SCALE} does not fit a decimal({PRECISION}, {SCALE})")
-    raw = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
-    return _SMALL_LONGS[len(raw)] + raw
+    return _SMALL_LONGS[size] + unscaled.to_bytes(size, "big", signed=True)
 
 
 def decimal_bytes(v: Decimal) -> bytes:
@@ -167,7 +168,9 @@ class Parts:
     cash_value_bytes: bytes  # totals.cash_value
     cost_average_total: bytes  # totals.cost_basis_average
     realized_average: bytes  # totals.realized_pnl_average
-    sources: Mapping[tuple[str, int], int]  # the transfers' input partitions
+    # the transfers' input partitions: (topic, partition) -> (offset, its source_offsets item)
+    sources: Mapping[tuple[str, int], tuple[int, bytes]]
+    as_of: tuple[int, bytes] | None  # the last transfer's time, micros and encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,9 @@ class _Quote:
     head: bytes  # price, price_as_of
     tail: bytes  # price_source_topic, _partition, _offset, previous_close
     exchange_us: int
+    exchange: bytes  # exchange_us encoded
+    source: tuple[str, int]  # the price event's partition
+    source_offset: tuple[int, bytes]  # its offset, and its source_offsets item
 
 
 class UpdateWriter:
@@ -193,6 +199,7 @@ class UpdateWriter:
         self._base = base_currency
         self._scales = scales
         self._quotes: dict[str, _Quote] = {}
+        self._occurred_at = (-1, b"")  # the last occurred_at, micros and encoded
 
     def parts(
         self,
@@ -233,6 +240,7 @@ class UpdateWriter:
         in_base = [f for f in figures if f.currency == base]
         cash_value = scaled(cash.get(base, d.ZERO))
         owner = str(row.owner_id)
+        latest = row.last_transfer_at
         return Parts(
             owner.encode(),
             string_bytes(owner) + string_bytes(owner) + string_bytes(base),
@@ -244,7 +252,8 @@ class UpdateWriter:
             unscaled_bytes(cash_value),
             _SOME + unscaled_bytes(sum(p.cost_average for p in positions if p.in_base)),
             _SOME + unscaled_bytes(sum(scaled(f.realized_average) for f in in_base)),
-            {(x.topic, x.partition): x.offset for x in row.sources},
+            {(x.topic, x.partition): (x.offset, _source_item(x)) for x in row.sources},
+            None if latest is None else (micros(latest), long_bytes(micros(latest))),
         )
 
     def encode(
@@ -258,8 +267,7 @@ class UpdateWriter:
         """The framed update of a portfolio whose `parts` are current, at `prices` (those
         of its symbols that have one)."""
         sources = dict(parts.sources)
-        latest = row.last_transfer_at
-        as_of_us = micros(latest) if latest is not None else None
+        as_of = parts.as_of
         market = unrealized = unrealized_average = day_change = 0
         positions = []
         for p in parts.positions:
@@ -271,10 +279,11 @@ class UpdateWriter:
                     market += p.cost_fifo
                 continue
             q = self._quote(stored)
-            if as_of_us is None or q.exchange_us > as_of_us:
-                as_of_us = q.exchange_us
-            key = (stored.event.topic, stored.event.partition)
-            sources[key] = max(sources.get(key, -1), stored.event.offset)
+            if as_of is None or q.exchange_us > as_of[0]:
+                as_of = (q.exchange_us, q.exchange)
+            known = sources.get(q.source)
+            if known is None or known[0] < q.source_offset[0]:
+                sources[q.source] = q.source_offset
             value = round_product(p.quantity * q.price, p.places)
             gain = value - p.cost_fifo
             gain_average = value - p.cost_average
@@ -301,15 +310,17 @@ class UpdateWriter:
                 unrealized_average += gain_average
                 if change is not None:
                     day_change += change
-        if as_of_us is None:
-            as_of_us = micros(row.updated_at)
+        if as_of is None:
+            as_of = (0, long_bytes(micros(row.updated_at)))
+        if occurred_at_us != self._occurred_at[0]:
+            self._occurred_at = (occurred_at_us, long_bytes(occurred_at_us))
         return b"".join(
             [
                 self._header,
                 string_bytes(event_id),
-                long_bytes(occurred_at_us),
+                self._occurred_at[1],
                 parts.ids,
-                long_bytes(as_of_us),
+                as_of[1],
                 _array_joined(len(parts.positions), b"".join(positions)),
                 parts.cash,
                 unscaled_bytes(market),
@@ -322,12 +333,7 @@ class UpdateWriter:
                 _SOME + unscaled_bytes(unrealized_average),
                 parts.realized_average,
                 _SOME + unscaled_bytes(day_change),
-                _array(
-                    [
-                        string_bytes(t) + long_bytes(n) + long_bytes(o)
-                        for (t, n), o in sorted(sources.items())
-                    ]
-                ),
+                _array([item for _, (_, item) in sorted(sources.items())]),
             ]
         )
 
@@ -351,6 +357,9 @@ class UpdateWriter:
             + long_bytes(q.source_offset)
             + optional_decimal(close),
             micros(q.exchange_ts),
+            long_bytes(micros(q.exchange_ts)),
+            (stored.event.topic, stored.event.partition),
+            (stored.event.offset, _source_item(stored.event)),
         )
         if len(self._quotes) >= PRICE_CACHE_MAX:
             self._quotes.clear()
@@ -390,6 +399,10 @@ def framing_header(codec: Encoder) -> bytes:
     framed = codec.encode(UPDATES_TOPIC, empty)
     single_object = framed[:1] == SINGLE_OBJECT_MAGIC[:1]
     return framed[: SINGLE_OBJECT_HEADER_BYTES if single_object else CONFLUENT_HEADER_BYTES]
+
+
+def _source_item(source: repo.Source) -> bytes:
+    return string_bytes(source.topic) + long_bytes(source.partition) + long_bytes(source.offset)
 
 
 def _array(items: Sequence[bytes]) -> bytes:
