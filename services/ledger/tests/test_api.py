@@ -343,3 +343,43 @@ async def test_batch_endpoint_posts_each_transfer_on_its_own(ledger: Ledger):
     statuses = [item["status"] for item in r.json()["results"]]
     assert statuses == [201, 201, 201, 409, 409]
     assert await ledger.balance(alice) == Decimal("0.00")
+
+
+async def test_concurrent_batches_share_transactions_and_keep_their_own_results(
+    ledger: Ledger,
+):
+    """Four batches at once on the same accounts (funds for 25 of their 40 transfers):
+    exactly 25 succeed, each response lists its own items in order, nothing goes below 0."""
+    alice, bob = await ledger.account(new_id()), await ledger.account(new_id())
+    await ledger.deposit(alice, "25.00")
+
+    async def batch() -> list[dict[str, Any]]:
+        transfers = [
+            {
+                "transfer_id": new_id(),
+                "legs": [
+                    {"account_id": alice, "amount": "-1.00"},
+                    {"account_id": bob, "amount": "1.00"},
+                ],
+            }
+            for _ in range(10)
+        ]
+        r = await ledger.client.post(
+            "/v1/transfers/batch", json={"transfers": transfers}, headers=ledger.ops
+        )
+        assert r.status_code == 200, r.text
+        results: list[dict[str, Any]] = r.json()["results"]
+        assert [item["index"] for item in results] == list(range(10))
+        for item, sent in zip(results, transfers, strict=True):
+            if item["status"] == 201:
+                assert item["transfer"]["id"] == sent["transfer_id"]
+        return results
+
+    results = [
+        item for items in await asyncio.gather(*(batch() for _ in range(4))) for item in items
+    ]
+    assert sorted({item["status"] for item in results}) == [201, 409]
+    assert sum(item["status"] == 201 for item in results) == 25
+    assert {item["code"] for item in results if item["status"] == 409} == {"insufficient_funds"}
+    assert await ledger.balance(alice) == Decimal("0.00")
+    assert await ledger.balance(bob) == Decimal("25.00")

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TOPIC = "ledger.transfers.v1"
 DEFAULT_RETRY = RetryPolicy(attempts_max=5)
-MANY_CHUNK = 250  # transfers of the batch endpoint per database transaction
+MANY_CHUNK = 250  # the batch endpoint's transfers per database transaction, at most
 UNIQUE_VIOLATION = "23505"
 
 
@@ -79,6 +79,17 @@ class Batcher:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         await self._queue.put((request, future))
         return await future
+
+    async def submit_many(self, requests: Sequence[TransferRequest]) -> list[Outcome]:
+        """`submit` for many: they join the queue in order (and may share a batch with
+        other callers' requests); their outcomes in the same order."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Outcome]] = []
+        for request in requests:
+            future: asyncio.Future[Outcome] = loop.create_future()
+            await self._queue.put((request, future))
+            futures.append(future)
+        return [await future for future in futures]
 
     async def run(self, workers: int = 1) -> None:
         """`workers` batches may be in flight at once: while one waits on the database,
@@ -132,6 +143,10 @@ class Ledger:
         self._assets: dict[str, repo.AssetRow] = {}
         self._system: dict[tuple[d.AccountKind, str], d.Account] = {}
         self.batcher = Batcher(self._post_batch, batch_max=batch_max, queue_max=queue_max)
+        # the batch endpoint's transfers: their own lane of larger batches, one at a time;
+        # concurrent requests' transfers share transactions instead of queueing on each
+        # other's account locks
+        self.many = Batcher(self._post_batch, batch_max=MANY_CHUNK, queue_max=queue_max)
         self._batch_workers = batch_workers
 
     # -- assets and system accounts -------------------------------------------------------
@@ -210,11 +225,9 @@ class Ledger:
         return outcome
 
     async def post_many(self, requests: Sequence[TransferRequest]) -> list[Outcome]:
-        """Up to thousands of transfers, each succeeding or failing on its own."""
-        outcomes: list[Outcome] = []
-        for start in range(0, len(requests), MANY_CHUNK):
-            outcomes.extend(await self._post_batch(list(requests[start : start + MANY_CHUNK])))
-        return outcomes
+        """Up to thousands of transfers, each succeeding or failing on its own: in batches
+        of up to MANY_CHUNK per database transaction, shared with other callers'."""
+        return await self.many.submit_many(requests)
 
     async def get_transfer(self, transfer_id: uuid.UUID) -> repo.StoredTransfer:
         async with self.reader.connect() as conn:
@@ -502,7 +515,7 @@ class Ledger:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.batcher.run(self._batch_workers)
+        await asyncio.gather(self.batcher.run(self._batch_workers), self.many.run(1))
 
     @contextlib.asynccontextmanager
     async def reading(self, owner_id: uuid.UUID | None) -> Any:
