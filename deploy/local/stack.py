@@ -115,6 +115,8 @@ def service_env(
     if svc.name == "ledger":  # its hot path: the outbox relay runs in a child process
         env["TICKERTAP_OUTBOX_RELAY_PROCESS"] = "true"
         env["TICKERTAP_OUTBOX_RELAY_LINGER_S"] = "0.05"  # fewer, larger relay batches
+    if svc.name == "portfolio-calculation":  # live updates encoded on both cores
+        env["TICKERTAP_UPDATE_PUBLISHER_PROCESSES"] = "2"
     if without_auth and svc.name != "auth":
         env["TICKERTAP_AUTH_JWKS_FILE"] = str(devkeys.jwks_path(cfg))
     elif svc.name != "auth":  # the others verify tokens against auth's keys (and the dev key)
