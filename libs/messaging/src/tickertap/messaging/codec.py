@@ -67,6 +67,7 @@ __all__ = [
     "EncodeError",
     "RegistryError",
     "SchemaRegistry",
+    "long_bytes",
 ]
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -729,8 +730,9 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _long_chunk(value: int) -> bytes:
-    """An int or long: zig-zag, then varint (the zig-zag of a 32-bit value is the same)."""
+def long_bytes(value: int) -> bytes:
+    """An Avro int or long: zig-zag, then varint (a 32-bit value's zig-zag is the same);
+    public for writers that assemble Avro bytes themselves (the portfolio's live updates)."""
     return _varint((value << 1) ^ (value >> 63))
 
 
@@ -765,11 +767,11 @@ def _write_boolean(datum: Any, put: _Put) -> None:
 
 
 def _write_int(datum: Any, put: _Put) -> None:
-    put(_long_chunk(_integer(datum, _INT_MIN, _INT_MAX, 32)))
+    put(long_bytes(_integer(datum, _INT_MIN, _INT_MAX, 32)))
 
 
 def _write_long(datum: Any, put: _Put) -> None:
-    put(_long_chunk(_integer(datum, _LONG_MIN, _LONG_MAX, 64)))
+    put(long_bytes(_integer(datum, _LONG_MIN, _LONG_MAX, 64)))
 
 
 def _real(datum: Any) -> float:
@@ -904,20 +906,20 @@ def _timestamp_writer(units_per_s: int, *, local: bool) -> _Writer:
                 delta = datum - _EPOCH
             # exact integer arithmetic, as fastavro's conversion
             seconds = delta.days * _S_PER_DAY + delta.seconds
-            put(_long_chunk(seconds * units_per_s + delta.microseconds // us_per_unit))
+            put(long_bytes(seconds * units_per_s + delta.microseconds // us_per_unit))
             return
         if not local and (not isinstance(datum, int) or isinstance(datum, bool)):
             raise _Invalid(f"expected an aware datetime, got {_got(datum)}")
-        put(_long_chunk(_integer(datum, _LONG_MIN, _LONG_MAX, 64)))
+        put(long_bytes(_integer(datum, _LONG_MIN, _LONG_MAX, 64)))
 
     return write_timestamp
 
 
 def _write_date(datum: Any, put: _Put) -> None:
     if isinstance(datum, dt.date) and not isinstance(datum, dt.datetime):
-        put(_long_chunk(datum.toordinal() - _EPOCH_ORDINAL))
+        put(long_bytes(datum.toordinal() - _EPOCH_ORDINAL))
     else:
-        put(_long_chunk(_integer(datum, _INT_MIN, _INT_MAX, 32)))
+        put(long_bytes(_integer(datum, _INT_MIN, _INT_MAX, 32)))
 
 
 def _time_writer(units_per_s: int, low: int, high: int, bits: int) -> _Writer:
@@ -926,9 +928,9 @@ def _time_writer(units_per_s: int, low: int, high: int, bits: int) -> _Writer:
     def write_time(datum: Any, put: _Put) -> None:
         if isinstance(datum, dt.time):
             seconds = datum.hour * 3600 + datum.minute * 60 + datum.second
-            put(_long_chunk(seconds * units_per_s + datum.microsecond // us_per_unit))
+            put(long_bytes(seconds * units_per_s + datum.microsecond // us_per_unit))
         else:
-            put(_long_chunk(_integer(datum, low, high, bits)))
+            put(long_bytes(_integer(datum, low, high, bits)))
 
     return write_time
 
@@ -1086,7 +1088,7 @@ def _compile_direct_writer(schema: Any) -> _Writer:
         return write_record
 
     def enum(node: dict[str, Any]) -> _Writer:
-        chunks = {symbol: _long_chunk(index) for index, symbol in enumerate(node["symbols"])}
+        chunks = {symbol: long_bytes(index) for index, symbol in enumerate(node["symbols"])}
         symbols = sorted(chunks)
 
         def write_enum(datum: Any, put: _Put) -> None:
@@ -1119,7 +1121,7 @@ def _compile_direct_writer(schema: Any) -> _Writer:
             raise _NeedsFastavro
         null_index = branches.index("null")
         branch = branches[1 - null_index]
-        null_chunk, value_chunk = _long_chunk(null_index), _long_chunk(1 - null_index)
+        null_chunk, value_chunk = long_bytes(null_index), long_bytes(1 - null_index)
         if (
             isinstance(branch, dict)
             and branch.get("logicalType") == "decimal"
@@ -1199,7 +1201,7 @@ def _default_encoding(node: Any, value: Any, named_nodes: Mapping[str, dict[str,
     are strings whose code points 0-255 are the bytes; a record default omitting a field
     with a default takes that one."""
     if isinstance(node, list):
-        return _long_chunk(0) + _default_encoding(node[0], value, named_nodes)
+        return long_bytes(0) + _default_encoding(node[0], value, named_nodes)
     if isinstance(node, str):
         if node in named_nodes:
             return _default_encoding(named_nodes[node], value, named_nodes)
@@ -1225,7 +1227,7 @@ def _default_encoding(node: Any, value: Any, named_nodes: Mapping[str, dict[str,
             field_value = value[field["name"]] if field["name"] in value else field["default"]
             chunks.append(_default_encoding(field["type"], field_value, named_nodes))
     elif kind == "enum":
-        chunks.append(_long_chunk(node["symbols"].index(value)))
+        chunks.append(long_bytes(node["symbols"].index(value)))
     elif kind == "fixed":
         raw = value.encode("latin-1")
         if len(raw) != int(node["size"]):

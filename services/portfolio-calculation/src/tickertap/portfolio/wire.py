@@ -35,6 +35,7 @@ from tickertap.messaging.codec import (
     SINGLE_OBJECT_HEADER_BYTES,
     SINGLE_OBJECT_MAGIC,
 )
+from tickertap.messaging.codec import long_bytes as avro_long
 from tickertap.messaging.outbox import Encoder
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
@@ -70,22 +71,12 @@ class WireError(ValueError):
     """A value portfolio.updates.v1 cannot carry (the codec's path then says which)."""
 
 
-def _varint(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 _SMALL = 1024
-_SMALL_LONGS = [_varint(n) for n in range(_SMALL)]  # lengths, counts, partitions
+_SMALL_LONGS = [avro_long(n) for n in range(_SMALL)]  # lengths, counts, partitions
 
 
 def long_bytes(n: int) -> bytes:
-    return _SMALL_LONGS[n] if 0 <= n < _SMALL else _varint(n)
+    return _SMALL_LONGS[n] if 0 <= n < _SMALL else avro_long(n)
 
 
 def string_bytes(s: str) -> bytes:
