@@ -94,6 +94,7 @@ SEED_TIMEOUT_S_MAX = 3600.0  # a machine shared with other work can take that lo
 DRAIN_TIMEOUT_S_DEFAULT = 30.0
 SAMPLE_INTERVAL_S = 1.0
 QUIET_WAIT_S = 30.0
+STEADY_AFTER_S = 3.0  # the feed's start makes every portfolio change at once
 STARTUP_PUBLISH_TIMEOUT_S = 300.0
 LIVE_GAUGES = {
     "tickertap_portfolio_live_leader",
@@ -497,6 +498,7 @@ class RunResult:
     feed_s: float
     updates_in_feed: int
     latencies_ms: list[float]
+    steady_ms: list[float]  # of the updates from STEADY_AFTER_S into the feed on
     freshness_ms: list[float]
     samples: list[Sample]
     shares: dict[str, float]
@@ -674,11 +676,12 @@ def feed_prices(
 
 def match_updates(
     messages: list[tuple[int, bytes]], feed: Feed
-) -> tuple[list[float], list[float], int]:
-    """(cause latencies ms, freshness ms, updates timestamped during the feed)."""
+) -> tuple[list[float], list[float], int, list[float]]:
+    """(cause latencies ms, freshness ms, updates timestamped during the feed, the cause
+    latencies of the updates from STEADY_AFTER_S into the feed on)."""
     codec = AvroCodec(load_schemas(find_schemas_dir()))
     seen: dict[tuple[str, str], int] = {}  # (portfolio, symbol) -> offset last carried
-    causes, fresh, in_feed = [], [], 0
+    causes, fresh, in_feed, steady = [], [], 0, []
     for ts_ms, value in sorted(messages, key=lambda m: m[0]):
         if feed.started_us <= ts_ms * 1000 <= feed.ended_us:
             in_feed += 1
@@ -701,9 +704,11 @@ def match_updates(
             oldest_us = sent if oldest_us is None else min(oldest_us, sent)
         if oldest_us is not None:
             causes.append(ts_ms - oldest_us / 1000)
+            if ts_ms * 1000 >= feed.started_us + STEADY_AFTER_S * 1e6:
+                steady.append(ts_ms - oldest_us / 1000)
         if newest_us is not None:
             fresh.append(ts_ms - newest_us / 1000)
-    return causes, fresh, in_feed
+    return causes, fresh, in_feed, steady
 
 
 def feed_s_of(feed: Feed) -> float:
@@ -767,7 +772,7 @@ def run_once(
         reader.join(READER_JOIN_TIMEOUT_S)
         rss_end = tree_rss_bytes(proc.pid)
     assert feed.errors == 0, f"{feed.errors} prices were not delivered"
-    causes, fresh, in_feed = match_updates(reader.messages, feed)
+    causes, fresh, in_feed, steady = match_updates(reader.messages, feed)
     during = [s for s in sampler.samples if s.at_s <= feed_end_s]
     mid = min(during, key=lambda s: abs(s.at_s - feed_end_s / 2), default=None)
     end = during[-1] if during else None
@@ -777,6 +782,7 @@ def run_once(
         feed_s,
         in_feed,
         causes,
+        steady,
         fresh,
         sampler.samples,
         cpu,
@@ -815,6 +821,9 @@ def print_report(results: list[RunResult], args: argparse.Namespace, seed_s: flo
     p50 = med([pct(r.latencies_ms, 50) for r in results])
     p99 = med([pct(r.latencies_ms, 99) for r in results])
     print(f"  price publish -> update (cause)  p50 {p50:.0f} ms, p99 {p99:.0f} ms (target < 500)")
+    p50 = med([pct(r.steady_ms, 50) for r in results])
+    p99 = med([pct(r.steady_ms, 99) for r in results])
+    print(f"    from {STEADY_AFTER_S:.0f} s into the feed on   p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     p50 = med([pct(r.freshness_ms, 50) for r in results])
     p99 = med([pct(r.freshness_ms, 99) for r in results])
     print(f"  newest price -> update (fresh)   p50 {p50:.0f} ms, p99 {p99:.0f} ms")
@@ -933,6 +942,8 @@ def main() -> int:
                 "updates_per_s": r.updates_per_s,
                 "p50_ms": mdb.percentile(r.latencies_ms, 50),
                 "p99_ms": mdb.percentile(r.latencies_ms, 99),
+                "steady_p50_ms": mdb.percentile(r.steady_ms, 50),
+                "steady_p99_ms": mdb.percentile(r.steady_ms, 99),
                 "fresh_p50_ms": mdb.percentile(r.freshness_ms, 50),
                 "fresh_p99_ms": mdb.percentile(r.freshness_ms, 99),
                 "rss_max_bytes": r.rss_max_bytes,

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,13 +145,15 @@ class ServiceRuntime:
         handler: Handler | None = None,
         batch_handler: BatchHandler | None = None,
         batch_max: int = 500,
+        consumer_overrides: Mapping[str, Any] | None = None,
     ) -> InboxConsumer:
         """Consume `topics` into `handler` (inbox, dead-lettering, metrics) for the service's life.
 
         The group id is `<service>.<name>`; outcomes, dead letters and the consumer
         lag that librdkafka reports from the broker's watermarks feed `/metrics`. Give
         `handler` (a transaction per message) or `batch_handler` (a transaction per batch,
-        see tickertap.messaging.consumer).
+        see tickertap.messaging.consumer). `consumer_overrides` are librdkafka settings of
+        the consumer (for one that must see messages soon: a small `fetch.wait.max.ms`).
         """
         consumer = InboxConsumer(
             self.writer,
@@ -165,6 +167,7 @@ class ServiceRuntime:
             name=name,
             batch_max=batch_max,
             consumer_overrides={
+                **(consumer_overrides or {}),
                 "statistics.interval.ms": KAFKA_STATS_INTERVAL_MS,
                 "stats_cb": self._on_kafka_stats,
             },

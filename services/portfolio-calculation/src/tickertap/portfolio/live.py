@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import heapq
 import itertools
 import json
@@ -71,7 +72,7 @@ STANDBY_POLL_S = 5.0  # how often a standby tries to become leader
 GAUGE_INTERVAL_S = 1.0  # how often the backlog gauges are set while portfolios wait
 RETRY_S_MAX = 10.0
 PRODUCER_OVERRIDES = {
-    "linger.ms": 5,
+    "linger.ms": 20,
     "compression.type": "lz4",
     "queue.buffering.max.messages": 200_000,
 }
@@ -363,6 +364,10 @@ class LivePublisher:
         self.book = Book(self._interval_s)
         self._changes = _Changes()
         await self._reload(_Changes(everything=True))
+        # the book is most of the process's objects and lives as long as the leadership:
+        # out of the collector's sight, a full collection no longer stalls the updates
+        gc.collect()
+        gc.freeze()
         self._metrics.live_dirty.set(len(self.book))
         self._metrics.live_leader.set(1)  # leading, with every portfolio loaded
         log.info("live updates: %d portfolios loaded", len(self.book))

@@ -88,17 +88,20 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
 
     async def start_portfolio(runtime: ServiceRuntime) -> None:
         metrics = PortfolioMetrics(runtime.metrics.registry)
+        fetch_soon = {"fetch.wait.max.ms": settings.consumer_fetch_wait_max_ms}
         runtime.start_consumer(
             name="transfers",
             topics=[TRANSFERS_TOPIC],
             batch_handler=transfer_batch_handler(settings.scales(), metrics),
             batch_max=settings.transfer_consumer_batch_max,
+            consumer_overrides=fetch_soon,
         )
         runtime.start_consumer(
             name="prices",
             topics=[PRICES_TOPIC],
             batch_handler=price_batch_handler(settings.price_exchange_ts_skew_s_max, metrics),
             batch_max=settings.price_consumer_batch_max,
+            consumer_overrides=fetch_soon,
         )
         await start_live_updates(runtime, settings, metrics)
         if settings.valuation_snapshot_interval_s > 0:
