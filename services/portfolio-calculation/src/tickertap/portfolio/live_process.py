@@ -20,8 +20,10 @@ import sys
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tickertap.db import create_engine
+from tickertap.messaging.outbox import Encoder
 from tickertap.money import install_context
 from tickertap.observability import configure_logging
 from tickertap.portfolio.live import LivePublisher
@@ -43,6 +45,31 @@ FIGURES = {
 }
 
 
+def publisher_for(
+    settings: PortfolioSettings,
+    engine: AsyncEngine,
+    codec: Encoder,
+    metrics: PortfolioMetrics,
+    *,
+    shard: int = 0,
+    shards: int = 1,
+) -> LivePublisher:
+    """The live publisher of `shard` (of `shards`) as the settings say."""
+    return LivePublisher(
+        engine,
+        codec,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        interval_ms=settings.update_interval_ms,
+        poll_interval_ms=settings.update_poll_interval_ms,
+        batch_max=settings.update_batch_max,
+        base_currency=settings.base_currency,
+        scales=settings.scales(),
+        metrics=metrics,
+        shard=shard,
+        shards=shards,
+    )
+
+
 async def run_shard(shard: int, shards: int, settings: PortfolioSettings) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,16 +82,11 @@ async def run_shard(shard: int, shards: int, settings: PortfolioSettings) -> Non
             settings.database(), login.rotator, application_name=f"{SERVICE}-live-{shard}"
         )
         stack.push_async_callback(engine.dispose)
-        publisher = LivePublisher(
+        publisher = publisher_for(
+            settings,
             engine,
             load_codec(settings),
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            interval_ms=settings.update_interval_ms,
-            poll_interval_ms=settings.update_poll_interval_ms,
-            batch_max=settings.update_batch_max,
-            base_currency=settings.base_currency,
-            scales=settings.scales(),
-            metrics=PortfolioMetrics(registry),
+            PortfolioMetrics(registry),
             shard=shard,
             shards=shards,
         )

@@ -22,8 +22,7 @@ from tickertap.portfolio.consumer import (
     price_batch_handler,
     transfer_batch_handler,
 )
-from tickertap.portfolio.live import LivePublisher
-from tickertap.portfolio.live_process import ShardFigures
+from tickertap.portfolio.live_process import ShardFigures, publisher_for
 from tickertap.portfolio.metrics import PortfolioMetrics
 from tickertap.portfolio.reconcile_job import ReconcileMetrics, run_periodically
 from tickertap.portfolio.settings import PortfolioSettings
@@ -59,17 +58,7 @@ async def start_live_updates(
     """The live publisher (live.py): in this process, or sharded over child processes."""
     shards = settings.update_publisher_processes
     if shards == 0:
-        publisher = LivePublisher(
-            runtime.writer,
-            runtime.codec,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            interval_ms=settings.update_interval_ms,
-            poll_interval_ms=settings.update_poll_interval_ms,
-            batch_max=settings.update_batch_max,
-            base_currency=settings.base_currency,
-            scales=settings.scales(),
-            metrics=metrics,
-        )
+        publisher = publisher_for(settings, runtime.writer, runtime.codec, metrics)
         runtime.spawn(publisher.run(), "live-updates", graceful=False)
         return
     figures = ShardFigures(metrics)
