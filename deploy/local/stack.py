@@ -2,6 +2,8 @@
 
     python deploy/local/stack.py run     start everything in the foreground; Ctrl-C stops it all
     python deploy/local/stack.py up      the same, detached; returns when everything is ready
+    ... run|up --services ledger,auth    only these services (and what the others need not)
+    ... run|up --no-services             only Postgres, the broker and OpenBao
     python deploy/local/stack.py down    stop a detached stack
     python deploy/local/stack.py status  print what runs and where
     python deploy/local/stack.py exec SERVICE -- COMMAND...
@@ -37,6 +39,8 @@ from processes import Child, wait_until, write_private
 
 SERVICE_READY_TIMEOUT_S = 60
 SERVICE_NAMES = frozenset(svc.name for svc in SERVICES)
+PORTFOLIO = "portfolio-calculation"
+INGEST = "market-data-ingest"
 # The demo feed (dev profile, `make run`): it may end or fail without stopping the stack.
 DEMO_FEED = "demo-feed"
 # Portfolio report job workers (faust-streaming, portfolio.jobs.v1): TICKERTAP_JOB_WORKERS of
@@ -156,7 +160,7 @@ def demo_feed_child(cfg: StackConfig) -> Child | None:
     turns it off): lists its symbols through the ingest API, then publishes ticks."""
     if cfg.profile != "dev" or os.environ.get("TICKERTAP_DEMO_FEED", "on") == "off":
         return None
-    ingest = next(svc for svc in SERVICES if svc.name == "market-data-ingest")
+    ingest = next(svc for svc in SERVICES if svc.name == INGEST)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKERTAP_")}
     env.update(TICKERTAP_SCHEMAS_DIR=str(ROOT / "schemas" / "avro"), PYTHONUNBUFFERED="1")
     argv = [
@@ -184,11 +188,13 @@ def job_worker_count(cfg: StackConfig) -> int:
     return count
 
 
-def job_worker_children(cfg: StackConfig, role_id: str, secret_file: Path) -> list[Child]:
+def job_worker_children(
+    cfg: StackConfig, role_id: str, secret_file: Path, *, without_auth: bool = False
+) -> list[Child]:
     """`python -m tickertap.portfolio.jobs_worker` processes, in the portfolio service's env."""
     count = job_worker_count(cfg)
-    portfolio = next(svc for svc in SERVICES if svc.name == "portfolio-calculation")
-    env = service_env(cfg, portfolio, role_id, secret_file)
+    portfolio = next(svc for svc in SERVICES if svc.name == PORTFOLIO)
+    env = service_env(cfg, portfolio, role_id, secret_file, without_auth=without_auth)
     argv = [parts.python(), "-m", "tickertap.portfolio.jobs_worker"]
     return [
         Child(f"{JOB_WORKER}-{n}", argv, cfg.logs_dir / f"{JOB_WORKER}-{n}.log", env=env, cwd=ROOT)
@@ -205,9 +211,9 @@ def http_ok(url: str) -> bool:
 
 
 class Supervisor:
-    def __init__(self, cfg: StackConfig, with_services: bool) -> None:
+    def __init__(self, cfg: StackConfig, services: frozenset[str]) -> None:
         self.cfg = cfg
-        self.with_services = with_services
+        self.services = services  # the names of the services to start
         self.children: list[Child] = []
         self.stopping = threading.Event()
 
@@ -230,20 +236,25 @@ class Supervisor:
         demo_feed: dict[str, object] | None = None
         job_workers: dict[str, int] = {}
         devkeys.ensure_keys(cfg)
-        if self.with_services:
-            for svc in SERVICES:
+        chosen = [svc for svc in SERVICES if svc.name in self.services]
+        without_auth = "auth" not in self.services
+        if chosen:
+            for svc in chosen:
                 secret_file = cfg.secrets_dir / f"{svc.schema}.secret_id"
                 write_private(secret_file, creds[svc.schema]["secret_id"])
+                env = service_env(
+                    cfg, svc, creds[svc.schema]["role_id"], secret_file, without_auth=without_auth
+                )
                 child = Child(
                     svc.name,
                     [parts.python(), "-m", svc.module],
                     cfg.logs_dir / f"{svc.name}.log",
-                    env=service_env(cfg, svc, creds[svc.schema]["role_id"], secret_file),
+                    env=env,
                     cwd=ROOT,
                 )
                 self._add(child)
                 services[svc.name] = {"url": cfg.service_url(svc), "pid": child.pid}
-            for svc in SERVICES:
+            for svc in chosen:
                 child = next(c for c in self.children if c.name == svc.name)
                 url = cfg.service_url(svc)
                 wait_until(
@@ -252,15 +263,18 @@ class Supervisor:
                     SERVICE_READY_TIMEOUT_S,
                     child,
                 )
-            provision_reconcile_client(cfg, creds)
-            for worker in job_worker_children(
-                cfg,
-                creds["portfolio"]["role_id"],
-                cfg.secrets_dir / "portfolio.secret_id",
-            ):
-                self._add(worker)
-                job_workers[worker.name] = worker.pid
-            feed = demo_feed_child(cfg)
+            if PORTFOLIO in self.services:
+                if not without_auth:
+                    provision_reconcile_client(cfg, creds)
+                for worker in job_worker_children(
+                    cfg,
+                    creds["portfolio"]["role_id"],
+                    cfg.secrets_dir / "portfolio.secret_id",
+                    without_auth=without_auth,
+                ):
+                    self._add(worker)
+                    job_workers[worker.name] = worker.pid
+            feed = demo_feed_child(cfg) if INGEST in self.services else None
             if feed is not None:
                 self._add(feed)
                 demo_feed = {"pid": feed.pid, "log": str(cfg.logs_dir / f"{DEMO_FEED}.log")}
@@ -354,7 +368,7 @@ def print_urls(info: dict[str, object]) -> None:
     print(f"  started in {info['startup_s']}", flush=True)
 
 
-def cmd_run(cfg: StackConfig, with_services: bool) -> int:
+def cmd_run(cfg: StackConfig, services: frozenset[str]) -> int:
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # one supervisor per profile: the lock is held for the life of this process
     lock = open(cfg.state_dir / "supervisor.lock", "w")  # noqa: SIM115 - held until exit
@@ -363,7 +377,7 @@ def cmd_run(cfg: StackConfig, with_services: bool) -> int:
     except BlockingIOError:
         print(f"stack ({cfg.profile}) already running; `make down` first", file=sys.stderr)
         return 1
-    sup = Supervisor(cfg, with_services)
+    sup = Supervisor(cfg, services)
     cfg.stack_file.unlink(missing_ok=True)  # a stale one from a killed supervisor
     write_private(cfg.pid_file, str(os.getpid()))
 
@@ -404,15 +418,20 @@ def supervisor_alive(cfg: StackConfig) -> int | None:
     return pid if b"stack.py" in cmdline else None
 
 
-def cmd_up(cfg: StackConfig, with_services: bool, started_marker: Path | None) -> int:
+def cmd_up(cfg: StackConfig, services: frozenset[str], started_marker: Path | None) -> int:
     """Start detached and wait until ready. With `--started-marker F`, F is created only
-    when this call started the stack (so a caller stops only what it started)."""
+    when this call started the stack (so a caller stops only what it started). A running
+    stack is used if it runs at least the services asked for."""
     if started_marker is not None:
         started_marker.unlink(missing_ok=True)
     if supervisor_alive(cfg) and cfg.stack_file.exists():
         info = json.loads(cfg.stack_file.read_text())
-        if with_services and not info["services"]:
-            print(f"stack ({cfg.profile}) runs without services; stop it first", file=sys.stderr)
+        missing = sorted(services - set(info["services"]))
+        if missing:
+            print(
+                f"stack ({cfg.profile}) runs without {', '.join(missing)}; stop it first",
+                file=sys.stderr,
+            )
             return 1
         print(f"stack ({cfg.profile}) is already running; using it")
         print_urls(info)
@@ -422,8 +441,10 @@ def cmd_up(cfg: StackConfig, with_services: bool, started_marker: Path | None) -
     cfg.stack_file.unlink(missing_ok=True)
     log = open(cfg.logs_dir / "stack.log", "ab")  # noqa: SIM115 - handed to the child
     argv = [parts.python(), str(Path(__file__).resolve()), "run"]
-    if not with_services:
+    if not services:
         argv.append("--no-services")
+    elif services != SERVICE_NAMES:
+        argv += ["--services", ",".join(sorted(services))]
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
     )
@@ -490,7 +511,13 @@ def cmd_exec(cfg: StackConfig, service: str | None, argv: list[str]) -> int:
     if spec.name not in info["services"] or not secret_file.exists():
         print(f"stack ({cfg.profile}) runs without {spec.name}", file=sys.stderr)
         return 2
-    env = service_env(cfg, spec, info["approle_role_ids"][spec.schema], secret_file)
+    env = service_env(
+        cfg,
+        spec,
+        info["approle_role_ids"][spec.schema],
+        secret_file,
+        without_auth="auth" not in info["services"],
+    )
     env.update(  # where the running stack's parts are, should the environment have changed
         TICKERTAP_DB_HOST=str(info["postgres"]["host"]),
         TICKERTAP_DB_PORT=str(info["postgres"]["port"]),
@@ -525,16 +552,33 @@ def main() -> int:
     parser.add_argument(
         "--no-services", action="store_true", help="start only Postgres, the broker and OpenBao"
     )
+    parser.add_argument(
+        "--services",
+        help="with run/up: start only these services (comma-separated; "
+        f"of {', '.join(svc.name for svc in SERVICES)}); without auth, the services verify "
+        "tokens against the dev JWKS file only",
+    )
     args = parser.parse_args(argv)
     if args.service is not None and args.command != "exec":
         parser.error(f"{args.command} takes no service name")
+    services = SERVICE_NAMES
+    if args.services is not None:
+        services = frozenset(name.strip() for name in args.services.split(",") if name.strip())
+        unknown = sorted(services - SERVICE_NAMES)
+        if unknown or not services or args.no_services:
+            parser.error(
+                f"--services takes names of {', '.join(sorted(SERVICE_NAMES))} "
+                "(and not with --no-services)"
+            )
+    if args.no_services:
+        services = frozenset()
     cfg = StackConfig.from_env()
     if args.command == "exec":
         return cmd_exec(cfg, args.service, command_argv)
     if args.command == "run":
-        return cmd_run(cfg, not args.no_services)
+        return cmd_run(cfg, services)
     if args.command == "up":
-        return cmd_up(cfg, not args.no_services, args.started_marker)
+        return cmd_up(cfg, services, args.started_marker)
     if args.command == "down":
         return cmd_down(cfg)
     return cmd_status(cfg)

@@ -1,7 +1,11 @@
 """The ledger's throughput through HTTP, against two floors measured in the same run.
 
-On the bench profile's full stack (ports 274xx; started here if it is not up,
-and stopped at the end if so), with the ledger service as `make run` starts it:
+On the bench profile's stack (ports 274xx; restarted here, and stopped at the end),
+with the ledger service as `make run` starts it (its outbox relay in a child process)
+and, as the other services' benches do, no other service: the portfolio service
+consuming the ledger's events would otherwise take a core of this 2-core machine
+during the loads and for a minute after them, the floors' runs included
+(`--full-stack` measures with every service running):
 
 - `POST /v1/transfers`: 2 legs, an Idempotency-Key each, the outbox event, at 16
   connections, between 1,000 accounts ("spread") and between 10 ("hot");
@@ -44,6 +48,8 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import asyncpg
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
@@ -67,15 +73,36 @@ REPLICA_STOP_S_MAX = 15.0
 PARTS = ("all", "transfers", "batch")
 
 
-def start_stack(marker: Path) -> dict[str, object]:
+# what the runs write; emptied before them (assets and prices stay)
+LEDGER_TABLES = ("postings", "transfers", "idempotency_keys", "outbox", "accounts")
+LEDGER_DATA = ", ".join(f"ledger.{table}" for table in LEDGER_TABLES)
+
+
+def start_stack(marker: Path, full: bool) -> dict[str, object]:
+    """The bench stack, restarted on an empty ledger: the floors insert into a new table,
+    and a ledger grown by earlier runs (millions of rows, past Postgres' 256 MB of shared
+    buffers) would make the figures depend on how often the bench ran before."""
     subprocess.run([*STACK, "down"], env=ENV, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run([*STACK, "up", "--no-services"], env=ENV, check=True, stdout=subprocess.DEVNULL)
+    loadgen.run_async(empty_ledger(harness.read_bench_stack().admin_url))
+    subprocess.run([*STACK, "down"], env=ENV, check=True, stdout=subprocess.DEVNULL)
+    services = [] if full else ["--services", "ledger"]
     subprocess.run(
-        [*STACK, "up", "--started-marker", str(marker)],
+        [*STACK, "up", "--started-marker", str(marker), *services],
         env=ENV,
         check=True,
         stdout=subprocess.DEVNULL,
     )
     return dict(json.loads((STATE / "stack.json").read_text()))
+
+
+async def empty_ledger(admin_url: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if await conn.fetchval("SELECT to_regclass('ledger.postings') IS NOT NULL"):
+            await conn.execute(f"TRUNCATE {LEDGER_DATA}")
+    finally:
+        await conn.close()
 
 
 async def setup_accounts(url: str, ops: str, count: int) -> list[str]:
@@ -321,13 +348,18 @@ def main() -> int:
         help="batch: the batch endpoint and the floors; transfers: single transfers and "
         "the floors (default: everything)",
     )
+    parser.add_argument(
+        "--full-stack",
+        action="store_true",
+        help="run every service of the stack, not the ledger alone",
+    )
     args = parser.parse_args()
     assert 1 <= args.runs <= 10
     assert 1 <= args.duration_s <= 120
 
     with tempfile.TemporaryDirectory(prefix="tickertap-ledger-bench-") as tmp:
         marker = Path(tmp) / "started"
-        info = start_stack(marker)
+        info = start_stack(marker, args.full_stack)
         try:
             return run(info, args)
         finally:
