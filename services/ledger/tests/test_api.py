@@ -279,6 +279,39 @@ async def test_reversal_undoes_a_transfer_once(ledger: Ledger):
     assert twice.json()["code"] == "already_reversed"
 
 
+async def test_racing_reversals_reverse_once_and_the_database_refuses_a_second(
+    ledger: Ledger, db: asyncpg.Connection
+):
+    """Ten reversals of one transfer at once: one posts, nine are 409 already_reversed.
+    Below the service, the unique index over reversals refuses a second one outright."""
+    alice, bob = await ledger.account(new_id()), await ledger.account(new_id())
+    await ledger.deposit(alice, "10.00")
+    original = (await ledger.transfer([(alice, "-4"), (bob, "4")])).json()["id"]
+    replies = await asyncio.gather(
+        *(
+            ledger.client.post(
+                f"/v1/transfers/{original}/reversal",
+                json={"reversal_id": new_id()},
+                headers=ledger.ops,
+            )
+            for _ in range(10)
+        )
+    )
+    assert sorted(r.status_code for r in replies) == [201] + [409] * 9
+    assert {r.json()["code"] for r in replies if r.status_code == 409} == {"already_reversed"}
+    assert await ledger.balance(alice) == Decimal("10.00")
+    async with db.transaction():
+        await db.execute("SELECT set_config('tickertap.scope', 'all', true)")
+        with pytest.raises(asyncpg.UniqueViolationError, match="transfers_reversal"):
+            await db.execute(
+                "INSERT INTO ledger.transfers (id, kind, reverses, owner_ids, event_id)"
+                " VALUES ($1, 'reversal', $2, '{}', $3)",
+                uuid.uuid4(),
+                uuid.UUID(original),
+                uuid.uuid4(),
+            )
+
+
 async def test_bodies_over_the_bound_are_413(stack, ledger: Ledger):
     """Refused from the declared length, before the body is read; then the connection closes.
 

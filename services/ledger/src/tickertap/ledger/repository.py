@@ -418,7 +418,7 @@ _BATCH_CONTEXT_SQL = (
     "UNION ALL SELECT 't', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
     "  FROM ledger.transfers WHERE id = ANY($2::uuid[]) "
     "UNION ALL SELECT 'r', reverses, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
-    "  FROM ledger.transfers WHERE reverses = ANY($3::uuid[])"
+    "  FROM ledger.transfers WHERE reverses = ANY($3::uuid[]) AND reverses IS NOT NULL"
 )
 
 
