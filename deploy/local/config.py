@@ -85,7 +85,10 @@ class StackConfig:
             raise SystemExit("set both TICKERTAP_VAULT_ADDR and TICKERTAP_VAULT_TOKEN, or neither")
         return cls(
             profile=profile,
-            state_dir=Path(os.environ.get("TICKERTAP_STATE_DIR") or ROOT / ".tickertap" / profile),
+            # absolute: Postgres runs in a folder of its own, where a relative path breaks
+            state_dir=Path(
+                os.environ.get("TICKERTAP_STATE_DIR") or ROOT / ".tickertap" / profile
+            ).absolute(),
             port_base=port_base,
             pg_admin_url=os.environ.get("TICKERTAP_PG_ADMIN_URL") or None,
             kafka_bootstrap_servers=os.environ.get("TICKERTAP_KAFKA_BOOTSTRAP_SERVERS") or None,

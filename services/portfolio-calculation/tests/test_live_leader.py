@@ -149,3 +149,36 @@ def test_the_parent_sums_its_shards_figures() -> None:
     assert gauge(registry, "tickertap_portfolio_live_dirty_portfolios") == 9
     assert gauge(registry, "tickertap_portfolio_live_oldest_dirty_seconds") == 0.25
     assert gauge(registry, "tickertap_portfolio_updates_published_total") == 170
+
+
+def test_the_publishers_producer_reports_failed_deliveries_only(stack) -> None:
+    """With the live producer's settings, a delivered update calls nothing back and one
+    that cannot be delivered (here: a topic the broker does not have) reaches the
+    callback that marks its portfolio again."""
+    from confluent_kafka import KafkaError, Message, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from tickertap.messaging.kafka import producer_config
+    from tickertap.portfolio.live import PRODUCER_OVERRIDES
+
+    topic = f"test.live-deliveries.{uuid.uuid4().hex}"
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)], operation_timeout=10)[topic].result(timeout=30)
+
+    reported: list[tuple[KafkaError | None, bytes | None]] = []
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        key = message.key()
+        reported.append((error, key if isinstance(key, bytes) else None))
+
+    config = producer_config(stack.kafka_bootstrap, PRODUCER_OVERRIDES)
+    producer = Producer({**config, "on_delivery": delivered, "message.timeout.ms": 2000})
+    producer.produce(topic, b"an update", b"delivered")
+    assert producer.flush(10) == 0
+    assert reported == []
+    producer.produce(f"no-such-topic-{uuid.uuid4().hex}", b"x", b"failed")
+    assert producer.flush(10) == 0
+    assert len(reported) == 1
+    error, key = reported[0]
+    assert error is not None
+    assert key == b"failed"

@@ -75,6 +75,9 @@ PRODUCER_OVERRIDES = {
     "linger.ms": 20,
     "compression.type": "lz4",
     "queue.buffering.max.messages": 200_000,
+    # only failed deliveries call back (the producer's on_delivery, see _lead): tens of
+    # thousands of successful ones a second would each cost a call into Python
+    "delivery.report.only.error": True,
 }
 
 
@@ -371,7 +374,7 @@ class LivePublisher:
         self._metrics.live_dirty.set(len(self.book))
         self._metrics.live_leader.set(1)  # leading, with every portfolio loaded
         log.info("live updates: %d portfolios loaded", len(self.book))
-        producer = Producer(self._producer_config)
+        producer = Producer({**self._producer_config, "on_delivery": self._delivered})
         try:
             await self._loop(driver, producer)
         finally:
@@ -464,9 +467,7 @@ class LivePublisher:
                 ]
                 while True:
                     try:
-                        producer.produce(
-                            UPDATES_TOPIC, value, key, headers=headers, on_delivery=self._delivered
-                        )
+                        producer.produce(UPDATES_TOPIC, value, key, headers=headers)
                         break
                     except BufferError:  # librdkafka's queue is full: let it drain
                         producer.poll(0)
