@@ -148,6 +148,7 @@ class Ledger:
         # other's account locks
         self.many = Batcher(self._post_batch, batch_max=MANY_CHUNK, queue_max=queue_max)
         self._batch_workers = batch_workers
+        self._asset_map_of: tuple[object, Mapping[str, Asset]] = (None, {})
 
     # -- assets and system accounts -------------------------------------------------------
 
@@ -166,7 +167,11 @@ class Ledger:
         return assets[code]
 
     async def _asset_map(self) -> Mapping[str, Asset]:
-        return {code: row.asset for code, row in (await self.assets()).items()}
+        """The assets by code, rebuilt only when they were reloaded (every batch asks)."""
+        rows = await self.assets()
+        if self._asset_map_of[0] is not rows:
+            self._asset_map_of = (rows, {code: row.asset for code, row in rows.items()})
+        return self._asset_map_of[1]
 
     async def create_asset(self, row: repo.AssetRow) -> repo.AssetRow:
         if row.quote_currency is not None:
