@@ -26,6 +26,8 @@ from tickertap.messaging.outbox import (
     add_events_driver,
     add_to_outbox,
     create_statements,
+    encode_events,
+    insert_events_driver,
     outbox_table,
 )
 from tickertap.messaging.relay import OutboxRelay, outbox_backlog, replay
@@ -49,8 +51,10 @@ __all__ = [
     "avro_decoder",
     "create_statements",
     "dead_letter_topic",
+    "encode_events",
     "find_schemas_dir",
     "inbox_table",
+    "insert_events_driver",
     "load_schemas",
     "outbox_backlog",
     "outbox_table",

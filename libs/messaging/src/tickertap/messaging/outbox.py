@@ -6,6 +6,9 @@ state change it reports; `OutboxRelay` (relay.py) publishes committed rows in or
     add_event(conn, table, codec, ...)  encode a record and add it: the usual entry point
     add_to_outbox(conn, table, ...)     add already-encoded bytes
     add_events(conn, table, codec, events), add_events_driver(pg, ...)   many, in one go
+    encode_events(codec, events), then insert_events_driver(pg, table, encoded)
+                                        the same in two steps: encode while the
+                                        transaction waits on another statement
 
 Order: the relay publishes rows by `id`. Rows of one key get ids in commit order because
 `add_to_outbox` takes a transaction-scoped advisory lock on (outbox, key) before it inserts:
@@ -53,6 +56,8 @@ __all__ = [
     "add_events_driver",
     "add_to_outbox",
     "create_statements",
+    "encode_events",
+    "insert_events_driver",
     "lock_key",
     "notify_channel",
     "outbox_table",
@@ -271,18 +276,53 @@ async def add_events_driver(
 ) -> None:
     """`add_events` on a raw asyncpg connection (`tickertap.db.DriverTransaction.pg`), in one
     round trip: the key locks, the rows and the notification are one statement."""
-    if not events:
-        return
+    await insert_events_driver(pg, table, encode_events(codec, events), notify=notify)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvents:
+    """Events encoded as outbox rows (`encode_events`), for `insert_events_driver`."""
+
+    locks: list[int]  # the keys' advisory locks, sorted
+    event_ids: list[uuid.UUID]
+    topics: list[str]
+    keys: list[bytes]
+    values: list[bytes]
+    headers: list[str]  # JSON objects
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+
+def encode_events(codec: Encoder, events: Sequence[OutboxEvent]) -> EncodedEvents:
+    """`events` encoded and checked as `add_events` does, without touching the database:
+    so a transaction can encode them while Postgres runs its previous statement."""
     rows, locks = _event_rows(codec, events)
-    await pg.fetchval(
-        _driver_insert_sql(table, notify),
-        _key_lock_space(table),
+    return EncodedEvents(
         locks,
         [r["event_id"] for r in rows],
         [r["topic"] for r in rows],
         [r["key"] for r in rows],
         [r["value"] for r in rows],
         [orjson.dumps(r["headers"]).decode() for r in rows],  # json.dumps: ~10x the time
+    )
+
+
+async def insert_events_driver(
+    pg: Any, table: Table, encoded: EncodedEvents, *, notify: bool = False
+) -> None:
+    """The rows of `encode_events` into `table`, as `add_events_driver` writes them."""
+    if not encoded:
+        return
+    await pg.fetchval(
+        _driver_insert_sql(table, notify),
+        _key_lock_space(table),
+        encoded.locks,
+        encoded.event_ids,
+        encoded.topics,
+        encoded.keys,
+        encoded.values,
+        encoded.headers,
     )
 
 

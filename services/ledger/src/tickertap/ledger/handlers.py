@@ -29,7 +29,7 @@ from sqlalchemy.sql.schema import Table
 from tickertap.db import DriverTransaction, RetryPolicy, UnitOfWork, sqlstate, with_retries
 from tickertap.ledger import domain as d
 from tickertap.ledger import repository as repo
-from tickertap.messaging import AvroCodec, OutboxEvent, add_events_driver
+from tickertap.messaging import AvroCodec, OutboxEvent, encode_events, insert_events_driver
 from tickertap.money import Asset
 
 log = logging.getLogger(__name__)
@@ -330,37 +330,44 @@ class Ledger:
                     reversed_.add(cmd.reverses)
                 posted.append((i, transfer))
 
-            created_at = datetime.now(UTC)  # unused when nothing was posted
+            created_at = ctx.now  # the transaction's time (unused when nothing was posted)
             if posted:
                 new = [
                     repo.NewTransfer(transfer, event_id, _owners(transfer, accounts))
                     for (_, transfer), event_id in zip(posted, new_ids(len(posted)), strict=True)
                 ]
-                created_at = await repo.insert_batch(
-                    tx.pg,
-                    new,
-                    accounts,
-                    assets,
-                    {
-                        key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
-                        for i, transfer in posted
-                        if (key := requests[i].idempotency_key) is not None
-                    },
+                inserting = asyncio.ensure_future(
+                    repo.insert_batch(
+                        tx.pg,
+                        new,
+                        accounts,
+                        assets,
+                        {
+                            key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
+                            for i, transfer in posted
+                            if (key := requests[i].idempotency_key) is not None
+                        },
+                    )
                 )
-                await add_events_driver(
-                    tx.pg,
-                    self._outbox,
-                    self._codec,
-                    [
-                        OutboxEvent(
-                            TOPIC,
-                            transfer_event(n, created_at, accounts),
-                            d.event_key(n.transfer, accounts),
-                        )
-                        for n in new
-                    ],
-                    notify=True,
-                )
+                # the statement is on its way: encode the events while Postgres runs it,
+                # not after (the accounts stay locked the shorter)
+                await asyncio.sleep(0)
+                try:
+                    events = encode_events(
+                        self._codec,
+                        [
+                            OutboxEvent(
+                                TOPIC,
+                                transfer_event(n, created_at, accounts),
+                                d.event_key(n.transfer, accounts),
+                            )
+                            for n in new
+                        ],
+                    )
+                finally:
+                    inserted_at = await inserting
+                assert inserted_at == created_at, "one transaction, one now()"
+                await insert_events_driver(tx.pg, self._outbox, events, notify=True)
             await tx.commit()
 
         stored: dict[uuid.UUID, repo.StoredTransfer] = {}

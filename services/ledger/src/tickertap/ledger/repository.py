@@ -403,6 +403,7 @@ class BatchContext:
     reversed: set[uuid.UUID]  # transfers already reversed
     accounts: dict[uuid.UUID, d.Account]  # locked FOR UPDATE, in the global order
     balances: dict[uuid.UUID, Decimal]  # of the locked accounts
+    now: datetime  # the transaction's `now()`: its transfers' created_at
 
 
 _BATCH_CONTEXT_SQL = (
@@ -411,14 +412,16 @@ _BATCH_CONTEXT_SQL = (
     "  WHERE id = ANY($4::uuid[]) ORDER BY id FOR UPDATE"
     ") "
     "SELECT 'a' AS what, id, owner_id, asset, kind, overdraft_limit, balance,"
-    "  NULL::text AS key, NULL::bytea AS hash, NULL::smallint AS status FROM locked "
+    "  NULL::text AS key, NULL::bytea AS hash, NULL::smallint AS status,"
+    "  NULL::timestamptz AS now FROM locked "
     "UNION ALL SELECT 'k', transfer_id, NULL, NULL, NULL, NULL, NULL,"
-    "  owner_key, request_hash, status FROM ledger.idempotency_keys"
+    "  owner_key, request_hash, status, NULL FROM ledger.idempotency_keys"
     "  WHERE owner_key = ANY($1::text[]) "
-    "UNION ALL SELECT 't', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    "UNION ALL SELECT 't', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
     "  FROM ledger.transfers WHERE id = ANY($2::uuid[]) "
-    "UNION ALL SELECT 'r', reverses, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
-    "  FROM ledger.transfers WHERE reverses = ANY($3::uuid[]) AND reverses IS NOT NULL"
+    "UNION ALL SELECT 'r', reverses, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    "  FROM ledger.transfers WHERE reverses = ANY($3::uuid[]) AND reverses IS NOT NULL "
+    "UNION ALL SELECT 'n', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, now()"
 )
 
 
@@ -430,12 +433,18 @@ async def batch_context(
     account_ids: Iterable[uuid.UUID],
 ) -> BatchContext:
     """Lock the accounts (one global order: no deadlocks) and read what the batch's checks
-    need (idempotency records, taken transfer ids, reversed transfers): one round trip."""
-    ctx = BatchContext({}, set(), set(), {}, {})
+    need (idempotency records, taken transfer ids, reversed transfers) and the transaction's
+    `now()`: one round trip."""
     rows = await pg.fetch(
         _BATCH_CONTEXT_SQL, list(keys), list(transfer_ids), list(reverses), list(account_ids)
     )
-    accounts, balances, kinds, account = ctx.accounts, ctx.balances, _KINDS, d.Account
+    idempotency: dict[str, IdempotencyRecord] = {}
+    existing: set[uuid.UUID] = set()
+    reversed_: set[uuid.UUID] = set()
+    accounts: dict[uuid.UUID, d.Account] = {}
+    balances: dict[uuid.UUID, Decimal] = {}
+    kinds, account = _KINDS, d.Account
+    now = None
     for r in rows:
         what = r[0]
         if what == "a":  # built from the record directly: up to 2,000 rows a batch
@@ -443,12 +452,15 @@ async def batch_context(
             accounts[id_] = account(id_, owner, asset, kinds[kind], limit)
             balances[id_] = balance
         elif what == "k":
-            ctx.idempotency[r["key"]] = IdempotencyRecord(bytes(r["hash"]), r["id"], r["status"])
+            idempotency[r["key"]] = IdempotencyRecord(bytes(r["hash"]), r["id"], r["status"])
         elif what == "t":
-            ctx.existing.add(r["id"])
+            existing.add(r["id"])
+        elif what == "r":
+            reversed_.add(r["id"])
         else:
-            ctx.reversed.add(r["id"])
-    return ctx
+            now = r["now"]
+    assert now is not None, "the context names the transaction's time"
+    return BatchContext(idempotency, existing, reversed_, accounts, balances, now)
 
 
 _INSERT_BATCH_SQL = (
