@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 LEADER_LOCK = 0x50465550  # session advisory lock of the live publisher ("PFUP")
 LOAD_CHUNK = 2000  # portfolios read per query when the book is loaded
 PUBLISH_SLICE = 64  # updates built between two yields to the event loop
+# a publishing round gives way to announced changes after this long (a round of
+# update_batch_max updates takes ~50 ms under load; a reload per slice would cost more)
+RELOAD_AFTER_S = 0.01
 PRODUCE_RETRY_S = 0.05  # pause when librdkafka's local queue is full
 LIVENESS_CHECK_S = 2.0  # how often the leader's session is checked
 STANDBY_POLL_S = 5.0  # how often a standby tries to become leader
@@ -475,6 +478,8 @@ class LivePublisher:
             published += len(owners)
             producer.poll(0)
             await asyncio.sleep(0)
+            if self._changes and time.perf_counter() - started >= RELOAD_AFTER_S:
+                break  # read announced changes in (prices move the due times) before more
         if published:
             self._metrics.updates_published.inc(published)
             self._metrics.update_batch_duration.observe(time.perf_counter() - started)
