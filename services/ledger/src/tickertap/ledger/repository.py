@@ -394,6 +394,14 @@ async def get_price(conn: AsyncConnection, symbol: str) -> d.MarketPrice | None:
 # five round trips whatever the batch size (tickertap.db.DriverTransaction).
 
 SEE_ALL = "SELECT set_config('tickertap.scope', 'all', true)"
+# A posting transaction's settings (in BEGIN's round trip): it sees every row, and its
+# statements keep their generic plans. Postgres otherwise re-plans the batch context at
+# every call (its custom plans look cheaper with the arrays' values known): ~220 us of
+# planning a batch, measured with pg_stat_statements' track_planning, for the same plan.
+POSTING_SETUP = (
+    "SELECT set_config('tickertap.scope', 'all', true),"
+    " set_config('plan_cache_mode', 'force_generic_plan', true)"
+)
 
 
 @dataclass(frozen=True, slots=True)
