@@ -41,6 +41,8 @@ SERVICE_READY_TIMEOUT_S = 60
 SERVICE_NAMES = frozenset(svc.name for svc in SERVICES)
 PORTFOLIO = "portfolio-calculation"
 INGEST = "market-data-ingest"
+# the portfolio service's reconciliation asks the ledger, with a token from auth
+RECONCILE_NEEDS = frozenset({"ledger", "auth", PORTFOLIO})
 # The demo feed (dev profile, `make run`): it may end or fail without stopping the stack.
 DEMO_FEED = "demo-feed"
 # Portfolio report job workers (faust-streaming, portfolio.jobs.v1): TICKERTAP_JOB_WORKERS of
@@ -90,10 +92,12 @@ def service_env(
     secret_file: Path,
     *,
     without_auth: bool = False,
+    with_reconcile: bool = True,
 ) -> dict[str, str]:
     """The environment the launcher gives `svc`. With `without_auth` (a service run on its
     own, as benchmarks do), tokens are verified against the dev JWKS file instead of the
-    auth service's JWKS URL."""
+    auth service's JWKS URL. The portfolio service's reconciliation, which asks the ledger
+    with a token from auth, is configured only `with_reconcile` (and with auth)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TICKERTAP_")}
     env.update(
         TICKERTAP_ENVIRONMENT="development",
@@ -126,7 +130,7 @@ def service_env(
     elif svc.name != "auth":  # the others verify tokens against auth's keys (and the dev key)
         auth = next(spec for spec in SERVICES if spec.name == "auth")
         env["TICKERTAP_AUTH_JWKS_URL"] = f"{cfg.service_url(auth)}/.well-known/jwks.json"
-        if svc.name == "portfolio-calculation":
+        if svc.name == "portfolio-calculation" and with_reconcile:
             env.update(reconcile_env(cfg))
     return env
 
@@ -189,12 +193,24 @@ def job_worker_count(cfg: StackConfig) -> int:
 
 
 def job_worker_children(
-    cfg: StackConfig, role_id: str, secret_file: Path, *, without_auth: bool = False
+    cfg: StackConfig,
+    role_id: str,
+    secret_file: Path,
+    *,
+    without_auth: bool = False,
+    with_reconcile: bool = True,
 ) -> list[Child]:
     """`python -m tickertap.portfolio.jobs_worker` processes, in the portfolio service's env."""
     count = job_worker_count(cfg)
     portfolio = next(svc for svc in SERVICES if svc.name == PORTFOLIO)
-    env = service_env(cfg, portfolio, role_id, secret_file, without_auth=without_auth)
+    env = service_env(
+        cfg,
+        portfolio,
+        role_id,
+        secret_file,
+        without_auth=without_auth,
+        with_reconcile=with_reconcile,
+    )
     argv = [parts.python(), "-m", "tickertap.portfolio.jobs_worker"]
     return [
         Child(f"{JOB_WORKER}-{n}", argv, cfg.logs_dir / f"{JOB_WORKER}-{n}.log", env=env, cwd=ROOT)
@@ -238,12 +254,18 @@ class Supervisor:
         devkeys.ensure_keys(cfg)
         chosen = [svc for svc in SERVICES if svc.name in self.services]
         without_auth = "auth" not in self.services
+        reconciled = self.services >= RECONCILE_NEEDS  # else the portfolio's job stays off
         if chosen:
             for svc in chosen:
                 secret_file = cfg.secrets_dir / f"{svc.schema}.secret_id"
                 write_private(secret_file, creds[svc.schema]["secret_id"])
                 env = service_env(
-                    cfg, svc, creds[svc.schema]["role_id"], secret_file, without_auth=without_auth
+                    cfg,
+                    svc,
+                    creds[svc.schema]["role_id"],
+                    secret_file,
+                    without_auth=without_auth,
+                    with_reconcile=reconciled,
                 )
                 child = Child(
                     svc.name,
@@ -264,13 +286,14 @@ class Supervisor:
                     child,
                 )
             if PORTFOLIO in self.services:
-                if not without_auth:
+                if reconciled:
                     provision_reconcile_client(cfg, creds)
                 for worker in job_worker_children(
                     cfg,
                     creds["portfolio"]["role_id"],
                     cfg.secrets_dir / "portfolio.secret_id",
                     without_auth=without_auth,
+                    with_reconcile=reconciled,
                 ):
                     self._add(worker)
                     job_workers[worker.name] = worker.pid
@@ -517,6 +540,7 @@ def cmd_exec(cfg: StackConfig, service: str | None, argv: list[str]) -> int:
         info["approle_role_ids"][spec.schema],
         secret_file,
         without_auth="auth" not in info["services"],
+        with_reconcile=set(info["services"]) >= RECONCILE_NEEDS,
     )
     env.update(  # where the running stack's parts are, should the environment have changed
         TICKERTAP_DB_HOST=str(info["postgres"]["host"]),
@@ -562,6 +586,8 @@ def main() -> int:
     if args.service is not None and args.command != "exec":
         parser.error(f"{args.command} takes no service name")
     services = SERVICE_NAMES
+    if args.services is not None and args.command not in ("run", "up"):
+        parser.error("--services goes with run or up")
     if args.services is not None:
         services = frozenset(name.strip() for name in args.services.split(",") if name.strip())
         unknown = sorted(services - SERVICE_NAMES)

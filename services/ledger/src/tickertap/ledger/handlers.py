@@ -337,7 +337,7 @@ class Ledger:
                     repo.NewTransfer(transfer, event_id, _owners(transfer, accounts))
                     for (_, transfer), event_id in zip(posted, new_ids(len(posted)), strict=True)
                 ]
-                inserting = asyncio.ensure_future(
+                inserting = asyncio.create_task(
                     repo.insert_batch(
                         tx.pg,
                         new,
@@ -350,10 +350,10 @@ class Ledger:
                         },
                     )
                 )
-                # the statement is on its way: encode the events while Postgres runs it,
-                # not after (the accounts stay locked the shorter)
-                await asyncio.sleep(0)
-                try:
+                try:  # the insert is awaited whatever happens: never left running
+                    # one turn of the loop sends the statement; the events are encoded while
+                    # Postgres runs it, not after (the accounts stay locked the shorter)
+                    await asyncio.sleep(0)
                     events = encode_events(
                         self._codec,
                         [

@@ -393,7 +393,6 @@ async def get_price(conn: AsyncConnection, symbol: str) -> d.MarketPrice | None:
 # One batch of transfers is BEGIN, `batch_context`, `insert_batch`, the outbox and COMMIT:
 # five round trips whatever the batch size (tickertap.db.DriverTransaction).
 
-SEE_ALL = "SELECT set_config('tickertap.scope', 'all', true)"
 # A posting transaction's settings (in BEGIN's round trip): it sees every row, and its
 # statements keep their generic plans. Postgres otherwise re-plans the batch context at
 # every call (its custom plans look cheaper with the arrays' values known): ~220 us of

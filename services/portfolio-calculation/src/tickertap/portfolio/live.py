@@ -390,6 +390,7 @@ class LivePublisher:
             if now - checked_at >= LIVENESS_CHECK_S:
                 await driver.fetchval("SELECT 1")  # a lost session ends the leadership
                 checked_at = now
+            self._wake.clear()  # before the changes are read: a later one wakes the wait
             if self._changes:
                 await self._reload(self._changes.take())
             for owner in self._failed:
@@ -404,7 +405,6 @@ class LivePublisher:
                 gauged_at = time.monotonic()
             wait_s = self.book.next_due_in(time.monotonic())
             wait_s = self._poll_s if wait_s is None else min(max(wait_s, 0.001), self._poll_s)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
 
