@@ -2,7 +2,7 @@
 
     python deploy/local/stack.py run     start everything in the foreground; Ctrl-C stops it all
     python deploy/local/stack.py up      the same, detached; returns when everything is ready
-    ... run|up --services ledger,auth    only these services (and what the others need not)
+    ... run|up --services ledger,auth    the servers and only the services named
     ... run|up --no-services             only Postgres, the broker and OpenBao
     python deploy/local/stack.py down    stop a detached stack
     python deploy/local/stack.py status  print what runs and where
