@@ -11,13 +11,16 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tickertap.db import (
+    CommitOutcomeUnknown,
     DatabaseSettings,
     DriverTransaction,
     RetryPolicy,
     UnitOfWork,
     create_engine,
+    driver_statements,
     is_retryable,
     sqlstate,
+    statement_outcome,
     with_retries,
 )
 from tickertap.secrets import AppRoleLogin, CredentialRotator, Vault
@@ -159,3 +162,29 @@ async def test_driver_transaction_serialization_failures_are_retried(engines):
     assert await count(writer, table) == 1
     async with writer.connect() as conn:
         assert await conn.scalar(text(f"SELECT n FROM {table} WHERE id = 1")) == 8
+
+
+async def test_driver_statements_commit_one_by_one_and_name_a_lost_statements_outcome(engines):
+    writer, _, table = engines
+    with pytest.raises(asyncpg.UniqueViolationError) as failed:
+        async with driver_statements(writer) as pg:
+            await pg.execute(f"INSERT INTO {table} VALUES (5, 0)")  # its own transaction
+            assert not pg.is_in_transaction()
+            await pg.execute(f"INSERT INTO {table} VALUES (6, 0), (1, 0)")  # fails whole
+    assert statement_outcome(failed.value) is failed.value  # the server said: not written
+    async with writer.connect() as conn:
+        ids = await conn.scalars(text(f"SELECT id FROM {table} ORDER BY id"))
+        assert list(ids) == [1, 5]
+
+    lost = statement_outcome(ConnectionResetError("peer closed"))  # no answer: maybe written
+    assert isinstance(lost, CommitOutcomeUnknown)
+    assert not is_retryable(lost)
+
+    with pytest.raises(TimeoutError):  # cancelled in flight: that connection is not reused
+        async with driver_statements(writer) as pg:
+            cancelled = pg
+            await asyncio.wait_for(pg.execute("SELECT pg_sleep(5)"), 0.2)
+    assert cancelled.is_closed()
+    async with driver_statements(writer) as pg:
+        assert pg is not cancelled
+        assert await pg.fetchval("SELECT 1") == 1

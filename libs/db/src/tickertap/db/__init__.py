@@ -11,8 +11,10 @@ from tickertap.db.uow import (
     DriverTransaction,
     RetryPolicy,
     UnitOfWork,
+    driver_statements,
     is_retryable,
     sqlstate,
+    statement_outcome,
     with_retries,
 )
 
@@ -23,8 +25,10 @@ __all__ = [
     "RetryPolicy",
     "UnitOfWork",
     "create_engine",
+    "driver_statements",
     "is_retryable",
     "sqlstate",
+    "statement_outcome",
     "upgrade_to_head",
     "with_retries",
 ]

@@ -7,6 +7,7 @@ older generation is discarded and replaced, so a rotation never fails a query.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,11 @@ def create_engine(
     *,
     application_name: str,
     read_only: bool = False,
+    session_settings: Mapping[str, str] | None = None,
+    pool_size: int | None = None,
 ) -> AsyncEngine:
+    """`session_settings` are set for the whole life of each connection (at login): only
+    for an engine that serves one purpose, since every user of its pool inherits them."""
     host = settings.reader_host if read_only and settings.reader_host else settings.host
     port = settings.reader_port if read_only and settings.reader_port else settings.port
     server_settings = {
@@ -60,6 +65,7 @@ def create_engine(
     }
     if read_only:
         server_settings["default_transaction_read_only"] = "on"
+    server_settings.update(session_settings or {})
 
     async def connect() -> Any:
         credentials = rotator.current
@@ -80,7 +86,7 @@ def create_engine(
     engine = create_async_engine(
         "postgresql+asyncpg://",
         async_creator=connect,
-        pool_size=settings.pool_size,
+        pool_size=settings.pool_size if pool_size is None else pool_size,
         max_overflow=settings.pool_overflow_max,
         pool_timeout=settings.pool_timeout_s,
         pool_pre_ping=False,

@@ -17,14 +17,19 @@ SQLAlchemy one, for the few hot paths where SQLAlchemy's per-statement work (abo
 0.2 ms of CPU each) is most of the cost: BEGIN and a setup statement go in one round
 trip, statements are asyncpg's own prepared ones, and errors are asyncpg's (which
 `is_retryable` classifies by SQLSTATE just the same).
+
+`driver_statements` is the asyncpg connection outside any explicit transaction, for a
+unit that is a single writing statement (which commits on its own); such a statement
+lost in flight leaves its outcome unknown just the same (`statement_outcome`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -159,6 +164,34 @@ class DriverTransaction:
         finally:
             self._pg = None
             await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def driver_statements(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection of a pooled SQLAlchemy one, outside any transaction: each
+    statement is its own. A connection whose state is unknown after an error (lost, or
+    a statement cancelled in flight) is invalidated, never pooled again."""
+    connection = await engine.connect()
+    try:
+        raw = await connection.get_raw_connection()
+        pg: Any = raw.driver_connection
+        try:
+            yield pg
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or is_retryable(exc) or pg.is_in_transaction():
+                await connection.invalidate()
+            raise
+    finally:
+        await connection.close()
+
+
+def statement_outcome(exc: Exception) -> Exception:
+    """What a failed single-statement unit (its own transaction) raises: a connection
+    lost while it was in flight leaves it perhaps committed (`CommitOutcomeUnknown`);
+    other errors mean nothing was written."""
+    if is_retryable(exc) and sqlstate(exc) is None:
+        return CommitOutcomeUnknown(type(exc).__name__)
+    return exc
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from tickertap.messaging.consumer import (
 )
 from tickertap.messaging.headers import dead_letter_topic
 from tickertap.messaging.outbox import (
+    EncodedEvents,
     OutboxEvent,
     add_event,
     add_events,
@@ -28,6 +29,9 @@ from tickertap.messaging.outbox import (
     create_statements,
     encode_events,
     insert_events_driver,
+    notify_sql,
+    outbox_ctes,
+    outbox_params,
     outbox_table,
 )
 from tickertap.messaging.relay import OutboxRelay, outbox_backlog, replay
@@ -39,6 +43,7 @@ __all__ = [
     "ConsumedEvent",
     "DecodeError",
     "EncodeError",
+    "EncodedEvents",
     "InboxConsumer",
     "InvalidEvent",
     "OutboxEvent",
@@ -56,7 +61,10 @@ __all__ = [
     "inbox_table",
     "insert_events_driver",
     "load_schemas",
+    "notify_sql",
     "outbox_backlog",
+    "outbox_ctes",
+    "outbox_params",
     "outbox_table",
     "purge_inbox",
     "replay",

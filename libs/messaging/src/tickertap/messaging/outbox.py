@@ -60,6 +60,9 @@ __all__ = [
     "insert_events_driver",
     "lock_key",
     "notify_channel",
+    "notify_sql",
+    "outbox_ctes",
+    "outbox_params",
     "outbox_table",
 ]
 
@@ -314,8 +317,45 @@ async def insert_events_driver(
     """The rows of `encode_events` into `table`, as `add_events_driver` writes them."""
     if not encoded:
         return
+    notification = f", {notify_sql(table)}" if notify else ""
     await pg.fetchval(
-        _driver_insert_sql(table, notify),
+        f"WITH {outbox_ctes(table, 1)} SELECT count(*){notification} FROM outbox_rows",  # noqa: S608  # nosec B608  # see outbox_ctes
+        *outbox_params(table, encoded),
+    )
+
+
+def outbox_ctes(table: Table, first: int, *, after: str | None = None) -> str:
+    """Common table expressions `outbox_locks` and `outbox_rows` that insert `encoded`
+    events into `table`, for a statement that writes them with its own changes (one round
+    trip); their values are `outbox_params(table, encoded)`, bound as $first to $first+6.
+
+    The key locks are an InitPlan of the INSERT's filter, so all are held (taken in sorted
+    order: volatile functions run after the sort) before the first id is drawn. `after`
+    names a CTE of the statement that must run before the key locks are taken (the rows
+    it locks come first in the statement's lock order)."""
+    # Identifiers come from the service's own Table, quoted; every value is a $n parameter.
+    assert table.schema, "an outbox lives in its service's schema"
+    name = ".".join('"' + part.replace('"', '""') + '"' for part in (table.schema, table.name))
+    p = [f"${first + i}" for i in range(7)]
+    first_ = f" WHERE (SELECT count(*) FROM {after}) >= 0" if after else ""  # noqa: S608  # nosec B608
+    return (
+        "outbox_locks AS MATERIALIZED ("  # noqa: S608 - see above  # nosec B608
+        f"  SELECT pg_advisory_xact_lock({p[0]}::integer, k) FROM unnest({p[1]}::integer[]) AS k"
+        f"{first_} ORDER BY k"
+        "), outbox_rows AS ("
+        f"  INSERT INTO {name} (event_id, topic, key, value, headers)"
+        "  SELECT r.e, r.t, r.k, r.v, CAST(r.h AS jsonb)"
+        f"  FROM unnest({p[2]}::uuid[], {p[3]}::text[], {p[4]}::bytea[], {p[5]}::bytea[],"
+        f"    {p[6]}::text[]) AS r(e, t, k, v, h)"
+        "  WHERE (SELECT count(*) FROM outbox_locks) >= 0"
+        "  RETURNING 1"
+        ")"
+    )
+
+
+def outbox_params(table: Table, encoded: EncodedEvents) -> list[Any]:
+    """The values of `outbox_ctes`, in order."""
+    return [
         _key_lock_space(table),
         encoded.locks,
         encoded.event_ids,
@@ -323,30 +363,12 @@ async def insert_events_driver(
         encoded.keys,
         encoded.values,
         encoded.headers,
-    )
+    ]
 
 
-def _driver_insert_sql(table: Table, notify: bool) -> str:
-    # The key locks are an InitPlan of the INSERT's filter, so all are held (taken in
-    # sorted order: volatile functions run after the sort) before the first id is drawn.
-    # Identifiers come from the service's own Table, quoted; every value is a $n parameter.
-    assert table.schema, "an outbox lives in its service's schema"
-    name = ".".join('"' + part.replace('"', '""') + '"' for part in (table.schema, table.name))
-    insert = f"INSERT INTO {name} (event_id, topic, key, value, headers)"
-    notification = f", pg_notify('{notify_channel(table)}', '')" if notify else ""
-    return (
-        "WITH locks AS MATERIALIZED ("  # noqa: S608 - see above  # nosec B608
-        "  SELECT pg_advisory_xact_lock($1::integer, k) FROM unnest($2::integer[]) AS k"
-        "  ORDER BY k"
-        "), rows AS ("
-        f"  {insert}"
-        "  SELECT r.e, r.t, r.k, r.v, CAST(r.h AS jsonb)"
-        "  FROM unnest($3::uuid[], $4::text[], $5::bytea[], $6::bytea[], $7::text[])"
-        "    AS r(e, t, k, v, h)"
-        "  WHERE (SELECT count(*) FROM locks) >= 0"
-        "  RETURNING 1"
-        f") SELECT count(*){notification} FROM rows"
-    )
+def notify_sql(table: Table) -> str:
+    """The SQL expression that announces new rows of `table` (see `notify_channel`)."""
+    return f"pg_notify('{notify_channel(table)}', '')"
 
 
 def _key_lock_space(table: Table) -> int:

@@ -3,8 +3,16 @@
 Transfers go through a group commit: requests that arrive while a database
 transaction is in flight are gathered (up to `batch_max`) and posted together in
 the next one. Each keeps its own outcome: one failing transfer fails alone, and
-its idempotency key, balance checks and event are its own. Accounts are locked in
-one global order, so concurrent batches never deadlock.
+its idempotency key, balance checks and event are its own.
+
+A batch takes two round trips and no explicit transaction: one statement reads what
+its checks need (accounts and balances, idempotency keys, taken ids), and one writes
+it all (transfers, postings, balances, keys, outbox events) only if every balance is
+still the one read. When one changed in between (another replica posted to the
+account), nothing is written and the batch is posted again in a transaction that
+locks its accounts first; a batch sharing an account with another batch of this
+process in flight goes that way at once. Both lock accounts in one global order, so
+concurrent batches never deadlock.
 
 A trade becomes one transfer through the same group commit; its price is the one
 given or the latest one `record_price` kept from marketdata.prices.v1.
@@ -18,8 +26,9 @@ import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -27,10 +36,24 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import Table
 
-from tickertap.db import DriverTransaction, RetryPolicy, UnitOfWork, sqlstate, with_retries
+from tickertap.db import (
+    DriverTransaction,
+    RetryPolicy,
+    UnitOfWork,
+    driver_statements,
+    sqlstate,
+    statement_outcome,
+    with_retries,
+)
 from tickertap.ledger import domain as d
 from tickertap.ledger import repository as repo
-from tickertap.messaging import AvroCodec, OutboxEvent, encode_events, insert_events_driver
+from tickertap.messaging import (
+    AvroCodec,
+    EncodedEvents,
+    OutboxEvent,
+    encode_events,
+    insert_events_driver,
+)
 from tickertap.money import Asset
 
 log = logging.getLogger(__name__)
@@ -56,6 +79,19 @@ class Posted:
 
 
 Outcome = Posted | d.LedgerError
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What a batch does, decided against its context (`Ledger._plan`)."""
+
+    assets: Mapping[str, Asset]
+    outcomes: list[Outcome | None]  # refusals now; the rest once the batch is written
+    replays: dict[int, uuid.UUID] = field(default_factory=dict)  # request -> its transfer
+    same_key_as: dict[int, int] = field(default_factory=dict)  # request -> an earlier one
+    posted: list[tuple[int, d.Transfer]] = field(default_factory=list)
+    new: list[repo.NewTransfer] = field(default_factory=list)
+    keys: dict[str, repo.IdempotencyRecord] = field(default_factory=dict)
 
 
 class Batcher:
@@ -133,9 +169,18 @@ class Ledger:
         legs_max: int = d.LEGS_MAX,
         retry: RetryPolicy = DEFAULT_RETRY,
         trading: d.TradePolicy | None = None,
+        poster: AsyncEngine | None = None,
     ) -> None:
+        """`poster`: an engine whose sessions see every row with generic plans
+        (`repo.POSTING_SESSION`), for batches posted without explicit transactions; without
+        it, every batch locks its accounts in a transaction on the writer."""
         self.writer = writer
         self.reader = reader
+        self.poster = poster
+        self._posting: Counter[uuid.UUID] = Counter()  # accounts of the batches in flight
+        # batches written by one statement ("optimistic") or under locks ("locked"), and
+        # optimistic attempts that found a balance changed ("balance_changed", then locked)
+        self.batch_counts: Counter[str] = Counter()
         self._outbox = outbox
         self._codec = codec
         self._legs_max = legs_max
@@ -274,114 +319,176 @@ class Ledger:
         return outcomes
 
     async def _post_batch_once(self, requests: list[TransferRequest]) -> list[Outcome]:
-        assets = await self._asset_map()
-        outcomes: list[Outcome | None] = [None] * len(requests)
-        replays: dict[int, uuid.UUID] = {}
-        first_with_key: dict[str, int] = {}
-        same_key_as: dict[int, int] = {}
-        pending: list[int] = []
-        keys = [r.idempotency_key for r in requests if r.idempotency_key]
-        commands = [r.cmd for r in requests]
-        async with DriverTransaction(self.writer, setup=repo.POSTING_SETUP) as tx:
-            ctx = await repo.batch_context(
-                tx.pg,
-                keys,
-                [c.transfer_id for c in commands],
-                [c.reverses for c in commands if c.reverses is not None],
-                d.lock_order(leg.account_id for c in commands for leg in c.legs),
-            )
-            for i, request in enumerate(requests):
-                key = request.idempotency_key
-                if key is not None:
-                    record = ctx.idempotency.get(key)
-                    if record is not None:
-                        if record.request_hash != request.request_hash:
-                            outcomes[i] = _key_reused()
-                        else:
-                            replays[i] = record.transfer_id
-                        continue
-                    if key in first_with_key:
-                        same_key_as[i] = first_with_key[key]
-                        continue
-                    first_with_key[key] = i
-                pending.append(i)
+        """One attempt at a batch: by one statement on balances read just before
+        (`_post_optimistically`), or, when another batch of this process is posting to
+        one of its accounts or a balance changed in between, in a transaction that locks
+        the accounts first (`_post_locked`)."""
+        accounts = {leg.account_id for r in requests for leg in r.cmd.legs}
+        busy = self._posting
+        optimistic = self.poster is not None and busy.keys().isdisjoint(accounts)
+        busy.update(accounts)
+        try:
+            if optimistic:
+                outcomes = await self._post_optimistically(requests)
+                if outcomes is not None:
+                    return outcomes
+            return await self._post_locked(requests)
+        finally:
+            busy.subtract(accounts)
+            for account in accounts:
+                if not busy[account]:
+                    del busy[account]
 
-            accounts, balances = ctx.accounts, ctx.balances
-            if not {a.asset for a in accounts.values()} <= assets.keys():
-                await self.assets(refresh=True)  # an asset made by another replica
-                assets = await self._asset_map()
-            exists, reversed_ = ctx.existing, ctx.reversed
-            posted: list[tuple[int, d.Transfer]] = []
-            post, legs_max = d.post, self._legs_max
-            for i in pending:
-                cmd = requests[i].cmd
+    async def _post_optimistically(self, requests: list[TransferRequest]) -> list[Outcome] | None:
+        """Two round trips, no explicit transaction: read the batch's context, then write
+        it all (transfers, postings, balances, keys, events) in one statement that checks
+        each balance is still the one read. None when one was not (nothing was written)."""
+        assert self.poster is not None
+        async with driver_statements(self.poster) as pg:
+            ctx = await self._context(pg, requests, lock=False)
+            plan = await self._plan(requests, ctx)
+            if plan.new:
+                events = self._events(plan, ctx)
                 try:
-                    if cmd.transfer_id in exists:
-                        raise d.TransferExists(f"transfer {cmd.transfer_id} exists")
-                    if cmd.reverses is not None and cmd.reverses in reversed_:
-                        raise d.AlreadyReversed(f"transfer {cmd.reverses} is already reversed")
-                    transfer = post(cmd, accounts, assets, balances, legs_max=legs_max)
-                except d.LedgerError as error:
-                    outcomes[i] = error
-                    continue
-                for p in transfer.postings:
-                    balances[p.account_id] = p.balance_after
-                exists.add(cmd.transfer_id)
-                if cmd.reverses is not None:
-                    reversed_.add(cmd.reverses)
-                posted.append((i, transfer))
+                    await repo.post_batch(
+                        pg, plan.new, ctx, plan.assets, plan.keys, self._outbox, events
+                    )
+                except Exception as exc:
+                    if sqlstate(exc) == repo.BALANCE_CHANGED:
+                        self.batch_counts["balance_changed"] += 1
+                        return None
+                    raise statement_outcome(exc) from exc
+        self.batch_counts["optimistic"] += 1
+        return await self._outcomes(requests, plan, ctx.now)
 
-            created_at = ctx.now  # the transaction's time (unused when nothing was posted)
-            if posted:
-                new = [
-                    repo.NewTransfer(transfer, event_id, _owners(transfer, accounts))
-                    for (_, transfer), event_id in zip(posted, new_ids(len(posted)), strict=True)
-                ]
+    async def _post_locked(self, requests: list[TransferRequest]) -> list[Outcome]:
+        """Five round trips: BEGIN, read the context locking the accounts, insert, add the
+        events (encoded while Postgres runs the insert), COMMIT."""
+        async with DriverTransaction(self.writer, setup=repo.POSTING_SETUP) as tx:
+            ctx = await self._context(tx.pg, requests, lock=True)
+            plan = await self._plan(requests, ctx)
+            if plan.new:
                 inserting = asyncio.create_task(
                     repo.insert_batch(
-                        tx.pg,
-                        new,
-                        accounts,
-                        assets,
-                        {
-                            key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
-                            for i, transfer in posted
-                            if (key := requests[i].idempotency_key) is not None
-                        },
+                        tx.pg, plan.new, ctx.accounts, plan.assets, plan.keys, ctx.now
                     )
                 )
                 try:  # the insert is awaited whatever happens: never left running
                     # one turn of the loop sends the statement; the events are encoded while
                     # Postgres runs it, not after (the accounts stay locked the shorter)
                     await asyncio.sleep(0)
-                    events = encode_events(
-                        self._codec,
-                        [
-                            OutboxEvent(
-                                TOPIC,
-                                transfer_event(n, created_at, accounts),
-                                d.event_key(n.transfer, accounts),
-                            )
-                            for n in new
-                        ],
-                    )
+                    events = self._events(plan, ctx)
                 finally:
-                    inserted_at = await inserting
-                assert inserted_at == created_at, "one transaction, one now()"
+                    await inserting
                 await insert_events_driver(tx.pg, self._outbox, events, notify=True)
             await tx.commit()
+        self.batch_counts["locked"] += 1
+        return await self._outcomes(requests, plan, ctx.now)
 
+    @staticmethod
+    async def _context(
+        pg: Any, requests: list[TransferRequest], *, lock: bool
+    ) -> repo.BatchContext:
+        commands = [r.cmd for r in requests]
+        return await repo.batch_context(
+            pg,
+            [r.idempotency_key for r in requests if r.idempotency_key],
+            [c.transfer_id for c in commands],
+            [c.reverses for c in commands if c.reverses is not None],
+            d.lock_order(leg.account_id for c in commands for leg in c.legs),
+            lock=lock,
+        )
+
+    async def _plan(self, requests: list[TransferRequest], ctx: repo.BatchContext) -> _Plan:
+        """Each request's fate against the context: refused, a replay, a repeat of an
+        earlier one in the batch, or a transfer to post (each on the balances its
+        predecessors left)."""
+        assets = await self._asset_map()
+        plan = _Plan(assets, [None] * len(requests))
+        first_with_key: dict[str, int] = {}
+        pending: list[int] = []
+        for i, request in enumerate(requests):
+            key = request.idempotency_key
+            if key is not None:
+                record = ctx.idempotency.get(key)
+                if record is not None:
+                    if record.request_hash != request.request_hash:
+                        plan.outcomes[i] = _key_reused()
+                    else:
+                        plan.replays[i] = record.transfer_id
+                    continue
+                if key in first_with_key:
+                    plan.same_key_as[i] = first_with_key[key]
+                    continue
+                first_with_key[key] = i
+            pending.append(i)
+
+        accounts, balances = ctx.accounts, dict(ctx.balances)  # ctx keeps the balances read
+        if not {a.asset for a in accounts.values()} <= assets.keys():
+            await self.assets(refresh=True)  # an asset made by another replica
+            plan.assets = assets = await self._asset_map()
+        exists, reversed_ = ctx.existing, ctx.reversed
+        post, legs_max = d.post, self._legs_max
+        for i in pending:
+            cmd = requests[i].cmd
+            try:
+                if cmd.transfer_id in exists:
+                    raise d.TransferExists(f"transfer {cmd.transfer_id} exists")
+                if cmd.reverses is not None and cmd.reverses in reversed_:
+                    raise d.AlreadyReversed(f"transfer {cmd.reverses} is already reversed")
+                transfer = post(cmd, accounts, assets, balances, legs_max=legs_max)
+            except d.LedgerError as error:
+                plan.outcomes[i] = error
+                continue
+            for p in transfer.postings:
+                balances[p.account_id] = p.balance_after
+            exists.add(cmd.transfer_id)
+            if cmd.reverses is not None:
+                reversed_.add(cmd.reverses)
+            plan.posted.append((i, transfer))
+        if plan.posted:
+            plan.new = [
+                repo.NewTransfer(transfer, event_id, _owners(transfer, accounts))
+                for (_, transfer), event_id in zip(
+                    plan.posted, new_ids(len(plan.posted)), strict=True
+                )
+            ]
+            plan.keys = {
+                key: repo.IdempotencyRecord(requests[i].request_hash, transfer.id, 201)
+                for i, transfer in plan.posted
+                if (key := requests[i].idempotency_key) is not None
+            }
+        return plan
+
+    def _events(self, plan: _Plan, ctx: repo.BatchContext) -> EncodedEvents:
+        return encode_events(
+            self._codec,
+            [
+                OutboxEvent(
+                    TOPIC,
+                    transfer_event(n, ctx.now, ctx.accounts),
+                    d.event_key(n.transfer, ctx.accounts),
+                )
+                for n in plan.new
+            ],
+        )
+
+    async def _outcomes(
+        self, requests: list[TransferRequest], plan: _Plan, created_at: datetime
+    ) -> list[Outcome]:
+        """The outcomes of a committed batch, in the requests' order."""
+        outcomes = plan.outcomes
         stored: dict[uuid.UUID, repo.StoredTransfer] = {}
-        if replays:  # committed before their key was: immutable, safe to read afterwards
+        if plan.replays:  # committed before their key was: immutable, safe to read afterwards
             async with self.writer.connect() as conn:
                 await repo.see_all(conn)
-                stored = await repo.get_transfers(conn, list(set(replays.values())))
-        for i, transfer in posted:
+                stored = await repo.get_transfers(conn, list(set(plan.replays.values())))
+        for i, transfer in plan.posted:
             outcomes[i] = Posted(transfer, created_at, replayed=False)
-        for i, transfer_id in replays.items():
+        for i, transfer_id in plan.replays.items():
             original = stored[transfer_id]
             outcomes[i] = Posted(original.transfer, original.created_at, replayed=True)
-        for i, first in same_key_as.items():
+        for i, first in plan.same_key_as.items():
             outcomes[i] = _as_retry_of(requests[i], requests[first], outcomes[first])
         assert all(o is not None for o in outcomes)
         return [o for o in outcomes if o is not None]

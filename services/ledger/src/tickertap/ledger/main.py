@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from tickertap.db import create_engine
 from tickertap.ledger import api
 from tickertap.ledger.consumer import PRICES_TOPIC, price_handler
 from tickertap.ledger.domain import LedgerError
 from tickertap.ledger.handlers import Ledger
 from tickertap.ledger.reconcile import start_reconciler
+from tickertap.ledger.repository import POSTING_SESSION
 from tickertap.ledger.settings import LedgerSettings
 from tickertap.money import install_context
 from tickertap.runtime import ServiceDefinition, ServiceRuntime, create_service_app, problem, serve
@@ -24,6 +29,16 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     auth, follow_revocations = token_auth(settings)
 
     async def start_ledger(runtime: ServiceRuntime) -> None:
+        poster = None
+        if settings.transfer_optimistic:  # its own pool: its sessions see every row
+            poster = create_engine(
+                settings.database(),
+                runtime.rotator,
+                application_name="ledger-poster",
+                session_settings=POSTING_SESSION,
+                pool_size=settings.transfer_batch_workers + 1,  # and the batch endpoint's
+            )
+            runtime.on_stop(poster.dispose)
         ledger = Ledger(
             runtime.writer,
             runtime.reader,
@@ -33,8 +48,10 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             batch_workers=settings.transfer_batch_workers,
             queue_max=settings.transfer_queue_max,
             trading=settings.trade_policy(),
+            poster=poster,
         )
         runtime.state["ledger"] = ledger
+        runtime.metrics.registry.register(BatchCollector(ledger))
         # What start-up made (modules, schemas, the app) lives as long as the process: frozen
         # out of the garbage collector's full collections, which a busy batch endpoint set
         # off every few requests, each walking all of it (~30 us a transfer measured)
@@ -68,6 +85,27 @@ def create_app(settings: LedgerSettings) -> FastAPI:
 
     app.add_exception_handler(LedgerError, on_ledger_error)
     return app
+
+
+class BatchCollector(Collector):
+    """The ledger's transfer batches on /metrics, by how they were written."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        batches = CounterMetricFamily(
+            "tickertap_ledger_transfer_batches",
+            "Transfer batches written, by how: 'optimistic' (one statement on balances read"
+            " just before), 'locked' (in a transaction that locks the accounts: another"
+            " batch was posting to one of them, or a balance changed after the read), and"
+            " optimistic attempts that found a balance changed ('balance_changed').",
+            labels=["how"],
+        )
+        counts = self._ledger.batch_counts
+        for how in ("optimistic", "locked", "balance_changed"):
+            batches.add_metric([how], counts[how])
+        yield batches
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tickertap.ledger import domain as d
+from tickertap.messaging import EncodedEvents, notify_sql, outbox_ctes, outbox_params
 from tickertap.money import Asset, AssetKind
 
 ACCOUNT_COLUMNS = "id, owner_id, asset, kind, overdraft_limit, balance, created_at"
@@ -401,6 +402,10 @@ POSTING_SETUP = (
     "SELECT set_config('tickertap.scope', 'all', true),"
     " set_config('plan_cache_mode', 'force_generic_plan', true)"
 )
+# The same for the whole session of the posting engine's connections (`Ledger.poster`),
+# whose batches run without explicit transactions: that pool serves nothing else.
+POSTING_SESSION = {"tickertap.scope": "all", "plan_cache_mode": "force_generic_plan"}
+BALANCE_CHANGED = "40001"  # ledger.balance_changed(): a batch's optimistic check failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,28 +413,33 @@ class BatchContext:
     idempotency: dict[str, IdempotencyRecord]
     existing: set[uuid.UUID]  # transfer ids already taken
     reversed: set[uuid.UUID]  # transfers already reversed
-    accounts: dict[uuid.UUID, d.Account]  # locked FOR UPDATE, in the global order
-    balances: dict[uuid.UUID, Decimal]  # of the locked accounts
-    now: datetime  # the transaction's `now()`: its transfers' created_at
+    accounts: dict[uuid.UUID, d.Account]  # locked FOR UPDATE (if asked), in the global order
+    balances: dict[uuid.UUID, Decimal]  # of those accounts, as read
+    now: datetime  # the reading transaction's `now()`: its transfers' created_at
 
 
-_BATCH_CONTEXT_SQL = (
-    "WITH locked AS MATERIALIZED ("  # nosec B608  # constant column lists and clauses; every value is a bind parameter
-    "  SELECT id, owner_id, asset, kind, overdraft_limit, balance FROM ledger.accounts"
-    "  WHERE id = ANY($4::uuid[]) ORDER BY id FOR UPDATE"
-    ") "
-    "SELECT 'a' AS what, id, owner_id, asset, kind, overdraft_limit, balance,"
-    "  NULL::text AS key, NULL::bytea AS hash, NULL::smallint AS status,"
-    "  NULL::timestamptz AS now FROM locked "
-    "UNION ALL SELECT 'k', transfer_id, NULL, NULL, NULL, NULL, NULL,"
-    "  owner_key, request_hash, status, NULL FROM ledger.idempotency_keys"
-    "  WHERE owner_key = ANY($1::text[]) "
-    "UNION ALL SELECT 't', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
-    "  FROM ledger.transfers WHERE id = ANY($2::uuid[]) "
-    "UNION ALL SELECT 'r', reverses, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
-    "  FROM ledger.transfers WHERE reverses = ANY($3::uuid[]) AND reverses IS NOT NULL "
-    "UNION ALL SELECT 'n', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, now()"
-)
+def _batch_context_sql(lock: bool) -> str:
+    locking = " ORDER BY id FOR UPDATE" if lock else ""
+    return (
+        "WITH locked AS MATERIALIZED ("  # nosec B608  # constant column lists and clauses; every value is a bind parameter
+        "  SELECT id, owner_id, asset, kind, overdraft_limit, balance FROM ledger.accounts"
+        f"  WHERE id = ANY($4::uuid[]){locking}"
+        ") "
+        "SELECT 'a' AS what, id, owner_id, asset, kind, overdraft_limit, balance,"
+        "  NULL::text AS key, NULL::bytea AS hash, NULL::smallint AS status,"
+        "  NULL::timestamptz AS now FROM locked "
+        "UNION ALL SELECT 'k', transfer_id, NULL, NULL, NULL, NULL, NULL,"
+        "  owner_key, request_hash, status, NULL FROM ledger.idempotency_keys"
+        "  WHERE owner_key = ANY($1::text[]) "
+        "UNION ALL SELECT 't', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+        "  FROM ledger.transfers WHERE id = ANY($2::uuid[]) "
+        "UNION ALL SELECT 'r', reverses, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+        "  FROM ledger.transfers WHERE reverses = ANY($3::uuid[]) AND reverses IS NOT NULL "
+        "UNION ALL SELECT 'n', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, now()"
+    )
+
+
+_BATCH_CONTEXT_SQL = {lock: _batch_context_sql(lock) for lock in (True, False)}
 
 
 async def batch_context(
@@ -438,12 +448,15 @@ async def batch_context(
     transfer_ids: Sequence[uuid.UUID],
     reverses: Sequence[uuid.UUID],
     account_ids: Iterable[uuid.UUID],
+    *,
+    lock: bool = True,
 ) -> BatchContext:
-    """Lock the accounts (one global order: no deadlocks) and read what the batch's checks
-    need (idempotency records, taken transfer ids, reversed transfers) and the transaction's
-    `now()`: one round trip."""
+    """Read what the batch's checks need (idempotency records, taken transfer ids,
+    reversed transfers, the accounts and their balances) and the transaction's `now()`:
+    one round trip. With `lock`, the accounts are locked (one global order: no
+    deadlocks) until the transaction ends; without, `post_batch` checks their balances."""
     rows = await pg.fetch(
-        _BATCH_CONTEXT_SQL, list(keys), list(transfer_ids), list(reverses), list(account_ids)
+        _BATCH_CONTEXT_SQL[lock], list(keys), list(transfer_ids), list(reverses), list(account_ids)
     )
     idempotency: dict[str, IdempotencyRecord] = {}
     existing: set[uuid.UUID] = set()
@@ -470,49 +483,75 @@ async def batch_context(
     return BatchContext(idempotency, existing, reversed_, accounts, balances, now)
 
 
-_INSERT_BATCH_SQL = (
-    # amounts and balances travel as text: asyncpg's binary numeric encoder costs about four
-    # times as much per value as the text one plus str(), and Postgres reads both alike
-    "WITH t AS ("
-    "  INSERT INTO ledger.transfers (id, kind, reverses, owner_ids, trade, metadata, event_id)"
-    "  SELECT t.id, t.kind, t.reverses, CAST(t.owners AS uuid[]), CAST(t.trade AS jsonb),"
-    "    CAST(t.metadata AS jsonb), t.event"
-    "  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],"
-    "    $7::uuid[]) AS t(id, kind, reverses, owners, trade, metadata, event)"
-    "  RETURNING 1"
-    "), p AS ("
-    "  INSERT INTO ledger.postings"
-    "    (transfer_id, account_id, owner_id, asset, scale, amount, balance_after, posted_at)"
-    "  SELECT p.t, p.a, p.o, p.asset, p.scale, CAST(p.amount AS numeric),"
-    "    CAST(p.after AS numeric), clock_timestamp()"
-    "  FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::smallint[],"
-    "    $13::text[], $14::text[]) AS p(t, a, o, asset, scale, amount, after)"
-    "), a AS ("
-    "  UPDATE ledger.accounts a SET balance = CAST(v.balance AS numeric),"
-    "    postings_count = a.postings_count + v.n"
-    "  FROM unnest($15::uuid[], $16::text[], $17::bigint[]) AS v(id, balance, n)"
-    "  WHERE a.id = v.id"
-    "), k AS ("
-    "  INSERT INTO ledger.idempotency_keys (owner_key, request_hash, transfer_id, status)"
-    "  SELECT * FROM unnest($18::text[], $19::bytea[], $20::uuid[], $21::smallint[])"
-    ") SELECT now() AS created_at, (SELECT count(*) FROM t) AS transfers"
-)
+def _insert_batch_sql(outbox: Table | None) -> str:
+    """Without `outbox`: the transfers, postings, balances and keys of a batch whose
+    accounts its transaction has locked. With: the whole batch as one statement, its own
+    transaction: it locks the accounts, writes only if each balance is still the one
+    the batch read (else ledger.balance_changed() fails it whole), and adds the events."""
+    gate = " WHERE (SELECT count(*) FROM l) >= 0" if outbox is not None else ""
+    check, expected = "", ""
+    if outbox is not None:  # $22 created_at, $23 expected balances, $24-$30 the outbox
+        check = " AND a.balance = CAST(v.expected AS numeric) AND (SELECT count(*) FROM l) >= 0"
+        expected = ", $23::text[]"
+    sql = (
+        # amounts and balances travel as text: asyncpg's binary numeric encoder costs about
+        # four times as much per value as the text one plus str(), and Postgres reads both
+        # alike. Under `l` (accounts locked first, in id order) everything else waits.
+        "WITH "
+        + (
+            "l AS MATERIALIZED (SELECT id FROM ledger.accounts"
+            "  WHERE id = ANY($15::uuid[]) ORDER BY id FOR UPDATE), "
+            if outbox is not None
+            else ""
+        )
+        + "t AS ("
+        "  INSERT INTO ledger.transfers"
+        "    (id, kind, reverses, owner_ids, trade, metadata, event_id, created_at)"
+        "  SELECT t.id, t.kind, t.reverses, CAST(t.owners AS uuid[]), CAST(t.trade AS jsonb),"
+        "    CAST(t.metadata AS jsonb), t.event, $22::timestamptz"
+        "  FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],"
+        f"    $7::uuid[]) AS t(id, kind, reverses, owners, trade, metadata, event){gate}"
+        "  RETURNING 1"
+        "), p AS ("
+        "  INSERT INTO ledger.postings"
+        "    (transfer_id, account_id, owner_id, asset, scale, amount, balance_after, posted_at)"
+        "  SELECT p.t, p.a, p.o, p.asset, p.scale, CAST(p.amount AS numeric),"
+        "    CAST(p.after AS numeric), clock_timestamp()"
+        "  FROM unnest($8::uuid[], $9::uuid[], $10::uuid[], $11::text[], $12::smallint[],"
+        f"    $13::text[], $14::text[]) AS p(t, a, o, asset, scale, amount, after){gate}"
+        "), a AS ("
+        "  UPDATE ledger.accounts a SET balance = CAST(v.balance AS numeric),"
+        "    postings_count = a.postings_count + v.n"
+        f"  FROM unnest($15::uuid[], $16::text[], $17::bigint[]{expected})"
+        f"    AS v(id, balance, n{', expected' if expected else ''})"
+        f"  WHERE a.id = v.id{check}"
+        "  RETURNING 1"
+        "), k AS ("
+        "  INSERT INTO ledger.idempotency_keys (owner_key, request_hash, transfer_id, status)"
+        f"  SELECT * FROM unnest($18::text[], $19::bytea[], $20::uuid[], $21::smallint[]){gate}"
+        ")"
+    )
+    if outbox is None:
+        return sql + " SELECT (SELECT count(*) FROM t) AS transfers"
+    return (
+        f"{sql}, {outbox_ctes(outbox, 24, after='l')} SELECT (SELECT count(*) FROM t) AS transfers,"
+        "  CASE WHEN (SELECT count(*) FROM a) = cardinality($15::uuid[]) THEN true"
+        f"  ELSE ledger.balance_changed() END AS written, {notify_sql(outbox)}"
+    )
 
 
-async def insert_batch(
-    pg: Any,
+_INSERT_BATCH_SQL = _insert_batch_sql(None)
+
+
+def _batch_values(
     new: Sequence[NewTransfer],
     accounts: Mapping[uuid.UUID, d.Account],
     assets: Mapping[str, Asset],
     idempotency: Mapping[str, IdempotencyRecord],
-) -> datetime:
-    """Transfers, their postings, each touched account's new balance and the idempotency
-    keys, in one statement (one round trip); returns the transfers' `created_at`, the
-    transaction's start (`now()`), the same for all of them.
-
-    A posting's `posted_at` is the clock when it is written, after its account's lock
-    is held (not the transaction's start, `now()`): so one account's postings are in
-    time order as they are in id order, and a balance as of any instant is exact."""
+    created_at: datetime,
+) -> tuple[list[Any], dict[uuid.UUID, Decimal]]:
+    """The values of `_insert_batch_sql` ($1 to $22), and each touched account's final
+    balance (its last posting's)."""
     assert new, "a batch posts at least one transfer"
     transfers = [n.transfer for n in new]
     postings = [p for t in transfers for p in t.postings]
@@ -521,8 +560,7 @@ async def insert_batch(
     for p in postings:  # in posting order: the last one holds the final balance
         final[p.account_id] = p.balance_after
         counts[p.account_id] = counts.get(p.account_id, 0) + 1
-    row = await pg.fetchrow(
-        _INSERT_BATCH_SQL,
+    values = [
         [t.id for t in transfers],
         [t.kind.value for t in transfers],
         [t.reverses for t in transfers],
@@ -544,7 +582,53 @@ async def insert_batch(
         [r.request_hash for r in idempotency.values()],
         [r.transfer_id for r in idempotency.values()],
         [r.status for r in idempotency.values()],
-    )
+        created_at,
+    ]
+    return values, final
+
+
+async def insert_batch(
+    pg: Any,
+    new: Sequence[NewTransfer],
+    accounts: Mapping[uuid.UUID, d.Account],
+    assets: Mapping[str, Asset],
+    idempotency: Mapping[str, IdempotencyRecord],
+    created_at: datetime,
+) -> None:
+    """Transfers, their postings, each touched account's new balance and the idempotency
+    keys, in one statement (one round trip), inside the transaction that locked the
+    accounts (`batch_context(lock=True)`); the transfers are `created_at`.
+
+    A posting's `posted_at` is the clock when it is written, after its account's lock
+    is held (not the transaction's start, `now()`): so one account's postings are in
+    time order as they are in id order, and a balance as of any instant is exact."""
+    values, _ = _batch_values(new, accounts, assets, idempotency, created_at)
+    assert await pg.fetchval(_INSERT_BATCH_SQL, *values) == len(new)
+
+
+_POST_BATCH_SQL: dict[str, str] = {}  # by outbox table
+
+
+async def post_batch(
+    pg: Any,
+    new: Sequence[NewTransfer],
+    ctx: BatchContext,
+    assets: Mapping[str, Asset],
+    idempotency: Mapping[str, IdempotencyRecord],
+    outbox: Table,
+    events: EncodedEvents,
+) -> None:
+    """The batch as one statement outside any transaction (it is its own): `insert_batch`
+    plus the events, written only if every touched account still has the balance `ctx`
+    read (`batch_context(lock=False)`); otherwise it raises SQLSTATE 40001
+    (BALANCE_CHANGED) and writes nothing. The accounts are locked in the global order
+    before anything is written, so concurrent batches never deadlock."""
+    values, final = _batch_values(new, ctx.accounts, assets, idempotency, ctx.now)
+    values.append([str(ctx.balances[i]) for i in final])
+    values.extend(outbox_params(outbox, events))
+    sql = _POST_BATCH_SQL.get(outbox.fullname)
+    if sql is None:
+        sql = _POST_BATCH_SQL[outbox.fullname] = _insert_batch_sql(outbox)
+    row = await pg.fetchrow(sql, *values)
     assert row["transfers"] == len(new)
-    created_at: datetime = row["created_at"]
-    return created_at
+    assert row["written"]

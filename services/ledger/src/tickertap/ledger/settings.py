@@ -28,6 +28,9 @@ class LedgerSettings(ServiceSettings):
     # batches in flight at once: while one waits on Postgres, the next gathers requests
     transfer_batch_workers: int = Field(default=2, ge=1, le=16)
     transfer_queue_max: int = Field(default=10_000, ge=1)
+    # a batch is posted by one statement on balances read just before (two round trips),
+    # and under row locks only when a balance changed in between; false: always locked
+    transfer_optimistic: bool = True
 
     # reconciliation (reconcile.py): the periodic job's interval (0: off); transfers younger
     # than the window must have their outbox event (the relay purges sent rows after 7 days)

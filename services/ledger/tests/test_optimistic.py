@@ -1,0 +1,197 @@
+"""Batches written optimistically (one statement on balances read just before), by two
+ledgers side by side as two replicas would run: a balance that changed between the read
+and the write fails the statement whole, and the batch is posted again under row locks.
+
+The ledgers run in this process, on the stack's Postgres with the ledger's own Vault
+credentials; each has its own posting pool, as each replica does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tickertap.db import DatabaseSettings, create_engine
+from tickertap.ledger import domain as d
+from tickertap.ledger import repository as repo
+from tickertap.ledger.handlers import Ledger, Posted, TransferRequest
+from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
+from tickertap.money import install_context
+from tickertap.runtime import messaging_tables
+from tickertap.secrets import AppRoleLogin, CredentialRotator, Vault
+
+
+@pytest.fixture
+async def ledgers(stack: Any, approle_secret_id: Any) -> AsyncIterator[tuple[Ledger, Ledger]]:
+    install_context()
+    vault = Vault(stack.vault_addr)
+    await vault.login_approle(AppRoleLogin(stack.role_id("ledger"), approle_secret_id("ledger")))
+    rotator = CredentialRotator(vault, "ledger")
+    await rotator.start()
+    db = DatabaseSettings(
+        host=stack.pg_host, port=stack.pg_port, name=stack.database, schema="ledger"
+    )
+    engines = []
+
+    def engine(name: str, **options: Any) -> Any:
+        engines.append(create_engine(db, rotator, application_name=name, **options))
+        return engines[-1]
+
+    codec = AvroCodec(load_schemas(find_schemas_dir()))
+    outbox, _ = messaging_tables("ledger")
+    pair = tuple(
+        Ledger(
+            engine(f"ledger-test-{n}"),
+            engine(f"ledger-test-{n}-reader", read_only=True),
+            outbox,
+            codec,
+            batch_workers=2,
+            poster=engine(f"ledger-test-{n}-poster", session_settings=repo.POSTING_SESSION),
+        )
+        for n in range(2)
+    )
+    running = [asyncio.create_task(ledger.run()) for ledger in pair]
+    try:
+        yield pair[0], pair[1]
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        for each in engines:
+            await each.dispose()
+        await rotator.stop()
+        vault.close()
+
+
+def request(cmd: d.PostTransfer, key: str | None = None) -> TransferRequest:
+    return TransferRequest(cmd, key, uuid.uuid4().bytes)
+
+
+async def funded(ledger: Ledger, amount: str) -> uuid.UUID:
+    row, _ = await ledger.open_account(uuid.uuid4(), "USD")
+    account = row.account.id
+    await ledger.post(
+        request(await ledger.deposit_command(uuid.uuid4(), account, Decimal(amount), {}))
+    )
+    return account
+
+
+async def withdrawal(ledger: Ledger, account: uuid.UUID, amount: str) -> TransferRequest:
+    cmd = await ledger.deposit_command(uuid.uuid4(), account, Decimal(amount), {}, withdraw=True)
+    return request(cmd, key=f"test:{uuid.uuid4()}")
+
+
+async def history(db: Any, account: uuid.UUID) -> list[Decimal]:
+    """The account's balance after each of its postings, in order."""
+    rows = await db.fetch(
+        "SELECT balance_after FROM ledger.postings WHERE account_id = $1 ORDER BY id", account
+    )
+    return [r["balance_after"] for r in rows]
+
+
+async def stored_balance(db: Any, account: uuid.UUID) -> Decimal:
+    balance: Decimal = await db.fetchval(
+        "SELECT balance FROM ledger.accounts WHERE id = $1", account
+    )
+    return balance
+
+
+async def events_of(db: Any, transfer_ids: list[uuid.UUID]) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM ledger.outbox o JOIN ledger.transfers t USING (event_id)"
+        " WHERE t.id = ANY($1::uuid[])",
+        transfer_ids,
+    )
+    return count
+
+
+async def test_a_balance_changed_after_the_read_fails_the_write_whole_then_it_posts_locked(
+    ledgers: tuple[Ledger, Ledger], db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = ledgers
+    account = await funded(first, "100.00")
+    read, raced = repo.batch_context, []
+
+    async def read_then_race(pg: Any, *args: Any, lock: bool) -> repo.BatchContext:
+        """The first ledger's read, then the second ledger withdraws from the account
+        before the first one writes: its write finds the balance changed."""
+        ctx = await read(pg, *args, lock=lock)
+        if not raced:
+            raced.append(None)
+            raced.append(await second.post(await withdrawal(second, account, "30.00")))
+        return ctx
+
+    monkeypatch.setattr(repo, "batch_context", read_then_race)
+    late = await withdrawal(first, account, "50.00")
+    posted = await first.post(late)
+    monkeypatch.undo()
+
+    assert first.batch_counts["balance_changed"] == 1  # its optimistic write found 70, not 100
+    assert first.batch_counts["locked"] == 1  # then it posted under locks, on 70
+    assert second.batch_counts["optimistic"] == 1
+    assert await history(db, account) == [Decimal("100.00"), Decimal("70.00"), Decimal("20.00")]
+    assert await stored_balance(db, account) == Decimal("20.00")
+    # the failed statement left nothing: one transfer, one event, one key each
+    assert await events_of(db, [posted.transfer.id, raced[1].transfer.id]) == 2
+    keys = await db.fetchval(
+        "SELECT count(*) FROM ledger.idempotency_keys WHERE transfer_id = $1", posted.transfer.id
+    )
+    assert keys == 1
+    assert (await first.post(late)).replayed  # and its key replays it
+
+
+async def test_two_ledgers_race_200_withdrawals_on_funds_for_50_exactly_50_succeed(
+    ledgers: tuple[Ledger, Ledger], db: Any
+) -> None:
+    account = await funded(ledgers[0], "50.00")
+    requests = [await withdrawal(ledgers[n % 2], account, "1.00") for n in range(200)]
+    outcomes = await asyncio.gather(
+        *(ledgers[n % 2].post(r) for n, r in enumerate(requests)), return_exceptions=True
+    )
+    posted = [o for o in outcomes if isinstance(o, Posted)]
+    refused = [o for o in outcomes if isinstance(o, d.InsufficientFunds)]
+    assert (len(posted), len(refused)) == (50, 150), outcomes
+    assert await stored_balance(db, account) == 0
+    assert min(await history(db, account)) == 0  # never below
+    assert await events_of(db, [p.transfer.id for p in posted]) == 50
+    both = ledgers[0].batch_counts + ledgers[1].batch_counts
+    assert both["optimistic"] + both["locked"] >= 2, both  # every batch was written one way
+
+
+async def test_two_ledgers_with_random_leg_orders_never_deadlock_and_conserve_money(
+    ledgers: tuple[Ledger, Ledger], db: Any
+) -> None:
+    accounts = [await funded(ledgers[0], "100.00") for _ in range(5)]
+    rng = random.Random(7)
+
+    def shuffle() -> d.PostTransfer:
+        payer, payee, third = rng.sample(accounts, 3)
+        legs = [
+            d.Leg(payer, Decimal("-2.00")),
+            d.Leg(payee, Decimal("1.50")),
+            d.Leg(third, Decimal("0.50")),
+        ]
+        rng.shuffle(legs)
+        return d.PostTransfer(uuid.uuid4(), tuple(legs))
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            *(ledgers[n % 2].post(request(shuffle())) for n in range(120)),
+            return_exceptions=True,
+        ),
+        timeout=60,
+    )
+    assert all(isinstance(o, Posted | d.InsufficientFunds) for o in outcomes), outcomes
+    balances = [await stored_balance(db, a) for a in accounts]
+    assert sum(balances) == Decimal("500.00")
+    for account, balance in zip(accounts, balances, strict=True):
+        total = await db.fetchval(
+            "SELECT sum(amount) FROM ledger.postings WHERE account_id = $1", account
+        )
+        assert (total, (await history(db, account))[-1]) == (balance, balance)
