@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -416,3 +417,14 @@ async def test_concurrent_batches_share_transactions_and_keep_their_own_results(
     assert {item["code"] for item in results if item["status"] == 409} == {"insufficient_funds"}
     assert await ledger.balance(alice) == Decimal("0.00")
     assert await ledger.balance(bob) == Decimal("25.00")
+
+
+async def test_transfer_batches_are_counted_on_metrics_by_how_they_were_written(ledger: Ledger):
+    alice, bob = await ledger.account(new_id()), await ledger.account(new_id())
+    assert (await ledger.deposit(alice, "10.00")).status_code == 201
+    assert (await ledger.transfer([(alice, "-1.00"), (bob, "1.00")])).status_code == 201
+    text = (await ledger.client.get("/metrics")).text
+    line = r'^tickertap_ledger_transfer_batches_total\{how="(\w+)"\} (\S+)$'
+    counted = {how: float(n) for how, n in re.findall(line, text, re.M)}
+    assert set(counted) == {"optimistic", "locked", "balance_changed"}, text[-2000:]
+    assert counted["optimistic"] + counted["locked"] >= 2  # one batch each, at least

@@ -98,7 +98,8 @@ class BatchCollector(Collector):
             "tickertap_ledger_transfer_batches",
             "Transfer batches written, by how: 'optimistic' (one statement on balances read"
             " just before), 'locked' (in a transaction that locks the accounts: another"
-            " batch was posting to one of them, or a balance changed after the read), and"
+            " batch was posting to one of them, a balance changed after the read, or a"
+            " large batch), and"
             " optimistic attempts that found a balance changed ('balance_changed').",
             labels=["how"],
         )
