@@ -164,7 +164,9 @@ async def test_driver_transaction_serialization_failures_are_retried(engines):
         assert await conn.scalar(text(f"SELECT n FROM {table} WHERE id = 1")) == 8
 
 
-async def test_driver_statements_commit_one_by_one_and_name_a_lost_statements_outcome(engines):
+async def test_driver_statements_commit_one_by_one_and_name_a_lost_statements_outcome(
+    engines, stack
+):
     writer, _, table = engines
     with pytest.raises(asyncpg.UniqueViolationError) as failed:
         async with driver_statements(writer) as pg:
@@ -176,9 +178,26 @@ async def test_driver_statements_commit_one_by_one_and_name_a_lost_statements_ou
         ids = await conn.scalars(text(f"SELECT id FROM {table} ORDER BY id"))
         assert list(ids) == [1, 5]
 
-    lost = statement_outcome(ConnectionResetError("peer closed"))  # no answer: maybe written
-    assert isinstance(lost, CommitOutcomeUnknown)
-    assert not is_retryable(lost)
+    with pytest.raises(CommitOutcomeUnknown):  # its server went away: maybe written
+        async with driver_statements(writer) as pg:
+            lost = pg
+            sleeping = asyncio.ensure_future(pg.execute("SELECT pg_sleep(5)"))
+            await asyncio.sleep(0.2)
+            admin = await asyncpg.connect(stack.pg_admin_url)
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", lost.get_server_pid())
+            finally:
+                await admin.close()
+            try:
+                await sleeping
+            except Exception as exc:
+                assert sqlstate(exc) in {"08003", "57P01"}, repr(exc)  # noqa: PT017
+                raise statement_outcome(exc) from exc
+    assert lost.is_closed()
+    assert not is_retryable(CommitOutcomeUnknown("ConnectionDoesNotExistError"))
+    assert (
+        statement_outcome(asyncpg.SerializationError("x")).__class__ is asyncpg.SerializationError
+    )
 
     with pytest.raises(TimeoutError):  # cancelled in flight: that connection is not reused
         async with driver_statements(writer) as pg:

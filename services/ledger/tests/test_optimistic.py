@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tickertap.db import DatabaseSettings, create_engine
@@ -146,6 +147,44 @@ async def test_a_balance_changed_after_the_read_fails_the_write_whole_then_it_po
     assert (await first.post(late)).replayed  # and its key replays it
 
 
+async def test_a_write_waiting_on_the_row_lock_rechecks_the_balance_it_finds_changed(
+    ledgers: tuple[Ledger, Ledger], db: Any, stack: Any
+) -> None:
+    """Both ledgers' writes wait for the account's row lock, their snapshots taken: the
+    second to get it re-checks the balance on the row's newest version (Postgres'
+    EvalPlanQual), finds the first one's change and posts again under locks."""
+    first, second = ledgers
+    account = await funded(first, "100.00")
+    watcher = await asyncpg.connect(stack.pg_admin_url)
+
+    async def waiting(application: str) -> None:
+        for _ in range(500):
+            if await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                " AND wait_event_type = 'Lock' AND query LIKE 'WITH l AS%'",
+                application,
+            ):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{application} never waited for the lock")
+
+    try:
+        async with db.transaction():  # holds the account's row lock until the block ends
+            await db.execute("SELECT 1 FROM ledger.accounts WHERE id = $1 FOR UPDATE", account)
+            ahead = asyncio.ensure_future(first.post(await withdrawal(first, account, "30.00")))
+            await waiting("ledger-test-0-poster")
+            behind = asyncio.ensure_future(second.post(await withdrawal(second, account, "50.00")))
+            await waiting("ledger-test-1-poster")
+        await asyncio.gather(ahead, behind)
+    finally:
+        await watcher.close()
+
+    assert (first.batch_counts["optimistic"], first.batch_counts["balance_changed"]) == (2, 0)
+    assert second.batch_counts["balance_changed"] == 1
+    assert second.batch_counts["locked"] == 1
+    assert await history(db, account) == [Decimal("100.00"), Decimal("70.00"), Decimal("20.00")]
+
+
 async def test_two_ledgers_race_200_withdrawals_on_funds_for_50_exactly_50_succeed(
     ledgers: tuple[Ledger, Ledger], db: Any
 ) -> None:
@@ -169,6 +208,8 @@ async def test_two_ledgers_with_random_leg_orders_never_deadlock_and_conserve_mo
 ) -> None:
     accounts = [await funded(ledgers[0], "100.00") for _ in range(5)]
     rng = random.Random(7)
+    deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    deadlocks_before = await db.fetchval(deadlocks)
 
     def shuffle() -> d.PostTransfer:
         payer, payee, third = rng.sample(accounts, 3)
@@ -182,12 +223,17 @@ async def test_two_ledgers_with_random_leg_orders_never_deadlock_and_conserve_mo
 
     outcomes = await asyncio.wait_for(
         asyncio.gather(
-            *(ledgers[n % 2].post(request(shuffle())) for n in range(120)),
+            *(
+                ledgers[n % 2].post(request(shuffle(), key=f"test:{n}:{uuid.uuid4()}"))
+                for n in range(120)
+            ),
             return_exceptions=True,
         ),
         timeout=60,
     )
     assert all(isinstance(o, Posted | d.InsufficientFunds) for o in outcomes), outcomes
+    await asyncio.sleep(0.6)  # the statistics are sent every 500 ms at most
+    assert await db.fetchval(deadlocks) == deadlocks_before  # none met, none retried
     balances = [await stored_balance(db, a) for a in accounts]
     assert sum(balances) == Decimal("500.00")
     for account, balance in zip(accounts, balances, strict=True):

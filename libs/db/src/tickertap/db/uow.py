@@ -178,7 +178,13 @@ async def driver_statements(engine: AsyncEngine) -> AsyncIterator[Any]:
         try:
             yield pg
         except BaseException as exc:
-            if not isinstance(exc, Exception) or is_retryable(exc) or pg.is_in_transaction():
+            if (
+                not isinstance(exc, Exception)
+                or is_retryable(exc)
+                or isinstance(exc, CommitOutcomeUnknown)
+                or pg.is_closed()
+                or pg.is_in_transaction()
+            ):
                 await connection.invalidate()
             raise
     finally:
@@ -186,10 +192,11 @@ async def driver_statements(engine: AsyncEngine) -> AsyncIterator[Any]:
 
 
 def statement_outcome(exc: Exception) -> Exception:
-    """What a failed single-statement unit (its own transaction) raises: a connection
-    lost while it was in flight leaves it perhaps committed (`CommitOutcomeUnknown`);
-    other errors mean nothing was written."""
-    if is_retryable(exc) and sqlstate(exc) is None:
+    """What a failed single-statement unit (its own transaction) raises, as COMMIT does: a
+    connection lost (or the server going away) while it was in flight leaves it perhaps
+    committed (`CommitOutcomeUnknown`); a serialization failure, a deadlock or any other
+    error means nothing was written (the error itself)."""
+    if is_retryable(exc) and not _is_serialization_failure(exc):
         return CommitOutcomeUnknown(type(exc).__name__)
     return exc
 

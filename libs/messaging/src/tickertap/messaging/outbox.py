@@ -324,20 +324,22 @@ async def insert_events_driver(
     )
 
 
-def outbox_ctes(table: Table, first: int, *, after: str | None = None) -> str:
+def outbox_ctes(table: Table, first: int, *, after: Sequence[str] = ()) -> str:
     """Common table expressions `outbox_locks` and `outbox_rows` that insert `encoded`
     events into `table`, for a statement that writes them with its own changes (one round
     trip); their values are `outbox_params(table, encoded)`, bound as $first to $first+6.
 
     The key locks are an InitPlan of the INSERT's filter, so all are held (taken in sorted
     order: volatile functions run after the sort) before the first id is drawn. `after`
-    names a CTE of the statement that must run before the key locks are taken (the rows
-    it locks come first in the statement's lock order)."""
+    names CTEs of the statement that must run before the key locks are taken: what they
+    lock or wait for (row locks, unique keys) comes first in the statement's lock order,
+    as it does in a transaction that writes its changes before its events."""
     # Identifiers come from the service's own Table, quoted; every value is a $n parameter.
     assert table.schema, "an outbox lives in its service's schema"
     name = ".".join('"' + part.replace('"', '""') + '"' for part in (table.schema, table.name))
     p = [f"${first + i}" for i in range(7)]
-    first_ = f" WHERE (SELECT count(*) FROM {after}) >= 0" if after else ""  # noqa: S608  # nosec B608
+    counts = " + ".join(f"(SELECT count(*) FROM {cte})" for cte in after)  # noqa: S608  # nosec B608
+    first_ = f" WHERE {counts} >= 0" if after else ""
     return (
         "outbox_locks AS MATERIALIZED ("  # noqa: S608 - see above  # nosec B608
         f"  SELECT pg_advisory_xact_lock({p[0]}::integer, k) FROM unnest({p[1]}::integer[]) AS k"

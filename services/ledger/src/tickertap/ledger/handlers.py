@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import Table
 
 from tickertap.db import (
+    CommitOutcomeUnknown,
     DriverTransaction,
     RetryPolicy,
     UnitOfWork,
@@ -351,24 +352,48 @@ class Ledger:
     async def _post_optimistically(self, requests: list[TransferRequest]) -> list[Outcome] | None:
         """Two round trips, no explicit transaction: read the batch's context, then write
         it all (transfers, postings, balances, keys, events) in one statement that checks
-        each balance is still the one read. None when one was not (nothing was written)."""
+        each balance is still the one read. None when one was not (nothing was written).
+
+        A connection lost while the write was in flight leaves it written whole or not at
+        all: its transfers are looked up by their new event ids, and only when they are
+        there is the batch known to be posted (else CommitOutcomeUnknown, as before)."""
         assert self.poster is not None
-        async with driver_statements(self.poster) as pg:
-            ctx = await self._context(pg, requests, lock=False)
-            plan = await self._plan(requests, ctx)
-            if plan.new:
-                events = self._events(plan, ctx)
-                try:
-                    await repo.post_batch(
-                        pg, plan.new, ctx, plan.assets, plan.keys, self._outbox, events
-                    )
-                except Exception as exc:
-                    if sqlstate(exc) == repo.BALANCE_CHANGED:
-                        self.batch_counts["balance_changed"] += 1
-                        return None
-                    raise statement_outcome(exc) from exc
+        writing: list[repo.NewTransfer] = []
+        try:
+            async with driver_statements(self.poster) as pg:
+                ctx = await self._context(pg, requests, lock=False)
+                plan = await self._plan(requests, ctx)
+                if plan.new:
+                    events = self._events(plan, ctx)
+                    writing = plan.new
+                    try:
+                        await repo.post_batch(
+                            pg, plan.new, ctx, plan.assets, plan.keys, self._outbox, events
+                        )
+                    except Exception as exc:
+                        if sqlstate(exc) == repo.BALANCE_CHANGED:
+                            self.batch_counts["balance_changed"] += 1
+                            return None
+                        outcome = statement_outcome(exc)
+                        if outcome is exc:
+                            raise
+                        raise outcome from exc  # and the connection is not pooled again
+        except CommitOutcomeUnknown:
+            if not writing or not await self._stored(writing):
+                raise
+            log.warning("the connection was lost as a batch was written; it was written")
         self.batch_counts["optimistic"] += 1
         return await self._outcomes(requests, plan, ctx.now)
+
+    async def _stored(self, new: list[repo.NewTransfer]) -> bool:
+        """Whether these transfers are stored with the event ids this attempt gave them
+        (unique to it): its single statement is then known to have committed."""
+        with contextlib.suppress(Exception):
+            async with self.writer.connect() as conn:
+                await repo.see_all(conn)
+                found = await repo.count_transfer_events(conn, [n.event_id for n in new])
+                return found == len(new)
+        return False
 
     async def _post_locked(self, requests: list[TransferRequest]) -> list[Outcome]:
         """Five round trips: BEGIN, read the context locking the accounts, insert, add the

@@ -335,6 +335,15 @@ class IdempotencyRecord:
     status: int
 
 
+async def count_transfer_events(conn: AsyncConnection, event_ids: Sequence[uuid.UUID]) -> int:
+    """How many transfers carry these event ids."""
+    count = await conn.scalar(
+        text("SELECT count(*) FROM ledger.transfers WHERE event_id = ANY(:ids)"),
+        {"ids": list(event_ids)},
+    )
+    return int(count or 0)
+
+
 async def get_idempotency(
     conn: AsyncConnection, keys: Sequence[str]
 ) -> dict[str, IdempotencyRecord]:
@@ -493,18 +502,18 @@ def _insert_batch_sql(outbox: Table | None) -> str:
     if outbox is not None:  # $22 created_at, $23 expected balances, $24-$30 the outbox
         check = " AND a.balance = CAST(v.expected AS numeric) AND (SELECT count(*) FROM l) >= 0"
         expected = ", $23::text[]"
+    locks = (
+        "l AS MATERIALIZED (SELECT id FROM ledger.accounts"
+        "  WHERE id = ANY($15::uuid[]) ORDER BY id FOR UPDATE), "
+        if outbox is not None
+        else ""
+    )
+    # Every fragment is a constant of this function; every value is a $n parameter.
     sql = (
         # amounts and balances travel as text: asyncpg's binary numeric encoder costs about
         # four times as much per value as the text one plus str(), and Postgres reads both
         # alike. Under `l` (accounts locked first, in id order) everything else waits.
-        "WITH "
-        + (
-            "l AS MATERIALIZED (SELECT id FROM ledger.accounts"
-            "  WHERE id = ANY($15::uuid[]) ORDER BY id FOR UPDATE), "
-            if outbox is not None
-            else ""
-        )
-        + "t AS ("
+        f"WITH {locks}t AS ("  # nosec B608  # see above
         "  INSERT INTO ledger.transfers"
         "    (id, kind, reverses, owner_ids, trade, metadata, event_id, created_at)"
         "  SELECT t.id, t.kind, t.reverses, CAST(t.owners AS uuid[]), CAST(t.trade AS jsonb),"
@@ -529,12 +538,15 @@ def _insert_batch_sql(outbox: Table | None) -> str:
         "), k AS ("
         "  INSERT INTO ledger.idempotency_keys (owner_key, request_hash, transfer_id, status)"
         f"  SELECT * FROM unnest($18::text[], $19::bytea[], $20::uuid[], $21::smallint[]){gate}"
+        "  RETURNING 1"
         ")"
     )
     if outbox is None:
-        return sql + " SELECT (SELECT count(*) FROM t) AS transfers"
+        return f"{sql} SELECT (SELECT count(*) FROM t) AS transfers"  # nosec B608  # see above
     return (
-        f"{sql}, {outbox_ctes(outbox, 24, after='l')} SELECT (SELECT count(*) FROM t) AS transfers,"
+        # the events' key locks come last, as in the locked path (insert, then events)
+        f"{sql}, {outbox_ctes(outbox, 24, after=('l', 't', 'k'))}"  # nosec B608  # see above
+        " SELECT (SELECT count(*) FROM t) AS transfers,"
         "  CASE WHEN (SELECT count(*) FROM a) = cardinality($15::uuid[]) THEN true"
         f"  ELSE ledger.balance_changed() END AS written, {notify_sql(outbox)}"
     )
