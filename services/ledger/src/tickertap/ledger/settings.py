@@ -25,8 +25,10 @@ class LedgerSettings(ServiceSettings):
     auth_algorithms: tuple[str, ...] = ("Ed25519", "EdDSA", "ES256")
 
     transfer_batch_max: int = Field(default=64, ge=1, le=1000)
-    # batches in flight at once: while one waits on Postgres, the next gathers requests
-    transfer_batch_workers: int = Field(default=2, ge=1, le=16)
+    # batches in flight at once. One: a batch takes two round trips, and what arrives
+    # meanwhile makes the next one; a second in flight shares accounts with it the more
+    # often (then locks) and cost more than it gave (tests/bench/ledger_bench.py)
+    transfer_batch_workers: int = Field(default=1, ge=1, le=16)
     transfer_queue_max: int = Field(default=10_000, ge=1)
     # a batch is posted by one statement on balances read just before (two round trips),
     # and under row locks only when a balance changed in between; false: always locked
