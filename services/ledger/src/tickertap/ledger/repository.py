@@ -6,6 +6,7 @@ row-level security needs `see_all` or `see_owner` first in that transaction.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -407,13 +408,13 @@ async def get_price(conn: AsyncConnection, symbol: str) -> d.MarketPrice | None:
 # statements keep their generic plans. Postgres otherwise re-plans the batch context at
 # every call (its custom plans look cheaper with the arrays' values known): ~220 us of
 # planning a batch, measured with pg_stat_statements' track_planning, for the same plan.
-POSTING_SETUP = (
-    "SELECT set_config('tickertap.scope', 'all', true),"
-    " set_config('plan_cache_mode', 'force_generic_plan', true)"
-)
-# The same for the whole session of the posting engine's connections (`Ledger.poster`),
-# whose batches run without explicit transactions: that pool serves nothing else.
+# The same settings hold for the whole session of the posting engine's connections
+# (`Ledger.poster`, POSTING_SESSION), whose batches run without explicit transactions:
+# that pool serves nothing else.
 POSTING_SESSION = {"tickertap.scope": "all", "plan_cache_mode": "force_generic_plan"}
+POSTING_SETUP = "SELECT " + ", ".join(
+    f"set_config('{name}', '{value}', true)" for name, value in POSTING_SESSION.items()
+)
 BALANCE_CHANGED = "40001"  # ledger.balance_changed(): a batch's optimistic check failed
 
 
@@ -492,6 +493,7 @@ async def batch_context(
     return BatchContext(idempotency, existing, reversed_, accounts, balances, now)
 
 
+@functools.cache  # one text per outbox table (and one without)
 def _insert_batch_sql(outbox: Table | None) -> str:
     """Without `outbox`: the transfers, postings, balances and keys of a batch whose
     accounts its transaction has locked. With: the whole batch as one statement, its own
@@ -550,9 +552,6 @@ def _insert_batch_sql(outbox: Table | None) -> str:
         "  CASE WHEN (SELECT count(*) FROM a) = cardinality($15::uuid[]) THEN true"
         f"  ELSE ledger.balance_changed() END AS written, {notify_sql(outbox)}"
     )
-
-
-_INSERT_BATCH_SQL = _insert_batch_sql(None)
 
 
 def _batch_values(
@@ -615,10 +614,7 @@ async def insert_batch(
     is held (not the transaction's start, `now()`): so one account's postings are in
     time order as they are in id order, and a balance as of any instant is exact."""
     values, _ = _batch_values(new, accounts, assets, idempotency, created_at)
-    assert await pg.fetchval(_INSERT_BATCH_SQL, *values) == len(new)
-
-
-_POST_BATCH_SQL: dict[str, str] = {}  # by outbox table
+    assert await pg.fetchval(_insert_batch_sql(None), *values) == len(new)
 
 
 async def post_batch(
@@ -638,9 +634,6 @@ async def post_batch(
     values, final = _batch_values(new, ctx.accounts, assets, idempotency, ctx.now)
     values.append([str(ctx.balances[i]) for i in final])
     values.extend(outbox_params(outbox, events))
-    sql = _POST_BATCH_SQL.get(outbox.fullname)
-    if sql is None:
-        sql = _POST_BATCH_SQL[outbox.fullname] = _insert_batch_sql(outbox)
-    row = await pg.fetchrow(sql, *values)
+    row = await pg.fetchrow(_insert_batch_sql(outbox), *values)
     assert row["transfers"] == len(new)
     assert row["written"]
