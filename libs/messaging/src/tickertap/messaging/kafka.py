@@ -72,6 +72,25 @@ def consumer_config(
     return config
 
 
+def paced_fetches(interval_ms: int) -> dict[str, Any]:
+    """Consumer settings for one that must see messages within about `interval_ms`, but
+    asks the broker at most about that often.
+
+    The local broker (Tansu) holds a fetch that finds nothing for the whole
+    `fetch.wait.max.ms`, even when messages arrive meanwhile, so a consumer that must see
+    them soon needs a short wait; and it answers at once when messages wait, so under a
+    steady stream librdkafka fetches again as soon as an answer came: hundreds of requests
+    a second for a trickle of messages, each costing the broker 0.1-1 ms of CPU (measured:
+    1,000 prices a second took 229 fetches a second and ~20 % of a core). With a message
+    in the local queue (`queued.min.messages` 1), the next fetch of that partition waits
+    `fetch.queue.backoff.ms`: at 25 ms, 50 fetches a second and ~9 %."""
+    return {
+        "fetch.wait.max.ms": interval_ms,
+        "queued.min.messages": 1,
+        "fetch.queue.backoff.ms": interval_ms,
+    }
+
+
 @dataclass(frozen=True)
 class OutgoingMessage:
     topic: str

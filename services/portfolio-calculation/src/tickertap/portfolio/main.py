@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from tickertap.messaging.kafka import paced_fetches
 from tickertap.messaging.retry import is_transient_error
 from tickertap.money import install_context
 from tickertap.portfolio import api, handlers, jobs_api
@@ -77,7 +78,7 @@ def create_app(settings: PortfolioSettings) -> FastAPI:
 
     async def start_portfolio(runtime: ServiceRuntime) -> None:
         metrics = PortfolioMetrics(runtime.metrics.registry)
-        fetch_soon = {"fetch.wait.max.ms": settings.consumer_fetch_wait_max_ms}
+        fetch_soon = paced_fetches(settings.consumer_fetch_interval_ms)
         runtime.start_consumer(
             name="transfers",
             topics=[TRANSFERS_TOPIC],

@@ -32,10 +32,11 @@ class PortfolioSettings(ServiceSettings):
     )
     currency_scale_default: int = Field(default=2, ge=0, le=18)
 
-    # how long the broker may hold a fetch that finds no new message: librdkafka's default
-    # (500 ms) is what the local broker (Tansu) waits even when messages arrive meanwhile,
+    # both consumers see a message within about this long, and ask the broker about that
+    # often (tickertap.messaging.kafka.paced_fetches): librdkafka's default wait (500 ms)
+    # is what the local broker (Tansu) holds a fetch even when messages arrive meanwhile,
     # which would add up to that to every price-to-update latency
-    consumer_fetch_wait_max_ms: int = Field(default=10, ge=1, le=500)
+    consumer_fetch_interval_ms: int = Field(default=25, ge=1, le=500)
     transfer_consumer_batch_max: int = Field(default=200, ge=1, le=10_000)
     price_consumer_batch_max: int = Field(default=500, ge=1, le=10_000)
     # price events whose exchange time is further ahead of this clock are dead-lettered
