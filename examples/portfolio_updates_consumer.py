@@ -113,6 +113,12 @@ def main() -> int:
         "enable.auto.commit": args.group is not None,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": True,
+        # updates come in a steady stream: see each within ~50 ms, and ask the broker about
+        # that often (by default librdkafka fetches again as soon as an answer comes, which
+        # costs the broker a request per answer; an empty fetch waits fetch.wait.max.ms)
+        "fetch.wait.max.ms": 50,
+        "queued.min.messages": 1,
+        "fetch.queue.backoff.ms": 50,
     }
     consumer = Consumer(config)
     metadata = consumer.list_topics(args.topic, timeout=10).topics[args.topic]

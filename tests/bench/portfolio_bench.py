@@ -17,12 +17,12 @@ at the end if so), with the portfolio-calculation service as `make run` starts i
    in the update), and its send time is kept.
 3. portfolio.updates.v1 is read by partition assignment (no group) from the offsets at the
    start of the run; after the run each update is matched to the prices it carries:
-   - latency (cause): when this script's consumer (fetch.wait.max.ms 50, as a
-     latency-minded subscriber sets it) received the update, minus the send time of the
-     oldest price it is the first to reflect (per position, the first price of that symbol
-     after the one the portfolio's previous update carried): what a subscriber waits for a
-     price to show; also the same up to the update's produce timestamp (without the
-     producer's linger, the broker and the fetch);
+   - latency (cause): when this script's consumer (fetches paced at 50 ms, as
+     examples/portfolio_updates_consumer.py sets them) received the update, minus the send
+     time of the oldest price it is the first to reflect (per position, the first price of
+     that symbol after the one the portfolio's previous update carried): what a subscriber
+     waits for a price to show; also the same up to the update's produce timestamp
+     (without the producer's linger, the broker and the fetch);
    - freshness: receive time minus the send time of the newest price it carries.
    Also updates/s during the feed, the service's RSS (process tree), and the backlog in
    the middle and at the end of the feed: prices not applied yet (sent minus claimed in the
@@ -78,7 +78,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from stack import service_env  # noqa: E402
 
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas  # noqa: E402
-from tickertap.messaging.kafka import producer_config  # noqa: E402
+from tickertap.messaging.kafka import paced_fetches, producer_config  # noqa: E402
 
 TRANSFERS = "ledger.transfers.v1"
 PRICES = "marketdata.prices.v1"
@@ -111,9 +111,12 @@ RESET_ATTEMPTS = 5
 PRODUCER_OVERRIDES = {"linger.ms": 5}
 PRODUCE_FLUSH_TIMEOUT_S = 120.0
 PRODUCER_WARMUP_S = 1.0
+TIMELINE_SLOT_S = 0.5
 READ_BATCH_MAX = 5000
 READ_POLL_S = 0.005  # a batch's receive time is at most this late
-READ_FETCH_WAIT_MS = 50  # 10 cost the broker ~8% of a core more (one run), 500 is the default
+# the reader asks at most every 50 ms: fetching again at each answer cost the broker 14% of
+# a core (updates at 33,000/s, synthetic), paced 8%; the broker's CPU is the service's
+READ_FETCH_WAIT_MS = 50
 READER_JOIN_TIMEOUT_S = 10.0
 DEPOSIT_USD = D("1000000.00")
 BUY_QUANTITY = D("10")
@@ -605,8 +608,7 @@ class UpdateReader(threading.Thread):
                 "bootstrap.servers": self.bootstrap,
                 "group.id": f"bench-updates-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
-                # the local broker holds a fetch for all of it: a receive is up to this late
-                "fetch.wait.max.ms": READ_FETCH_WAIT_MS,
+                **paced_fetches(READ_FETCH_WAIT_MS),
             }
         )
         # a fresh broker per run: the topic holds this run's updates only
@@ -690,19 +692,27 @@ def feed_prices(
     return feed
 
 
-def match_updates(
-    messages: list[tuple[float, float, bytes]], feed: Feed, at: int = 0
-) -> tuple[list[float], list[float], int, list[float]]:
-    """(cause latencies ms, freshness ms, updates timed during the feed, the cause
-    latencies of the updates from STEADY_AFTER_S into the feed on), with each update timed
-    at its receipt (`at` 0) or its produce timestamp (1)."""
+@dataclass
+class Matched:
+    """The updates matched to the prices they carry, each timed at its receipt or its
+    produce timestamp (ms since the epoch)."""
+
+    causes: list[float] = field(default_factory=list)  # cause latencies, ms
+    freshness: list[float] = field(default_factory=list)  # ms
+    in_feed: int = 0  # updates timed during the feed
+    steady: list[float] = field(default_factory=list)  # causes from STEADY_AFTER_S on
+    timed: list[tuple[float, float]] = field(default_factory=list)  # (time, cause)
+
+
+def match_updates(messages: list[tuple[float, float, bytes]], feed: Feed, at: int = 0) -> Matched:
+    """The updates timed at their receipt (`at` 0) or their produce timestamps (1)."""
     codec = AvroCodec(load_schemas(find_schemas_dir()))
     seen: dict[tuple[str, str], int] = {}  # (portfolio, symbol) -> offset last carried
-    causes, fresh, in_feed, steady = [], [], 0, []
+    matched = Matched()
     for message in sorted(messages, key=lambda m: m[at]):
         ts_ms, value = message[at], message[2]
         if feed.started_us <= ts_ms * 1000 <= feed.ended_us:
-            in_feed += 1
+            matched.in_feed += 1
         record = codec.decode(value)
         oldest_us, newest_us = None, None
         for position in record["positions"]:
@@ -721,12 +731,29 @@ def match_updates(
             sent = feed.sent_us[first_new]
             oldest_us = sent if oldest_us is None else min(oldest_us, sent)
         if oldest_us is not None:
-            causes.append(ts_ms - oldest_us / 1000)
+            cause = ts_ms - oldest_us / 1000
+            matched.causes.append(cause)
+            matched.timed.append((ts_ms, cause))
             if ts_ms * 1000 >= feed.started_us + STEADY_AFTER_S * 1e6:
-                steady.append(ts_ms - oldest_us / 1000)
+                matched.steady.append(cause)
         if newest_us is not None:
-            fresh.append(ts_ms - newest_us / 1000)
-    return causes, fresh, in_feed, steady
+            matched.freshness.append(ts_ms - newest_us / 1000)
+    return matched
+
+
+def print_timeline(matched: Matched, feed: Feed) -> None:
+    """The cause latency of the updates received in each half second of the feed (and of
+    its drain): where in a run its tail comes from."""
+    slots: dict[int, list[float]] = {}
+    for received_ms, latency_ms in matched.timed:
+        slot = int((received_ms * 1000 - feed.started_us) // (TIMELINE_SLOT_S * 1e6))
+        slots.setdefault(slot, []).append(latency_ms)
+    for slot, latencies in sorted(slots.items()):
+        p50, p99 = mdb.percentile(latencies, 50), mdb.percentile(latencies, 99)
+        print(
+            f"    {slot * TIMELINE_SLOT_S:5.1f} s  {len(latencies):6,} updates"
+            f"  p50 {p50:5.0f} ms  p99 {p99:5.0f} ms"
+        )
 
 
 def feed_s_of(feed: Feed) -> float:
@@ -790,9 +817,12 @@ def run_once(
         reader.join(READER_JOIN_TIMEOUT_S)
         rss_end = tree_rss_bytes(proc.pid)
     assert feed.errors == 0, f"{feed.errors} prices were not delivered"
-    causes, fresh, _, steady = match_updates(reader.messages, feed)
+    received = match_updates(reader.messages, feed)
+    if args.timeline:
+        print(f"  run #{run}: cause latency by the time each update was received")
+        print_timeline(received, feed)
     # counted by produce timestamp: the start's updates may be received after the feed began
-    produced, _, in_feed, _ = match_updates(reader.messages, feed, at=1)
+    produced = match_updates(reader.messages, feed, at=1)
     during = [s for s in sampler.samples if s.at_s <= feed_end_s]
     mid = min(during, key=lambda s: abs(s.at_s - feed_end_s / 2), default=None)
     end = during[-1] if during else None
@@ -800,11 +830,11 @@ def run_once(
         f"run #{run}",
         len(feed.sent_us),
         feed_s,
-        in_feed,
-        causes,
-        steady,
-        fresh,
-        produced,
+        produced.in_feed,
+        received.causes,
+        received.steady,
+        received.freshness,
+        produced.causes,
         sampler.samples,
         cpu,
         drain_s,
@@ -894,6 +924,11 @@ def main() -> int:
     )
     parser.add_argument("--seed-timeout-s", type=float, default=SEED_TIMEOUT_S_DEFAULT)
     parser.add_argument("--drain-timeout-s", type=float, default=DRAIN_TIMEOUT_S_DEFAULT)
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="print each run's cause latency per half second of the feed",
+    )
     parser.add_argument(
         "--reuse-seed",
         action="store_true",
