@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
-from tickertap.portfolio.live import Book
+from tickertap.portfolio.live import Book, _Changes
 
 AT = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 INTERVAL_S = 0.25
@@ -102,3 +103,76 @@ def test_marking_again_while_waiting_keeps_its_place() -> None:
     book.mark(a, 5.0)  # waiting already: no second entry, no new place
     assert book.take_due(0.0, 10) == [a, b]
     assert book.take_due(10.0, 10) == []
+
+
+# -- prices in change announcements (repo.announcements, live._Changes) ---------------------
+
+
+def test_a_stored_price_comes_back_exactly_from_its_announcement() -> None:
+    plain = stored("AAA", "101.25", 7)
+    no_close = repo.StoredPrice(
+        d.Quote("B.B-1", D("0.000000000000000001"), AT, "ticks", 3, 2**63 - 1),
+        repo.Source("marketdata.prices.v1", 5, 0),
+    )
+    for price in (plain, no_close):
+        (payload,) = repo.announcements([], [], [price])
+        assert [repo.price_of_payload(i) for i in json.loads(payload)["prices"]] == [price]
+
+
+def test_announcements_stay_under_the_limit_and_fall_back_to_names_then_to_everything() -> None:
+    many = [stored(f"S{n:04d}", "1", n) for n in range(500)]
+    huge_name = "X" * repo.NOTIFY_BYTES_MAX
+    too_big = repo.StoredPrice(  # its price does not fit in a payload, its name alone does
+        d.Quote("Y" * 3000, D(2), AT, "t" * 3000, 0, 1), repo.Source("p" * 3000, 0, 1)
+    )
+    payloads = repo.announcements([uuid.uuid4()], [huge_name], [*many, too_big])
+    assert all(len(p.encode()) <= repo.NOTIFY_BYTES_MAX for p in payloads)
+    changes = [json.loads(p) for p in payloads]
+    prices = [repo.price_of_payload(i) for c in changes for i in c.get("prices", ())]
+    assert prices == many
+    assert [s for c in changes for s in c.get("symbols", ())] == ["Y" * 3000]
+    assert changes[-1] == {"all": True}  # the name too long for any payload
+
+
+def test_announced_prices_are_taken_in_order_and_an_unreadable_one_reloads_everything() -> None:
+    changes = _Changes()
+    first, second = stored("AAA", "101", 1), stored("AAA", "102", 2)
+    for price in (first, second):
+        (payload,) = repo.announcements([], [], [price])
+        changes.add(payload)
+    taken = changes.take()
+    assert taken.prices == {"AAA": second}
+    assert not taken.everything
+    assert not changes
+    good = ["AAA", "1", "2026-03-02T12:00:00+00:00", "t", 0, 0, "p", 0, 0, None, None]
+    changes.add(json.dumps({"prices": [good]}))
+    assert not changes.take().everything
+    for bad in (
+        [*good[:1], "Infinity", *good[2:]],
+        [*good[:1], "NaN", *good[2:]],
+        [*good[:1], "abc", *good[2:]],
+        [*good[:2], "2026-03-02T12:00:00", *good[3:]],  # no time zone
+        [*good[:4], "0", *good[5:]],
+        [*good[:9], "sNaN", "2026-03-01T12:00:00+00:00"],
+        good[:2],
+        {"symbol": "AAA"},
+        "AAA",
+    ):
+        changes.add(json.dumps({"prices": [bad]}))
+        assert changes.take().everything, bad
+
+
+def test_an_announced_price_older_than_the_books_is_left_out() -> None:
+    """An announcement can come after a read of the database that saw a later price."""
+    a = uuid.uuid4()
+    book = book_of((a, [holding("AAA")]))
+    book.take_due(0.0, 10)
+    later = repo.StoredPrice(
+        d.Quote("AAA", D("102"), AT.replace(minute=1), "ticks", 0, 2),
+        repo.Source("marketdata.prices.v1", 0, 2),
+    )
+    assert book.set_prices({"AAA": later}, 1.0) == 1  # read from the database
+    book.take_due(2.0, 10)
+    assert book.set_prices({"AAA": stored("AAA", "101", 1)}, 3.0, announced=True) == 0
+    assert book.snapshot(a, "USD", d.Scales()).prices["AAA"] == later
+    assert book.set_prices({"AAA": stored("AAA", "101", 1)}, 3.0) == 1  # the database's word

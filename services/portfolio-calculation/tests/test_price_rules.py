@@ -36,6 +36,22 @@ def price(symbol: str, value: str, at: datetime, offset: int) -> repo.PriceUpdat
     return repo.PriceUpdate(quote, at + timedelta(seconds=1), repo.Source("prices", 0, offset))
 
 
+def long_named_price(n: int) -> repo.StoredPrice:
+    """A price with the longest names a price event can carry (Kafka: 249 characters)."""
+    topic = "t" * 249
+    quote = d.Quote(
+        f"{n:032d}",
+        Decimal("12345678901234567890.123456789012345678"),
+        NOON,
+        topic,
+        2**31 - 1,
+        2**63 - 1,
+        Decimal("-0.000000000000000001"),
+        NOON - timedelta(days=1),
+    )
+    return repo.StoredPrice(quote, repo.Source(topic, 2**31 - 1, 2**63 - 1))
+
+
 async def stored(engine: AsyncEngine, symbol: str) -> repo.StoredPrice:
     async with engine.begin() as conn:
         return (await repo.prices(conn, [symbol]))[symbol]
@@ -54,8 +70,10 @@ async def test_a_batch_stores_what_one_by_one_would_with_the_previous_close(engi
         price(a, "8", yesterday + timedelta(hours=2), 4),  # late: changes nothing
     ]
     async with engine.begin() as conn:
-        assert sorted(await repo.record_prices(conn, latest_per_symbol(batch))) == sorted([a, b])
+        moved = await repo.record_prices(conn, latest_per_symbol(batch))
+    assert sorted(p.quote.symbol for p in moved) == sorted([a, b])
     pa, pb = await stored(engine, a), await stored(engine, b)
+    assert {p.quote.symbol: p for p in moved} == {a: pa, b: pb}  # what it stored, read back
     assert (pa.quote.price, pa.quote.previous_close, pa.event.offset) == (11, 10, 3)
     assert (pb.quote.price, pb.quote.previous_close, pb.event.offset) == (6, 5, 2)
     async with engine.begin() as conn:  # older than what is stored: nothing moves
@@ -63,6 +81,8 @@ async def test_a_batch_stores_what_one_by_one_would_with_the_previous_close(engi
 
 
 async def test_changes_are_announced_at_commit_only_in_bounded_payloads(engine, stack) -> None:
+    """Also the prices themselves, exactly, in payloads under Postgres' 8,000 bytes however
+    long their names (pg_notify refuses a longer one)."""
     heard: asyncio.Queue[dict[str, list[str]]] = asyncio.Queue()
     listener = await asyncpg.connect(stack.pg_admin_url)
     await listener.add_listener(
@@ -71,20 +91,26 @@ async def test_changes_are_announced_at_commit_only_in_bounded_payloads(engine, 
     try:
         owners = [uuid.uuid4() for _ in range(repo.NOTIFY_ITEMS_MAX + 1)]
         symbol = new_symbol()
+        prices = [long_named_price(n) for n in range(20)]
         async with engine.connect() as conn:
             async with conn.begin() as tx:  # rolled back: never announced
                 await repo.notify_changes(conn, owners=owners[:1], symbols=[symbol])
                 await tx.rollback()
             async with conn.begin():
-                await repo.notify_changes(conn, owners=owners, symbols=[symbol])
+                await repo.notify_changes(conn, owners=owners, symbols=[symbol], prices=prices)
                 await asyncio.sleep(0.2)
                 assert heard.empty()  # nothing before the commit
-        got = [await asyncio.wait_for(heard.get(), 5) for _ in range(3)]
-        assert got == [
+        expected = repo.announcements(owners, [symbol], prices)
+        got = [await asyncio.wait_for(heard.get(), 5) for _ in expected]
+        assert got == [json.loads(e) for e in expected]
+        assert got[:2] == [
             {"owners": [str(o) for o in owners[: repo.NOTIFY_ITEMS_MAX]]},
             {"owners": [str(owners[-1])]},
-            {"symbols": [symbol]},
         ]
+        assert got[-1] == {"symbols": [symbol]}
+        announced = [repo.price_of_payload(i) for change in got[2:-1] for i in change["prices"]]
+        assert announced == prices
+        assert len(got) > 4  # the long names took more than one payload: each under 8,000
         await asyncio.sleep(0.2)
         assert heard.empty()
     finally:

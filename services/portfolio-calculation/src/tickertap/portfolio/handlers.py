@@ -112,7 +112,7 @@ def _utc_day(at: datetime) -> date:
 
 async def apply_prices(conn: AsyncConnection, prices: Sequence[repo.PriceUpdate]) -> int:
     """Keep the latest of `prices` per symbol where newer than the stored one, in one
-    statement for the whole batch, and announce the symbols whose price moved; how many
+    statement for the whole batch, and announce the prices that moved; how many
     moved. Older prices in the batch change nothing, as they would one by one: a price only
     replaces an older one."""
     latest = latest_per_symbol(prices)
@@ -120,7 +120,7 @@ async def apply_prices(conn: AsyncConnection, prices: Sequence[repo.PriceUpdate]
         return 0
     await repo.see_all(conn)
     moved = await repo.record_prices(conn, latest)
-    await repo.notify_changes(conn, symbols=moved)
+    await repo.notify_changes(conn, prices=moved)
     return len(moved)
 
 

@@ -11,9 +11,10 @@ the updates straight to Kafka (`LivePublisher`).
 Postgres stays the only source of truth. The transactions that change a portfolio (a
 transfer applied) or a price announce it at commit (`repo.notify_changes`: LISTEN/NOTIFY
 delivers only committed changes, in commit order); the leader listens BEFORE it loads
-the book, then reloads what each announcement names from the database. So the book only
-ever holds committed state, and no change between the load and the first announcement
-is missed.
+the book, then reloads the portfolios each announcement names from the database, and
+takes the prices it carries (the rows as stored: a price batch's announcement costs no
+query). So the book only ever holds committed state, and no change between the load and
+the first announcement is missed.
 
 One leader at a time (a session advisory lock, like the outbox relay): the other
 replicas stand by. A leader that loses its database session stops at once; the next one
@@ -153,13 +154,20 @@ class Book:
             self._unhold(owner, entry.figures)
         self._dirty.pop(owner, None)
 
-    def set_prices(self, prices: Mapping[str, repo.StoredPrice], now: float) -> int:
+    def set_prices(
+        self, prices: Mapping[str, repo.StoredPrice], now: float, *, announced: bool = False
+    ) -> int:
         """The stored prices of some symbols; the holders of each that moved are due.
-        How many portfolios became due."""
+        How many portfolios became due. `announced`: prices from announcements, which can
+        come after a read of the database that saw a later one: a price older (by exchange
+        time) than the book's is left out, as the database would."""
         marked = 0
         waiting = self._dirty
         for symbol, price in prices.items():
-            if self._prices.get(symbol) == price:
+            old = self._prices.get(symbol)
+            if old == price:
+                continue
+            if announced and old is not None and old.quote.exchange_ts > price.quote.exchange_ts:
                 continue
             self._prices[symbol] = price
             for owner in self._holders.get(symbol, ()):
@@ -255,27 +263,33 @@ class Book:
 
 @dataclass
 class _Changes:
-    """What the announcements since the last look named."""
+    """What the announcements since the last look named: portfolios and symbols to read
+    from the database, and stored prices as they came (a later announcement's price of a
+    symbol replaces an earlier one's: they arrive in commit order)."""
 
     owners: set[uuid.UUID] = field(default_factory=set)
     symbols: set[str] = field(default_factory=set)
+    prices: dict[str, repo.StoredPrice] = field(default_factory=dict)
     everything: bool = False
 
     def take(self) -> _Changes:
-        taken = _Changes(self.owners, self.symbols, self.everything)
-        self.owners, self.symbols, self.everything = set(), set(), False
+        taken = _Changes(self.owners, self.symbols, self.prices, self.everything)
+        self.owners, self.symbols, self.prices, self.everything = set(), set(), {}, False
         return taken
 
     def __bool__(self) -> bool:
-        return bool(self.owners or self.symbols or self.everything)
+        return bool(self.owners or self.symbols or self.prices or self.everything)
 
     def add(self, payload: str) -> None:
         try:
             change = json.loads(payload)
             self.owners.update(uuid.UUID(o) for o in change.get("owners", ()))
             self.symbols.update(str(s) for s in change.get("symbols", ()))
+            for item in change.get("prices", ()):
+                price = repo.price_of_payload(item)
+                self.prices[price.quote.symbol] = price
             self.everything = self.everything or bool(change.get("all"))
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, ArithmeticError):
             log.warning("unreadable change announcement; reloading every portfolio")
             self.everything = True
 
@@ -412,17 +426,21 @@ class LivePublisher:
         return owner.int % self._shards == self._shard
 
     async def _reload(self, changes: _Changes) -> None:
-        """Read what `changes` names from the database into the book."""
+        """Put the prices `changes` carries into the book, then read what it names from the
+        database (as new as those prices or newer: so they go first)."""
+        if changes.prices and not changes.everything:
+            self.book.set_prices(changes.prices, time.monotonic(), announced=True)
+        owners = sorted(o for o in changes.owners if self._mine(o))
+        symbols = set(changes.symbols)
+        if not (owners or symbols or changes.everything):
+            return
         async with self._engine.connect() as conn:
             await repo.see_all(conn)
             if changes.everything:
                 owners = [o for o in await repo.owners(conn) if self._mine(o)]
                 for gone in set(self.book.owners()) - set(owners):
                     self.book.drop(gone)
-                symbols: set[str] = set()
-            else:
-                owners = sorted(o for o in changes.owners if self._mine(o))
-                symbols = set(changes.symbols)
+                symbols = set()
             for start in range(0, len(owners), LOAD_CHUNK):
                 chunk = owners[start : start + LOAD_CHUNK]
                 rows = await repo.portfolios(conn, chunk)

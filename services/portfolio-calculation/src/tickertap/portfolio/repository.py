@@ -659,10 +659,10 @@ async def record_price(conn: AsyncConnection, p: PriceUpdate) -> bool:
     return bool(await record_prices(conn, [SymbolPrices(p)]))
 
 
-async def record_prices(conn: AsyncConnection, batch: Sequence[SymbolPrices]) -> list[str]:
+async def record_prices(conn: AsyncConnection, batch: Sequence[SymbolPrices]) -> list[StoredPrice]:
     """Store each symbol's latest price of `batch` where newer (exchange time, then receipt)
     than the stored one, in one statement, with the previous close that applying the
-    batch's prices one by one would leave; the symbols whose price changed.
+    batch's prices one by one would leave; the prices stored (of the symbols that moved).
 
     The previous close: the batch's `close` when it is newer than the stored price (it
     would have been stored, then replaced by a later day's price); else the stored price
@@ -704,7 +704,9 @@ async def record_prices(conn: AsyncConnection, batch: Sequence[SymbolPrices]) ->
             " ELSE old.previous_close_ts END"
             " WHERE (EXCLUDED.exchange_ts, EXCLUDED.received_at)"
             " > (old.exchange_ts, old.received_at)"
-            " RETURNING old.symbol"
+            " RETURNING old.symbol, old.price, old.exchange_ts, old.source_topic,"
+            " old.source_partition, old.source_offset, old.event_topic, old.event_partition,"
+            " old.event_offset, old.previous_close, old.previous_close_ts"
         ),
         {
             "symbol": [p.quote.symbol for p in latest],
@@ -722,7 +724,7 @@ async def record_prices(conn: AsyncConnection, batch: Sequence[SymbolPrices]) ->
             "close_received_at": [b.close.received_at if b.close else None for b in batch],
         },
     )
-    return [r.symbol for r in result]
+    return [stored_price(r) for r in result]
 
 
 # the batch's close candidate of the conflicting symbol is newer than the stored price
@@ -751,28 +753,31 @@ async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, Sto
         ),
         {"symbols": wanted},
     )
-    return {
-        r.symbol: StoredPrice(
-            d.Quote(
-                r.symbol,
-                r.price,
-                r.exchange_ts,
-                r.source_topic,
-                r.source_partition,
-                r.source_offset,
-                r.previous_close,
-                r.previous_close_ts,
-            ),
-            Source(r.event_topic, r.event_partition, r.event_offset),
-        )
-        for r in rows
-    }
+    return {r.symbol: stored_price(r) for r in rows}
+
+
+def stored_price(r: Any) -> StoredPrice:
+    """A row of portfolio.prices (its columns by name) as a StoredPrice."""
+    return StoredPrice(
+        d.Quote(
+            r.symbol,
+            r.price,
+            r.exchange_ts,
+            r.source_topic,
+            r.source_partition,
+            r.source_offset,
+            r.previous_close,
+            r.previous_close_ts,
+        ),
+        Source(r.event_topic, r.event_partition, r.event_offset),
+    )
 
 
 # -- change announcements -------------------------------------------------------------------
 
 CHANGES_CHANNEL = "portfolio_changes"  # LISTEN/NOTIFY channel the live publisher follows
-NOTIFY_ITEMS_MAX = 100  # ids per announcement: far below Postgres' 8,000-byte payload limit
+NOTIFY_ITEMS_MAX = 100  # ids per announcement
+NOTIFY_BYTES_MAX = 7900  # Postgres refuses a payload of 8,000 bytes or more
 
 
 async def notify_changes(
@@ -780,17 +785,11 @@ async def notify_changes(
     *,
     owners: Sequence[uuid.UUID] = (),
     symbols: Sequence[str] = (),
+    prices: Sequence[StoredPrice] = (),
 ) -> None:
     """Announce, at the commit of the caller's transaction (never before, never if it rolls
-    back), the portfolios and the prices it changed: JSON payloads {"owners": [...]} and
-    {"symbols": [...]} on CHANGES_CHANNEL."""
-    payloads = [
-        json.dumps({"owners": [str(o) for o in owners[i : i + NOTIFY_ITEMS_MAX]]})
-        for i in range(0, len(owners), NOTIFY_ITEMS_MAX)
-    ] + [
-        json.dumps({"symbols": list(symbols[i : i + NOTIFY_ITEMS_MAX])})
-        for i in range(0, len(symbols), NOTIFY_ITEMS_MAX)
-    ]
+    back), the portfolios and the prices it changed (`announcements`) on CHANGES_CHANNEL."""
+    payloads = announcements(owners, symbols, prices)
     if payloads:
         await conn.execute(
             text(
@@ -798,6 +797,94 @@ async def notify_changes(
             ),
             {"channel": CHANGES_CHANNEL, "payloads": payloads},
         )
+
+
+def announcements(
+    owners: Sequence[uuid.UUID], symbols: Sequence[str], prices: Sequence[StoredPrice]
+) -> list[str]:
+    """JSON payloads of at most NOTIFY_ITEMS_MAX items and NOTIFY_BYTES_MAX bytes:
+    {"owners": [...]}, {"symbols": [...]} (read their prices from the database) and
+    {"prices": [...]} (the stored prices themselves, `price_payload`). A price too long
+    for a payload is announced by its symbol, a symbol too long by {"all": true}."""
+    too_long: list[str] = []
+    payloads = _packed("owners", [(str(o), json.dumps(str(o))) for o in owners], too_long)
+    by_name = list(symbols)
+    priced = [(p.quote.symbol, json.dumps(price_payload(p))) for p in prices]
+    payloads += _packed("prices", priced, by_name)
+    payloads += _packed("symbols", [(s, json.dumps(s)) for s in by_name], too_long)
+    if too_long:
+        payloads.append(json.dumps({"all": True}))
+    return payloads
+
+
+def _packed(key: str, items: Sequence[tuple[str, str]], too_long: list[str]) -> list[str]:
+    """Items (a name, its JSON text) in payloads {key: [...]}; the names of those that fit
+    in none go to `too_long`."""
+    room = NOTIFY_BYTES_MAX - len(json.dumps({key: []}))
+    payloads: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for name, item in items:
+        cost = len(item) + 2  # with its separator (", "); JSON text is ASCII: one byte each
+        if cost > room:
+            too_long.append(name)
+            continue
+        if batch and (size + cost > room or len(batch) == NOTIFY_ITEMS_MAX):
+            payloads.append(f'{{"{key}": [{", ".join(batch)}]}}')
+            batch, size = [], 0
+        batch.append(item)
+        size += cost
+    if batch:
+        payloads.append(f'{{"{key}": [{", ".join(batch)}]}}')
+    return payloads
+
+
+def price_payload(p: StoredPrice) -> list[Any]:
+    """A stored price as JSON values, exactly (decimals and times as text)."""
+    q, close_ts = p.quote, p.quote.previous_close_ts
+    return [
+        q.symbol,
+        str(q.price),
+        q.exchange_ts.isoformat(),
+        q.source_topic,
+        q.source_partition,
+        q.source_offset,
+        p.event.topic,
+        p.event.partition,
+        p.event.offset,
+        None if q.previous_close is None else str(q.previous_close),
+        None if close_ts is None else close_ts.isoformat(),
+    ]
+
+
+def price_of_payload(item: Sequence[Any]) -> StoredPrice:
+    """`price_payload` read back; ValueError, TypeError or ArithmeticError (a decimal's
+    text that is not one) if it is not one."""
+    symbol, price, at, topic, partition, offset = item[:6]
+    e_topic, e_partition, e_offset, close, close_at = item[6:]
+    if not all(isinstance(v, str) for v in (symbol, price, at, topic, e_topic)):
+        raise TypeError("a price announcement's text field is not text")
+    if not all(type(v) is int for v in (partition, offset, e_partition, e_offset)):
+        raise TypeError("a price announcement's number field is not an integer")
+    stored = StoredPrice(
+        d.Quote(
+            symbol,
+            Decimal(price),
+            datetime.fromisoformat(at),
+            topic,
+            partition,
+            offset,
+            None if close is None else Decimal(close),
+            None if close_at is None else datetime.fromisoformat(close_at),
+        ),
+        Source(e_topic, e_partition, e_offset),
+    )
+    q = stored.quote
+    if not (q.price.is_finite() and (q.previous_close is None or q.previous_close.is_finite())):
+        raise ValueError("a price announcement's decimal is not a number")
+    if q.exchange_ts.tzinfo is None or (q.previous_close_ts and q.previous_close_ts.tzinfo is None):
+        raise ValueError("a price announcement's time has no time zone")
+    return stored
 
 
 def day_bounds(start: date | None, end: date | None) -> tuple[datetime | None, datetime | None]:
