@@ -63,7 +63,8 @@ def test_a_paced_consumer_reads_a_backlog_and_a_trickle_once_in_order_with_few_f
             for message in consumer.consume(1000, 0.1):
                 assert message.error() is None, message.error()
                 partition, value = message.partition(), message.value()
-                assert partition is not None and value is not None
+                assert partition is not None
+                assert value is not None
                 seen[partition].append(int(value.split(b" ")[0]))
 
     try:
