@@ -113,6 +113,7 @@ def test_a_stored_price_comes_back_exactly_from_its_announcement() -> None:
     no_close = repo.StoredPrice(
         d.Quote("B.B-1", D("0.000000000000000001"), AT, "ticks", 3, 2**63 - 1),
         repo.Source("marketdata.prices.v1", 5, 0),
+        AT.replace(microsecond=123456),
     )
     for price in (plain, no_close):
         (payload,) = repo.announcements([], [], [price])
@@ -144,7 +145,8 @@ def test_announced_prices_are_taken_in_order_and_an_unreadable_one_reloads_every
     assert taken.prices == {"AAA": second}
     assert not taken.everything
     assert not changes
-    good = ["AAA", "1", "2026-03-02T12:00:00+00:00", "t", 0, 0, "p", 0, 0, None, None]
+    at = "2026-03-02T12:00:00+00:00"
+    good = ["AAA", "1", at, "t", 0, 0, "p", 0, 0, None, None, at]
     changes.add(json.dumps({"prices": [good]}))
     assert not changes.take().everything
     for bad in (
@@ -153,7 +155,9 @@ def test_announced_prices_are_taken_in_order_and_an_unreadable_one_reloads_every
         [*good[:1], "abc", *good[2:]],
         [*good[:2], "2026-03-02T12:00:00", *good[3:]],  # no time zone
         [*good[:4], "0", *good[5:]],
-        [*good[:9], "sNaN", "2026-03-01T12:00:00+00:00"],
+        [*good[:9], "sNaN", "2026-03-01T12:00:00+00:00", at],
+        [*good[:11], "2026-03-02T12:00:01"],  # no time zone
+        [*good, None],
         good[:2],
         {"symbol": "AAA"},
         "AAA",
@@ -176,3 +180,23 @@ def test_an_announced_price_older_than_the_books_is_left_out() -> None:
     assert book.set_prices({"AAA": stored("AAA", "101", 1)}, 3.0, announced=True) == 0
     assert book.snapshot(a, "USD", d.Scales()).prices["AAA"] == later
     assert book.set_prices({"AAA": stored("AAA", "101", 1)}, 3.0) == 1  # the database's word
+
+
+def test_of_two_prices_at_the_same_exchange_time_the_later_received_is_newer() -> None:
+    a = uuid.uuid4()
+    book = book_of((a, [holding("AAA")]))
+    book.take_due(0.0, 10)
+    first, second = (
+        repo.StoredPrice(
+            stored("AAA", price, n).quote, repo.Source("p", 0, n), AT.replace(second=n)
+        )
+        for n, price in ((1, "101"), (2, "102"))
+    )
+    assert second.newer_than(first)
+    assert not first.newer_than(second)
+    assert book.set_prices({"AAA": second}, 1.0) == 1
+    assert book.set_prices({"AAA": first}, 2.0, announced=True) == 0
+    assert book.snapshot(a, "USD", d.Scales()).prices["AAA"] == second
+    unknown = repo.StoredPrice(first.quote, first.event)  # no receipt: not newer, not older
+    assert not unknown.newer_than(second)
+    assert not second.newer_than(unknown)

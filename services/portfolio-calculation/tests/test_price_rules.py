@@ -49,7 +49,7 @@ def long_named_price(n: int) -> repo.StoredPrice:
         Decimal("-0.000000000000000001"),
         NOON - timedelta(days=1),
     )
-    return repo.StoredPrice(quote, repo.Source(topic, 2**31 - 1, 2**63 - 1))
+    return repo.StoredPrice(quote, repo.Source(topic, 2**31 - 1, 2**63 - 1), NOON)
 
 
 async def stored(engine: AsyncEngine, symbol: str) -> repo.StoredPrice:

@@ -159,15 +159,15 @@ class Book:
     ) -> int:
         """The stored prices of some symbols; the holders of each that moved are due.
         How many portfolios became due. `announced`: prices from announcements, which can
-        come after a read of the database that saw a later one: a price older (by exchange
-        time) than the book's is left out, as the database would."""
+        come after a read of the database that saw a later one: a price the book's is newer
+        than (`StoredPrice.newer_than`, the database's order) is left out."""
         marked = 0
         waiting = self._dirty
         for symbol, price in prices.items():
             old = self._prices.get(symbol)
             if old == price:
                 continue
-            if announced and old is not None and old.quote.exchange_ts > price.quote.exchange_ts:
+            if announced and old is not None and old.newer_than(price):
                 continue
             self._prices[symbol] = price
             for owner in self._holders.get(symbol, ()):

@@ -704,7 +704,7 @@ async def record_prices(conn: AsyncConnection, batch: Sequence[SymbolPrices]) ->
             " ELSE old.previous_close_ts END"
             " WHERE (EXCLUDED.exchange_ts, EXCLUDED.received_at)"
             " > (old.exchange_ts, old.received_at)"
-            " RETURNING old.symbol, old.price, old.exchange_ts, old.source_topic,"
+            " RETURNING old.symbol, old.price, old.exchange_ts, old.received_at, old.source_topic,"
             " old.source_partition, old.source_offset, old.event_topic, old.event_partition,"
             " old.event_offset, old.previous_close, old.previous_close_ts"
         ),
@@ -739,6 +739,17 @@ _BATCH_CLOSE_NEWER = (
 class StoredPrice:
     quote: d.Quote
     event: Source
+    # when the service received it: with the exchange time, what orders a symbol's prices
+    received_at: datetime | None = None
+
+    def newer_than(self, other: StoredPrice) -> bool:
+        """Whether the database would replace `other` by this price: a later exchange time,
+        or the same one received later (unknown receipt: the same exchange time is not)."""
+        if self.quote.exchange_ts != other.quote.exchange_ts:
+            return self.quote.exchange_ts > other.quote.exchange_ts
+        if self.received_at is None or other.received_at is None:
+            return False
+        return self.received_at > other.received_at
 
 
 async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, StoredPrice]:
@@ -747,7 +758,8 @@ async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, Sto
         return {}
     rows = await conn.execute(
         text(
-            "SELECT symbol, price, exchange_ts, source_topic, source_partition, source_offset,"
+            "SELECT symbol, price, exchange_ts, received_at, source_topic, source_partition,"
+            " source_offset,"
             " event_topic, event_partition, event_offset, previous_close, previous_close_ts"
             " FROM portfolio.prices WHERE symbol = ANY(:symbols)"
         ),
@@ -770,6 +782,7 @@ def stored_price(r: Any) -> StoredPrice:
             r.previous_close_ts,
         ),
         Source(r.event_topic, r.event_partition, r.event_offset),
+        r.received_at,
     )
 
 
@@ -839,6 +852,9 @@ def _packed(key: str, items: Sequence[tuple[str, str]], too_long: list[str]) -> 
     return payloads
 
 
+PRICE_PAYLOAD_ITEMS = 12
+
+
 def price_payload(p: StoredPrice) -> list[Any]:
     """A stored price as JSON values, exactly (decimals and times as text)."""
     q, close_ts = p.quote, p.quote.previous_close_ts
@@ -854,14 +870,17 @@ def price_payload(p: StoredPrice) -> list[Any]:
         p.event.offset,
         None if q.previous_close is None else str(q.previous_close),
         None if close_ts is None else close_ts.isoformat(),
+        None if p.received_at is None else p.received_at.isoformat(),
     ]
 
 
 def price_of_payload(item: Sequence[Any]) -> StoredPrice:
     """`price_payload` read back; ValueError, TypeError or ArithmeticError (a decimal's
     text that is not one) if it is not one."""
+    if not isinstance(item, list) or len(item) != PRICE_PAYLOAD_ITEMS:
+        raise TypeError("a price announcement is not a list of its fields")
     symbol, price, at, topic, partition, offset = item[:6]
-    e_topic, e_partition, e_offset, close, close_at = item[6:]
+    e_topic, e_partition, e_offset, close, close_at, received = item[6:]
     if not all(isinstance(v, str) for v in (symbol, price, at, topic, e_topic)):
         raise TypeError("a price announcement's text field is not text")
     if not all(type(v) is int for v in (partition, offset, e_partition, e_offset)):
@@ -878,11 +897,13 @@ def price_of_payload(item: Sequence[Any]) -> StoredPrice:
             None if close_at is None else datetime.fromisoformat(close_at),
         ),
         Source(e_topic, e_partition, e_offset),
+        None if received is None else datetime.fromisoformat(received),
     )
     q = stored.quote
     if not (q.price.is_finite() and (q.previous_close is None or q.previous_close.is_finite())):
         raise ValueError("a price announcement's decimal is not a number")
-    if q.exchange_ts.tzinfo is None or (q.previous_close_ts and q.previous_close_ts.tzinfo is None):
+    times = (q.exchange_ts, q.previous_close_ts, stored.received_at)
+    if any(t is not None and t.tzinfo is None for t in times):
         raise ValueError("a price announcement's time has no time zone")
     return stored
 
