@@ -142,7 +142,7 @@ def test_announced_prices_are_taken_in_order_and_an_unreadable_one_reloads_every
         (payload,) = repo.announcements([], [], [price])
         changes.add(payload)
     taken = changes.take()
-    assert taken.prices == {"AAA": second}
+    assert taken.prices == {"AAA": (second, 0)}
     assert not taken.everything
     assert not changes
     at = "2026-03-02T12:00:00+00:00"

@@ -8,7 +8,10 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 
+import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
@@ -182,3 +185,68 @@ def test_the_publishers_producer_reports_failed_deliveries_only(stack) -> None:
     error, key = reported[0]
     assert error is not None
     assert key == b"failed"
+
+
+async def test_prices_announced_by_another_role_are_read_from_the_database(stack, engine) -> None:
+    """Any session of the database can announce on the channel: a price announced by a role
+    that is not a member of the publisher's (another service's) is not taken as stored;
+    the symbol's price is read from the database instead."""
+    symbol = f"LL{uuid.uuid4().hex[:8].upper()}"
+    role = f"ttest_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    live, _ = publisher(stack, engine, lock_key=0x7E57)
+    real = stored_price(symbol, "100.00", 1)
+    fake = stored_price(symbol, "0.01", 2)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        database = (await conn.execute(text("SELECT current_database()"))).scalar_one()
+        await conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {role}'))
+        await conn.execute(
+            text(
+                "INSERT INTO portfolio.prices (symbol, price, exchange_ts, received_at,"
+                " source_topic, source_partition, source_offset, event_topic,"
+                " event_partition, event_offset) VALUES (:s, 100.00, :at, :at, 'ticks', 0, 1,"
+                " 'marketdata.prices.v1', 0, 1)"
+            ),
+            {"s": symbol, "at": real.quote.exchange_ts},
+        )
+    other = stack.pg_admin_url.split("@", 1)[1]
+    try:
+        outsider = await asyncpg.connect(f"postgresql://{role}:{password}@{other}")
+        own = await asyncpg.connect(stack.pg_admin_url)
+        try:
+            (payload,) = repo.announcements([], [], [fake])
+            for conn in (outsider, own):
+                received: asyncio.Queue[int] = asyncio.Queue()
+
+                def heard(_conn: object, pid: int, _channel: str, text_: str) -> None:
+                    live._changes.add(text_, pid)  # as the leader's listener does
+                    received.put_nowait(pid)  # noqa: B023  # awaited within this iteration
+
+                listener = await asyncpg.connect(stack.pg_admin_url)
+                await listener.add_listener(repo.CHANGES_CHANNEL, heard)
+                await conn.execute("SELECT pg_notify($1, $2)", repo.CHANGES_CHANNEL, payload)
+                assert await asyncio.wait_for(received.get(), WAIT_S) == conn.get_server_pid()
+                await listener.close()
+                await live._reload(live._changes.take())
+                taken = live.book._prices[symbol]
+                if conn is outsider:  # read from the database: the real price
+                    assert taken.quote.price == 100
+                else:  # the publisher's own role (here the admin): taken as announced
+                    assert taken == fake
+        finally:
+            await outsider.close()
+            await own.close()
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM portfolio.prices WHERE symbol = :s"), {"s": symbol}
+            )
+            await conn.execute(text(f"DROP OWNED BY {role}"))  # its CONNECT grant
+            await conn.execute(text(f"DROP ROLE {role}"))
+
+
+def stored_price(symbol: str, price: str, offset: int) -> repo.StoredPrice:
+    at = datetime(2026, 3, 2, 12, 0, offset, tzinfo=UTC)
+    quote = d.Quote(symbol, Decimal(price), at, "ticks", 0, offset)
+    return repo.StoredPrice(quote, repo.Source("marketdata.prices.v1", 0, offset), at)

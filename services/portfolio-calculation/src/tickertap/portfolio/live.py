@@ -72,6 +72,7 @@ PUBLISH_SLICE = 64  # updates built between two yields to the event loop
 RELOAD_AFTER_S = 0.01
 PRODUCE_RETRY_S = 0.05  # pause when librdkafka's local queue is full
 LIVENESS_CHECK_S = 2.0  # how often the leader's session is checked
+TRUSTED_PIDS_TTL_S = 60.0  # how long announcing sessions found to be the service's are kept
 STANDBY_POLL_S = 5.0  # how often a standby tries to become leader
 GAUGE_INTERVAL_S = 1.0  # how often the backlog gauges are set while portfolios wait
 RETRY_S_MAX = 10.0
@@ -269,7 +270,8 @@ class _Changes:
 
     owners: set[uuid.UUID] = field(default_factory=set)
     symbols: set[str] = field(default_factory=set)
-    prices: dict[str, repo.StoredPrice] = field(default_factory=dict)
+    # symbol -> the announced price and the announcing session (its backend's pid)
+    prices: dict[str, tuple[repo.StoredPrice, int]] = field(default_factory=dict)
     everything: bool = False
 
     def take(self) -> _Changes:
@@ -280,14 +282,14 @@ class _Changes:
     def __bool__(self) -> bool:
         return bool(self.owners or self.symbols or self.prices or self.everything)
 
-    def add(self, payload: str) -> None:
+    def add(self, payload: str, pid: int = 0) -> None:
         try:
             change = json.loads(payload)
             self.owners.update(uuid.UUID(o) for o in change.get("owners", ()))
             self.symbols.update(str(s) for s in change.get("symbols", ()))
             for item in change.get("prices", ()):
                 price = repo.price_of_payload(item)
-                self.prices[price.quote.symbol] = price
+                self.prices[price.quote.symbol] = (price, pid)
             self.everything = self.everything or bool(change.get("all"))
         except (ValueError, TypeError, AttributeError, ArithmeticError):
             log.warning("unreadable change announcement; reloading every portfolio")
@@ -329,6 +331,8 @@ class LivePublisher:
         self._wake = asyncio.Event()
         self._failed: list[uuid.UUID] = []
         self._writer: UpdateWriter | None = None
+        self._trusted_pids: set[int] = set()
+        self._trusted_since = -math.inf
         self.book = Book(self._interval_s)
 
     async def run(self) -> None:
@@ -375,8 +379,8 @@ class LivePublisher:
         raw = await lock_conn.get_raw_connection()
         driver: Any = raw.driver_connection
 
-        def announced(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            self._changes.add(payload)
+        def announced(_conn: object, pid: int, _channel: str, payload: str) -> None:
+            self._changes.add(payload, pid)
             self._wake.set()
 
         await driver.add_listener(repo.CHANGES_CHANNEL, announced)  # before the load
@@ -422,16 +426,34 @@ class LivePublisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_s)
 
+    async def _trusted(self, pids: set[int]) -> set[int]:
+        """Those of `pids` that are sessions of this service's own database role: any
+        session of the database can announce on the channel, but only the service's own
+        prices are taken as stored (others' are read from the database). Known ones are
+        kept for a while (a backend's pid is reused only after it ends)."""
+        now = time.monotonic()
+        if now - self._trusted_since >= TRUSTED_PIDS_TTL_S:
+            self._trusted_pids, self._trusted_since = set(), now
+        unknown = pids - self._trusted_pids
+        if unknown:
+            async with self._engine.connect() as conn:
+                self._trusted_pids |= await repo.own_sessions(conn, unknown)
+                await conn.rollback()
+        return pids & self._trusted_pids
+
     def _mine(self, owner: uuid.UUID) -> bool:
         return owner.int % self._shards == self._shard
 
     async def _reload(self, changes: _Changes) -> None:
         """Put the prices `changes` carries into the book, then read what it names from the
         database (as new as those prices or newer: so they go first)."""
-        if changes.prices and not changes.everything:
-            self.book.set_prices(changes.prices, time.monotonic(), announced=True)
         owners = sorted(o for o in changes.owners if self._mine(o))
         symbols = set(changes.symbols)
+        if changes.prices and not changes.everything:
+            trusted = await self._trusted({pid for _, pid in changes.prices.values()})
+            prices = {s: price for s, (price, pid) in changes.prices.items() if pid in trusted}
+            self.book.set_prices(prices, time.monotonic(), announced=True)
+            symbols |= changes.prices.keys() - prices.keys()  # read from the database instead
         if not (owners or symbols or changes.everything):
             return
         async with self._engine.connect() as conn:

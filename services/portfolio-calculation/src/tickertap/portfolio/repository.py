@@ -812,6 +812,19 @@ async def notify_changes(
         )
 
 
+async def own_sessions(conn: AsyncConnection, pids: Iterable[int]) -> set[int]:
+    """Those of the backends `pids` whose login role is a member of this session's role
+    (the schema's owner role: every credential Vault issues this service is IN it)."""
+    rows = await conn.execute(
+        text(
+            "SELECT pid FROM pg_stat_activity WHERE pid = ANY(:pids)"
+            " AND pg_has_role(usesysid, current_user, 'MEMBER')"
+        ),
+        {"pids": sorted(pids)},
+    )
+    return {r.pid for r in rows}
+
+
 def announcements(
     owners: Sequence[uuid.UUID], symbols: Sequence[str], prices: Sequence[StoredPrice]
 ) -> list[str]:
