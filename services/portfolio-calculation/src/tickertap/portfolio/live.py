@@ -291,7 +291,7 @@ class _Changes:
                 price = repo.price_of_payload(item)
                 self.prices[price.quote.symbol] = (price, pid)
             self.everything = self.everything or bool(change.get("all"))
-        except (ValueError, TypeError, AttributeError, ArithmeticError):
+        except (ValueError, TypeError, AttributeError):
             log.warning("unreadable change announcement; reloading every portfolio")
             self.everything = True
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tickertap.money import to_decimal
 from tickertap.portfolio import domain as d
 
 
@@ -759,8 +760,8 @@ async def prices(conn: AsyncConnection, symbols: Iterable[str]) -> dict[str, Sto
     rows = await conn.execute(
         text(
             "SELECT symbol, price, exchange_ts, received_at, source_topic, source_partition,"
-            " source_offset,"
-            " event_topic, event_partition, event_offset, previous_close, previous_close_ts"
+            " source_offset, event_topic, event_partition, event_offset, previous_close,"
+            " previous_close_ts"
             " FROM portfolio.prices WHERE symbol = ANY(:symbols)"
         ),
         {"symbols": wanted},
@@ -869,11 +870,12 @@ PRICE_PAYLOAD_ITEMS = 12
 
 
 def price_payload(p: StoredPrice) -> list[Any]:
-    """A stored price as JSON values, exactly (decimals and times as text)."""
+    """A stored price as JSON values, exactly (decimals as plain digits, which `to_decimal`
+    reads back; times as ISO 8601 text)."""
     q, close_ts = p.quote, p.quote.previous_close_ts
     return [
         q.symbol,
-        str(q.price),
+        format(q.price, "f"),
         q.exchange_ts.isoformat(),
         q.source_topic,
         q.source_partition,
@@ -881,15 +883,14 @@ def price_payload(p: StoredPrice) -> list[Any]:
         p.event.topic,
         p.event.partition,
         p.event.offset,
-        None if q.previous_close is None else str(q.previous_close),
+        None if q.previous_close is None else format(q.previous_close, "f"),
         None if close_ts is None else close_ts.isoformat(),
         None if p.received_at is None else p.received_at.isoformat(),
     ]
 
 
 def price_of_payload(item: Sequence[Any]) -> StoredPrice:
-    """`price_payload` read back; ValueError, TypeError or ArithmeticError (a decimal's
-    text that is not one) if it is not one."""
+    """`price_payload` read back; ValueError or TypeError if it is not one."""
     if not isinstance(item, list) or len(item) != PRICE_PAYLOAD_ITEMS:
         raise TypeError("a price announcement is not a list of its fields")
     symbol, price, at, topic, partition, offset = item[:6]
@@ -901,20 +902,18 @@ def price_of_payload(item: Sequence[Any]) -> StoredPrice:
     stored = StoredPrice(
         d.Quote(
             symbol,
-            Decimal(price),
+            to_decimal(price),
             datetime.fromisoformat(at),
             topic,
             partition,
             offset,
-            None if close is None else Decimal(close),
+            None if close is None else to_decimal(close),
             None if close_at is None else datetime.fromisoformat(close_at),
         ),
         Source(e_topic, e_partition, e_offset),
         None if received is None else datetime.fromisoformat(received),
     )
     q = stored.quote
-    if not (q.price.is_finite() and (q.previous_close is None or q.previous_close.is_finite())):
-        raise ValueError("a price announcement's decimal is not a number")
     times = (q.exchange_ts, q.previous_close_ts, stored.received_at)
     if any(t is not None and t.tzinfo is None for t in times):
         raise ValueError("a price announcement's time has no time zone")
