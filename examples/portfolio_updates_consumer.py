@@ -132,7 +132,10 @@ def main() -> int:
     last_event: dict[str, Any] = {}  # per portfolio: a redelivered update is printed once
     try:
         while not (args.exit_at_end and at_end >= set(partitions)):
-            for message in consumer.consume(BATCH_MAX, POLL_TIMEOUT_S):
+            # what has arrived, else the next one to come: consume(BATCH_MAX, timeout) alone
+            # would hold every update until BATCH_MAX came or the timeout passed
+            messages = consumer.consume(BATCH_MAX, 0) or consumer.consume(1, POLL_TIMEOUT_S)
+            for message in messages:
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:

@@ -509,6 +509,7 @@ class RunResult:
     steady_ms: list[float]  # of the updates from STEADY_AFTER_S into the feed on
     freshness_ms: list[float]
     produced_ms: list[float]  # latency (cause) up to the updates' produce timestamps
+    delivery_ms: list[float]  # produce timestamp -> receipt, from STEADY_AFTER_S on
     samples: list[Sample]
     shares: dict[str, float]
     drain_s: float | None  # None: not drained within the bound
@@ -741,6 +742,18 @@ def match_updates(messages: list[tuple[float, float, bytes]], feed: Feed, at: in
     return matched
 
 
+def delivery_ms(messages: list[tuple[float, float, bytes]], feed: Feed) -> list[float]:
+    """From each update's produce timestamp to its receipt (the producer's linger, the
+    broker, the reader's paced fetch), for the updates produced from STEADY_AFTER_S into
+    the feed to its end."""
+    steady_from_ms = feed.started_us / 1000 + STEADY_AFTER_S * 1000
+    return [
+        received - produced
+        for received, produced, _ in messages
+        if steady_from_ms <= produced <= feed.ended_us / 1000
+    ]
+
+
 def print_timeline(matched: Matched, feed: Feed) -> None:
     """The cause latency of the updates received in each half second of the feed (and of
     its drain): where in a run its tail comes from."""
@@ -835,6 +848,7 @@ def run_once(
         received.steady,
         received.freshness,
         produced.causes,
+        delivery_ms(reader.messages, feed),
         sampler.samples,
         cpu,
         drain_s,
@@ -878,6 +892,9 @@ def print_report(results: list[RunResult], args: argparse.Namespace, seed_s: flo
     p50 = med([pct(r.produced_ms, 50) for r in results])
     p99 = med([pct(r.produced_ms, 99) for r in results])
     print(f"    up to the produce timestamp    p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    p50 = med([pct(r.delivery_ms, 50) for r in results])
+    p99 = med([pct(r.delivery_ms, 99) for r in results])
+    print(f"  update produced -> received      p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     p50 = med([pct(r.freshness_ms, 50) for r in results])
     p99 = med([pct(r.freshness_ms, 99) for r in results])
     print(f"  newest price -> update (fresh)   p50 {p50:.0f} ms, p99 {p99:.0f} ms")

@@ -22,7 +22,7 @@ Offsets are committed after the database commit, so a crash anywhere repeats wor
 that the inbox then drops: effects happen exactly once.
 
 Batch mode (`batch_handler=` instead of `handler`): a consumer that would otherwise spend
-a transaction per message (a price feed at 1,000/s) applies the whole batch `consume()`
+a transaction per message (a price feed at 1,000/s) applies the whole batch `kafka.take_batch`
 returned in ONE transaction: the batch's event ids are claimed in one INSERT, and
 `batch_handler(conn, events)` gets the newly claimed events in partition order (duplicates
 left out; it is not called when none is new). Messages that do not decode are
@@ -319,8 +319,8 @@ class InboxConsumer:
         consumer_overrides: Mapping[str, Any] | None = None,
         producer_overrides: Mapping[str, Any] | None = None,
         batch_max: int = 500,
-        # consume() waits this long for a batch to fill: it is the delay a lone message
-        # sees (portfolio updates promise p99 < 500 ms from the tick), so keep it short
+        # how long one wait for a message lasts (a batch is what has arrived when the first
+        # does: never waited for); it is how soon an idle consumer notices stop()
         poll_timeout_s: float = 0.05,
         retry_backoff_s_min: float = 0.05,
         retry_backoff_s_max: float = 30.0,
@@ -379,7 +379,7 @@ class InboxConsumer:
             await self._in_thread(consumer.subscribe, self.topics)
             while not self._stopping.is_set():
                 messages = await self._in_thread(
-                    consumer.consume, self.batch_max, self.poll_timeout_s
+                    kafka.take_batch, consumer, self.batch_max, self.poll_timeout_s
                 )
                 await self._process_batch(consumer, messages)
         finally:

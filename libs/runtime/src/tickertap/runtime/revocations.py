@@ -37,7 +37,7 @@ from confluent_kafka import (
 
 from tickertap.authn import AccessTokenVerifier, BearerAuth, Revocations, jwks_source
 from tickertap.messaging.codec import AvroCodec, CodecError
-from tickertap.messaging.kafka import consumer_config
+from tickertap.messaging.kafka import consumer_config, take_batch
 
 if TYPE_CHECKING:
     from tickertap.runtime.app import ServiceRuntime
@@ -150,7 +150,7 @@ class RevocationFollower:
                     await asyncio.sleep(RETRY_PAUSE_S)
             while True:
                 messages = await loop.run_in_executor(
-                    executor, consumer.consume, BATCH_MAX, POLL_TIMEOUT_S
+                    executor, take_batch, consumer, BATCH_MAX, POLL_TIMEOUT_S
                 )
                 for message in messages:
                     error = message.error()

@@ -35,8 +35,11 @@ class PortfolioSettings(ServiceSettings):
     # both consumers see a message within about this long, and ask the broker about that
     # often (tickertap.messaging.kafka.paced_fetches): librdkafka's default wait (500 ms)
     # is what the local broker (Tansu) holds a fetch even when messages arrive meanwhile,
-    # which would add up to that to every price-to-update latency
-    consumer_fetch_interval_ms: int = Field(default=25, ge=1, le=500)
+    # which would add up to that to every price-to-update latency. It also sets the price
+    # batches (one transaction and one announcement each): a consumer takes what arrived
+    # at once (kafka.take_batch), so at 25 ms twice as many batches cost the publishers
+    # ~10 % of their updates a second, for ~12 ms less latency
+    consumer_fetch_interval_ms: int = Field(default=50, ge=1, le=500)
     transfer_consumer_batch_max: int = Field(default=200, ge=1, le=10_000)
     price_consumer_batch_max: int = Field(default=500, ge=1, le=10_000)
     # price events whose exchange time is further ahead of this clock are dead-lettered
