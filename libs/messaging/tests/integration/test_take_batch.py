@@ -16,7 +16,9 @@ from tickertap.messaging.kafka import paced_fetches, take_batch
 PARTITIONS = 3
 WAIT_S = 10.0  # the longest wait asked for: `consume(500, 10)` alone would wait all of it
 LONE_DELAY_S = 0.5
+FEW = [b"first", b"second", b"third", b"fourth", b"fifth"]
 MESSAGES = 2_000
+BACKLOG = 500
 BATCH_MAX = 64
 READ_TIMEOUT_S = 60.0
 
@@ -34,30 +36,32 @@ def _consumer(stack: Any, name: str) -> Consumer:
     return consumer
 
 
-def test_a_lone_message_is_returned_when_it_arrives_not_when_the_wait_ends(
+def test_messages_are_returned_when_they_arrive_not_when_the_wait_ends(
     stack: Any, topic: Callable[..., str]
 ) -> None:
     name = topic("take-lone", partitions=PARTITIONS, dlq=False)
     consumer = _consumer(stack, name)
-    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "linger.ms": 50})
+
+    def produce_later() -> None:  # one record batch: it reaches the consumer as one fetch
+        time.sleep(LONE_DELAY_S)
+        for value in FEW:
+            producer.produce(name, value, b"one key")
+        producer.flush(10)
+
+    writer = threading.Thread(target=produce_later)
     try:
         assert take_batch(consumer, 500, 0.3) == []  # nothing there: [] after the wait
-
-        def produce_later() -> None:
-            time.sleep(LONE_DELAY_S)
-            producer.produce(name, b"lone", b"k")
-            producer.flush(10)
-
-        writer = threading.Thread(target=produce_later)
         started = time.monotonic()
         writer.start()
         batch = take_batch(consumer, 500, WAIT_S)
         elapsed_s = time.monotonic() - started
-        writer.join(10)
     finally:
+        writer.join(10)
         consumer.close()
-    assert [m.value() for m in batch] == [b"lone"]
-    # it came after ~0.5 s and was returned then; the wait was 10 s
+    # the first to arrive and those that came with it, in order
+    assert [m.value() for m in batch] == FEW
+    # they came after ~0.5 s and were returned then; the wait was 10 s
     assert elapsed_s < WAIT_S / 2, f"returned after {elapsed_s:.1f} s"
 
 
@@ -67,17 +71,18 @@ def test_batches_hold_at_most_batch_max_and_every_message_once_in_order(
     name = topic("take-all", partitions=PARTITIONS, dlq=False)
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "linger.ms": 5})
 
-    def produce_in_bursts() -> None:  # a backlog, then bursts while the reader reads
-        for seq in range(MESSAGES):
+    def produce(first: int, last: int) -> None:
+        for seq in range(first, last):
             producer.produce(name, str(seq).encode(), str(seq % 31).encode())
             if seq % 200 == 199:
                 producer.poll(0.02)
         producer.flush(30)
 
+    produce(0, BACKLOG)  # a backlog, then bursts while the reader reads
     consumer = _consumer(stack, name)
     seen: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
     sizes: list[int] = []
-    writer = threading.Thread(target=produce_in_bursts)
+    writer = threading.Thread(target=produce, args=(BACKLOG, MESSAGES))
     writer.start()
     try:
         deadline = time.monotonic() + READ_TIMEOUT_S
@@ -94,9 +99,9 @@ def test_batches_hold_at_most_batch_max_and_every_message_once_in_order(
     finally:
         writer.join(30)
         consumer.close()
-    assert max(sizes) <= BATCH_MAX
-    assert BATCH_MAX in sizes  # the backlog came in full batches
     everything = sorted(seq for values in seen.values() for seq in values)
     assert everything == list(range(MESSAGES))  # each once
+    assert max(sizes) <= BATCH_MAX
+    assert BATCH_MAX in sizes  # the backlog came in full batches
     for values in seen.values():
         assert values == sorted(values)  # in order within the partition

@@ -24,7 +24,9 @@ __all__ = [
     "consumer_config",
     "deliver",
     "needs_new_producer",
+    "paced_fetches",
     "producer_config",
+    "take_batch",
 ]
 
 log = logging.getLogger(__name__)
