@@ -78,7 +78,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from stack import service_env  # noqa: E402
 
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas  # noqa: E402
-from tickertap.messaging.kafka import paced_fetches, producer_config  # noqa: E402
+from tickertap.messaging.kafka import paced_fetches, producer_config, take_batch  # noqa: E402
 
 TRANSFERS = "ledger.transfers.v1"
 PRICES = "marketdata.prices.v1"
@@ -113,7 +113,7 @@ PRODUCE_FLUSH_TIMEOUT_S = 120.0
 PRODUCER_WARMUP_S = 1.0
 TIMELINE_SLOT_S = 0.5
 READ_BATCH_MAX = 5000
-READ_POLL_S = 0.005  # a batch's receive time is at most this late
+READ_POLL_S = 0.05  # one wait for an update (take_batch returns as soon as one is there)
 # the reader asks at most every 50 ms: fetching again at each answer cost the broker 14% of
 # a core (updates at 33,000/s, synthetic), paced 8%; the broker's CPU is the service's
 READ_FETCH_WAIT_MS = 50
@@ -599,9 +599,18 @@ class UpdateReader(threading.Thread):
     def __init__(self, bootstrap: str, partitions: int) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.partitions = bootstrap, partitions
-        # (received, produce timestamp: ms since the epoch; the value)
-        self.messages: list[tuple[float, float, bytes]] = []
+        # kept in lists of floats and bytes, which the garbage collector does not track: as
+        # (received, produced, value) tuples, ~800,000 a run, its full collections held the
+        # GIL for this thread long enough to delay receipts by tens of milliseconds
+        self.received_ms: list[float] = []
+        self.produced_ms: list[float] = []
+        self.values: list[bytes] = []
         self.stop_event = threading.Event()
+
+    @property
+    def messages(self) -> list[tuple[float, float, bytes]]:
+        """(received, produce timestamp: ms since the epoch; the value) of each update."""
+        return list(zip(self.received_ms, self.produced_ms, self.values, strict=True))
 
     def run(self) -> None:
         consumer = Consumer(
@@ -618,12 +627,13 @@ class UpdateReader(threading.Thread):
         )
         try:
             while not self.stop_event.is_set():
-                batch = consumer.consume(READ_BATCH_MAX, READ_POLL_S)
+                batch = take_batch(consumer, READ_BATCH_MAX, READ_POLL_S)
                 received_ms = time.time_ns() / 1e6
                 for message in batch:
                     if message.error() is None:
-                        produced_ms = float(message.timestamp()[1])
-                        self.messages.append((received_ms, produced_ms, message.value()))
+                        self.received_ms.append(received_ms)
+                        self.produced_ms.append(float(message.timestamp()[1]))
+                        self.values.append(message.value())
         finally:
             consumer.close()
 
@@ -830,12 +840,13 @@ def run_once(
         reader.join(READER_JOIN_TIMEOUT_S)
         rss_end = tree_rss_bytes(proc.pid)
     assert feed.errors == 0, f"{feed.errors} prices were not delivered"
-    received = match_updates(reader.messages, feed)
+    messages = reader.messages
+    received = match_updates(messages, feed)
     if args.timeline:
         print(f"  run #{run}: cause latency by the time each update was received")
         print_timeline(received, feed)
     # counted by produce timestamp: the start's updates may be received after the feed began
-    produced = match_updates(reader.messages, feed, at=1)
+    produced = match_updates(messages, feed, at=1)
     during = [s for s in sampler.samples if s.at_s <= feed_end_s]
     mid = min(during, key=lambda s: abs(s.at_s - feed_end_s / 2), default=None)
     end = during[-1] if during else None
@@ -848,7 +859,7 @@ def run_once(
         received.steady,
         received.freshness,
         produced.causes,
-        delivery_ms(reader.messages, feed),
+        delivery_ms(messages, feed),
         sampler.samples,
         cpu,
         drain_s,
