@@ -248,6 +248,37 @@ def _ready(url: str) -> bool:
         return False
 
 
+def transfer_batches(url: str) -> dict[str, float]:
+    """The transfer batches the ledger at `url` has written (its /metrics), by how: so a
+    load's transfers per batch (the group commit's batch size, which its CPU per transfer
+    follows) and the share written on remembered balances (one round trip)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    prefix = 'tickertap_ledger_transfer_batches_total{how="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def with_batches(load: Callable[[], loadgen.LoadResult], url: str) -> loadgen.LoadResult:
+    """`load()` with its transfers per batch (every request it completed, warm-up included,
+    over the batches written meanwhile) and the percentage of them written on remembered
+    balances."""
+    before = transfer_batches(url)
+    result = load()
+    after = transfer_batches(url)
+    written = {how: after.get(how, 0.0) - before.get(how, 0.0) for how in after}
+    # attempts that found a balance moved are then counted as read or locked
+    batches = sum(n for how, n in written.items() if how in ("remembered", "optimistic", "locked"))
+    figures = {
+        "per_batch": result.client_requests / batches if batches else math.nan,
+        "remembered_pct": 100.0 * written.get("remembered", 0.0) / batches if batches else math.nan,
+    }
+    return dataclasses.replace(result, extra={**result.extra, **figures})
+
+
 def with_cpu(
     load: Callable[[], loadgen.LoadResult], server_pids: Sequence[int], stack: harness.BenchStack
 ) -> loadgen.LoadResult:
@@ -448,16 +479,19 @@ def measure_transfers(
     ):
         harness.settle(spec.quiet_wait_s, label)
         result = with_cpu(
-            lambda pool=pool, name=name, label=label: loadgen.run_async(
-                loadgen.run_load(
-                    f"{url}/v1/transfers",
-                    make_request=transfer_requests(pool, ops, f"{tag}-{name}"),
-                    on_response=check_created,
-                    connections=CONNECTIONS,
-                    duration_s=args.duration_s,
-                    warmup_s=args.warmup_s,
-                    label=label,
-                )
+            lambda pool=pool, name=name, label=label: with_batches(
+                lambda: loadgen.run_async(
+                    loadgen.run_load(
+                        f"{url}/v1/transfers",
+                        make_request=transfer_requests(pool, ops, f"{tag}-{name}"),
+                        on_response=check_created,
+                        connections=CONNECTIONS,
+                        duration_s=args.duration_s,
+                        warmup_s=args.warmup_s,
+                        label=label,
+                    )
+                ),
+                url,
             ),
             [ledger_pid],
             stack,
@@ -512,7 +546,14 @@ def report(
     print(
         loadgen.format_table(
             list(rows.items()),
-            extra=["server_cpu_pct", "postgres_cpu_pct", "other_cpu_pct", "server_us_per_ok"],
+            extra=[
+                "server_cpu_pct",
+                "postgres_cpu_pct",
+                "other_cpu_pct",
+                "server_us_per_ok",
+                "per_batch",
+                "remembered_pct",
+            ],
         )
     )
     med = {

@@ -230,14 +230,19 @@ def format_table(
     """One line with the median of the runs per row, then one line per run.
 
     `extra` names figures from `LoadResult.extra` to add as columns; a name ending
-    in `_cpu_pct` (percent of one core) is shown as `<name>%`.
+    in `_cpu_pct` (percent of one core) is shown as `<name>%`, one starting with `per_`
+    (a ratio) with a decimal.
     """
     labels = [f"{name} (median of {len(results)})" for name, results in rows if results]
     name_w = max([len(label) for label in labels] + [10]) + 2
     cols = [
         *TABLE_COLUMNS,
         *(
-            (k, k.removesuffix("_cpu_pct") + "%" if k.endswith("_cpu_pct") else k, "{:>8.0f}")
+            (
+                k,
+                k.removesuffix("_cpu_pct") + "%" if k.endswith("_cpu_pct") else k,
+                "{:>8.1f}" if k.startswith("per_") else "{:>8.0f}",
+            )
             for k in extra
         ),
     ]

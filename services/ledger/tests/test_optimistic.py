@@ -1,6 +1,9 @@
-"""Batches written optimistically (one statement on balances read just before), by two
-ledgers side by side as two replicas would run: a balance that changed between the read
-and the write fails the statement whole, and the batch is posted again under row locks.
+"""Batches written optimistically (one statement on balances read just before, or
+remembered from the ledger's last read or write of the account), by two ledgers side by
+side as two replicas would run: a balance that changed between the read and the write
+fails the statement whole, and the batch is posted again under row locks; a remembered
+balance that moved, a refusal on remembered balances, and a key or transfer id taken send
+the batch to read its context after all.
 
 The ledgers run in this process, on the stack's Postgres with the ledger's own Vault
 credentials; each has its own posting pool, as each replica does.
@@ -9,6 +12,7 @@ credentials; each has its own posting pool, as each replica does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +25,7 @@ import pytest
 from tickertap.db import DatabaseSettings, create_engine
 from tickertap.ledger import domain as d
 from tickertap.ledger import repository as repo
-from tickertap.ledger.handlers import Ledger, Posted, TransferRequest
+from tickertap.ledger.handlers import Ledger, Posted, Remembered, TransferRequest
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 from tickertap.money import install_context
 from tickertap.runtime import messaging_tables
@@ -116,6 +120,7 @@ async def test_a_balance_changed_after_the_read_fails_the_write_whole_then_it_po
     ledgers: tuple[Ledger, Ledger], db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = ledgers
+    first.remembered = Remembered(0)  # every batch reads its context
     account = await funded(first, "100.00")
     read, raced = repo.batch_context, []
 
@@ -154,6 +159,7 @@ async def test_a_write_waiting_on_the_row_lock_rechecks_the_balance_it_finds_cha
     second to get it re-checks the balance on the row's newest version (Postgres'
     EvalPlanQual), finds the first one's change and posts again under locks."""
     first, second = ledgers
+    first.remembered = second.remembered = Remembered(0)  # every batch reads its context
     account = await funded(first, "100.00")
     watcher = await asyncpg.connect(stack.pg_admin_url)
 
@@ -200,7 +206,8 @@ async def test_two_ledgers_race_200_withdrawals_on_funds_for_50_exactly_50_succe
     assert min(await history(db, account)) == 0  # never below
     assert await events_of(db, [p.transfer.id for p in posted]) == 50
     both = ledgers[0].batch_counts + ledgers[1].batch_counts
-    assert both["optimistic"] + both["locked"] >= 2, both  # every batch was written one way
+    written = both["remembered"] + both["optimistic"] + both["locked"]
+    assert written >= 2, both  # every batch was written one way
 
 
 async def test_two_ledgers_with_random_leg_orders_never_deadlock_and_conserve_money(
@@ -241,3 +248,86 @@ async def test_two_ledgers_with_random_leg_orders_never_deadlock_and_conserve_mo
             "SELECT sum(amount) FROM ledger.postings WHERE account_id = $1", account
         )
         assert (total, (await history(db, account))[-1]) == (balance, balance)
+
+
+def counted(ledger: Ledger) -> dict[str, int]:
+    return dict(ledger.batch_counts)
+
+
+def grown(before: dict[str, int], ledger: Ledger) -> dict[str, int]:
+    return {
+        how: n - before.get(how, 0)
+        for how, n in ledger.batch_counts.items()
+        if n != before.get(how, 0)
+    }
+
+
+async def test_a_remembered_balance_that_moved_fails_the_write_whole_then_it_is_read(
+    ledgers: tuple[Ledger, Ledger], db: Any
+) -> None:
+    first, second = ledgers
+    account = await funded(first, "100.00")  # first remembers 100
+    await second.post(await withdrawal(second, account, "30.00"))  # 70, unknown to first
+    before = counted(first)
+    posted = await first.post(await withdrawal(first, account, "50.00"))
+
+    # its write on 100 found 70 and wrote nothing; read, it posted on 70
+    assert grown(before, first) == {"remembered_moved": 1, "optimistic": 1}
+    assert await history(db, account) == [Decimal("100.00"), Decimal("70.00"), Decimal("20.00")]
+    assert await events_of(db, [posted.transfer.id]) == 1
+    # balances moving under it: the next batch reads too, then it remembers again
+    before = counted(first)
+    await first.post(await withdrawal(first, account, "1.00"))
+    assert grown(before, first) == {"optimistic": 1}
+    await first.post(await withdrawal(first, account, "1.00"))
+    assert grown(before, first) == {"optimistic": 1, "remembered": 1}
+    assert await stored_balance(db, account) == Decimal("18.00")
+
+
+async def test_a_refusal_on_remembered_balances_is_checked_on_read_ones(
+    ledgers: tuple[Ledger, Ledger], db: Any
+) -> None:
+    """A balance that may have grown since it was remembered proves no refusal."""
+    first, second = ledgers
+    account = await funded(first, "100.00")
+    await first.post(await withdrawal(first, account, "100.00"))  # first remembers 0
+    deposit = await second.deposit_command(uuid.uuid4(), account, Decimal("50.00"), {})
+    await second.post(request(deposit))  # 50, unknown to first
+    before = counted(first)
+    posted = await first.post(await withdrawal(first, account, "30.00"))
+
+    assert isinstance(posted, Posted)  # not insufficient_funds on the remembered 0
+    assert grown(before, first) == {"optimistic": 1}
+    assert await history(db, account) == [
+        Decimal("100.00"),
+        Decimal("0.00"),
+        Decimal("50.00"),
+        Decimal("20.00"),
+    ]
+    # refused on a balance read, it stays refused
+    with pytest.raises(d.InsufficientFunds):
+        await first.post(await withdrawal(first, account, "20.01"))
+    assert await stored_balance(db, account) == Decimal("20.00")
+
+
+async def test_a_retry_and_a_taken_transfer_id_on_remembered_balances_are_read(
+    ledgers: tuple[Ledger, Ledger], db: Any
+) -> None:
+    """The statement's unique keys refuse them whole; read, they are what they are."""
+    first, _ = ledgers
+    account = await funded(first, "100.00")
+    once = await withdrawal(first, account, "10.00")
+    before = counted(first)
+    posted = await first.post(once)
+    assert grown(before, first) == {"remembered": 1}
+
+    before = counted(first)
+    again = await first.post(once)  # the same key and body: the original, not a second
+    assert (again.replayed, again.transfer.id) == (True, posted.transfer.id)
+    taken = await withdrawal(first, account, "5.00")  # a new key, a taken transfer id
+    taken = request(dataclasses.replace(taken.cmd, transfer_id=posted.transfer.id), "test:taken")
+    with pytest.raises(d.TransferExists):
+        await first.post(taken)
+    assert grown(before, first) == {"optimistic": 2}  # each tried on memory, then read
+    assert await history(db, account) == [Decimal("100.00"), Decimal("90.00")]
+    assert await events_of(db, [posted.transfer.id]) == 1

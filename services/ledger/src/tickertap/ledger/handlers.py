@@ -15,6 +15,15 @@ process in flight goes that way at once, and so does a large one (the batch
 endpoint's). Both lock accounts in one global order, so concurrent batches never
 deadlock.
 
+Most batches skip the read: the process remembers each account it has read or written
+(`Remembered`: accounts never change but for their balance) and its balance then, and a
+batch whose accounts are all remembered is planned on those balances and written by the
+same checking statement, one round trip. What that plan cannot prove is then read after
+all: a refusal (insufficient funds on a balance that may have grown since), a reversal
+(whether it is taken), and a write the statement refused (a balance moved, or the key or
+transfer id exists: unique, so nothing was written); the batch then takes the two round
+trips above. Its transfers' `created_at` is then this process's clock, not Postgres'.
+
 A trade becomes one transfer through the same group commit; its price is the one
 given or the latest one `record_price` kept from marketdata.prices.v1.
 """
@@ -28,7 +37,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -68,6 +77,10 @@ UNIQUE_VIOLATION = "23505"
 # Postgres runs the insert, which saves more than the three round trips cost (250 at a
 # time: 14,000 postings/s locked against 12,000 optimistic, tests/bench/ledger_bench.py)
 OPTIMISTIC_BATCH_MAX = 64
+REMEMBERED_MAX = 100_000  # accounts whose last known balance a process keeps
+# after a remembered balance is found moved, so many batches read theirs (doubling while
+# it keeps happening: replicas posting to the same accounts)
+REMEMBERED_BACKOFF_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +111,68 @@ class _Plan:
     posted: list[tuple[int, d.Transfer]] = field(default_factory=list)
     new: list[repo.NewTransfer] = field(default_factory=list)
     keys: dict[str, repo.IdempotencyRecord] = field(default_factory=dict)
+
+
+class Remembered:
+    """What this process last read or wrote of each account: the account (which never
+    changes) and its balance then, which may since have moved (another replica, the
+    batch endpoint's lane): the writing statement checks it. Where balances keep moving
+    under it, it steps aside for a while (`moved`)."""
+
+    def __init__(self, size_max: int = REMEMBERED_MAX) -> None:
+        self._size_max = size_max
+        self._known: dict[uuid.UUID, tuple[d.Account, Decimal]] = {}
+        self._skip = 0  # batches to go before the next context from memory
+        self._backoff = 1
+
+    def context(self, requests: Sequence[TransferRequest]) -> repo.BatchContext | None:
+        """A context for `requests` from memory: None unless every account is remembered
+        and none reverses a transfer (whether one is reversed already is not kept)."""
+        if self._skip:
+            self._skip -= 1
+            return None
+        known = self._known
+        accounts: dict[uuid.UUID, d.Account] = {}
+        balances: dict[uuid.UUID, Decimal] = {}
+        for request in requests:
+            if request.cmd.reverses is not None:
+                return None
+            for leg in request.cmd.legs:
+                remembered = known.get(leg.account_id)
+                if remembered is None:
+                    return None
+                accounts[leg.account_id], balances[leg.account_id] = remembered
+        return repo.BatchContext({}, set(), set(), accounts, balances, datetime.now(UTC))
+
+    def read(self, ctx: repo.BatchContext) -> None:
+        self._put((ctx.accounts[i], balance) for i, balance in ctx.balances.items())
+
+    def written(
+        self, plan: _Plan, accounts: Mapping[uuid.UUID, d.Account], *, remembered: bool
+    ) -> None:
+        """The balances a committed batch left (each account's last posting's); it was
+        planned on a `context` from memory when `remembered`."""
+        if remembered:
+            self._backoff = 1
+        self._put(
+            (accounts[p.account_id], p.balance_after)
+            for _, transfer in plan.posted
+            for p in transfer.postings
+        )
+
+    def moved(self, accounts: Iterable[uuid.UUID]) -> None:
+        """Some of these accounts' balances were not the ones remembered."""
+        for account in accounts:
+            self._known.pop(account, None)
+        self._skip = self._backoff
+        self._backoff = min(2 * self._backoff, REMEMBERED_BACKOFF_MAX)
+
+    def _put(self, items: Iterable[tuple[d.Account, Decimal]]) -> None:
+        known = self._known
+        for account, balance in items:
+            known[account.id] = (account, balance)
+        if len(known) > self._size_max:  # 0: remember nothing
+            known.clear()  # read again as batches come
 
 
 class Batcher:
@@ -176,17 +251,23 @@ class Ledger:
         retry: RetryPolicy = DEFAULT_RETRY,
         trading: d.TradePolicy | None = None,
         poster: AsyncEngine | None = None,
+        remembered_max: int = REMEMBERED_MAX,
     ) -> None:
         """`poster`: an engine whose sessions see every row with generic plans
         (`repo.POSTING_SESSION`), for batches posted without explicit transactions; without
-        it, every batch locks its accounts in a transaction on the writer."""
+        it, every batch locks its accounts in a transaction on the writer.
+        `remembered_max`: how many accounts' balances to remember (`Remembered`; 0: none,
+        every batch reads its context)."""
         self.writer = writer
         self.reader = reader
         self.poster = poster
         self._posting: Counter[uuid.UUID] = Counter()  # accounts of the batches in flight
-        # batches written by one statement ("optimistic") or under locks ("locked"), and
-        # optimistic attempts that found a balance changed ("balance_changed", then locked)
+        # batches written by one statement on remembered balances ("remembered") or on
+        # balances read just before ("optimistic"), or under locks ("locked"); remembered
+        # attempts that found a balance moved ("remembered_moved", then read) and
+        # optimistic ones that found a balance changed ("balance_changed", then locked)
         self.batch_counts: Counter[str] = Counter()
+        self.remembered = Remembered(remembered_max)
         self._outbox = outbox
         self._codec = codec
         self._legs_max = legs_max
@@ -339,6 +420,11 @@ class Ledger:
         busy.update(accounts)
         try:
             if optimistic:
+                remembered = self.remembered.context(requests)
+                if remembered is not None:
+                    outcomes = await self._post_optimistically(requests, remembered)
+                    if outcomes is not None:
+                        return outcomes
                 outcomes = await self._post_optimistically(requests)
                 if outcomes is not None:
                     return outcomes
@@ -349,10 +435,16 @@ class Ledger:
                 if not busy[account]:
                     del busy[account]
 
-    async def _post_optimistically(self, requests: list[TransferRequest]) -> list[Outcome] | None:
+    async def _post_optimistically(
+        self, requests: list[TransferRequest], remembered: repo.BatchContext | None = None
+    ) -> list[Outcome] | None:
         """Two round trips, no explicit transaction: read the batch's context, then write
         it all (transfers, postings, balances, keys, events) in one statement that checks
         each balance is still the one read. None when one was not (nothing was written).
+
+        With a `remembered` context (`Remembered.context`), one round trip: the write
+        alone. None also when its plan refuses a request or the statement finds a key or
+        transfer id taken: what is remembered does not prove those (nothing was written).
 
         A connection lost while the write was in flight leaves it written whole or not at
         all: its transfers are looked up by their new event ids, and only when they are
@@ -361,8 +453,14 @@ class Ledger:
         writing: list[repo.NewTransfer] = []
         try:
             async with driver_statements(self.poster) as pg:
-                ctx = await self._context(pg, requests, lock=False)
+                if remembered is None:
+                    ctx = await self._context(pg, requests, lock=False)
+                    self.remembered.read(ctx)
+                else:
+                    ctx = remembered
                 plan = await self._plan(requests, ctx)
+                if remembered is not None and any(o is not None for o in plan.outcomes):
+                    return None  # refused on balances that may have moved since: read them
                 if plan.new:
                     events = self._events(plan, ctx)
                     writing = plan.new
@@ -371,9 +469,15 @@ class Ledger:
                             pg, plan.new, ctx, plan.assets, plan.keys, self._outbox, events
                         )
                     except Exception as exc:
-                        if sqlstate(exc) == repo.BALANCE_CHANGED:
-                            self.batch_counts["balance_changed"] += 1
+                        state = sqlstate(exc)
+                        if state == repo.BALANCE_CHANGED:
+                            self.remembered.moved(ctx.accounts)
+                            self.batch_counts[
+                                "balance_changed" if remembered is None else "remembered_moved"
+                            ] += 1
                             return None
+                        if remembered is not None and state == UNIQUE_VIOLATION:
+                            return None  # a key or transfer id taken: read which
                         outcome = statement_outcome(exc)
                         if outcome is exc:
                             raise
@@ -382,7 +486,8 @@ class Ledger:
             if not writing or not await self._stored(writing):
                 raise
             log.warning("the connection was lost as a batch was written; it was written")
-        self.batch_counts["optimistic"] += 1
+        self.remembered.written(plan, ctx.accounts, remembered=remembered is not None)
+        self.batch_counts["optimistic" if remembered is None else "remembered"] += 1
         return await self._outcomes(requests, plan, ctx.now)
 
     async def _stored(self, new: list[repo.NewTransfer]) -> bool:
@@ -416,6 +521,7 @@ class Ledger:
                     await inserting
                 await insert_events_driver(tx.pg, self._outbox, events, notify=True)
             await tx.commit()
+        self.remembered.written(plan, ctx.accounts, remembered=False)
         self.batch_counts["locked"] += 1
         return await self._outcomes(requests, plan, ctx.now)
 

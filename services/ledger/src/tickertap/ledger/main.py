@@ -103,15 +103,17 @@ class BatchCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         batches = CounterMetricFamily(
             "tickertap_ledger_transfer_batches",
-            "Transfer batches written, by how: 'optimistic' (one statement on balances read"
+            "Transfer batches written, by how: 'remembered' (one statement on the balances"
+            " this process last read or wrote), 'optimistic' (one statement on balances read"
             " just before), 'locked' (in a transaction that locks the accounts: another"
             " batch was posting to one of them, a balance changed after the read, or a"
-            " large batch), and"
-            " optimistic attempts that found a balance changed ('balance_changed').",
+            " large batch); remembered attempts that found a balance moved"
+            " ('remembered_moved', then read) and optimistic ones that found a balance"
+            " changed ('balance_changed', then locked).",
             labels=["how"],
         )
         counts = self._ledger.batch_counts
-        for how in ("optimistic", "locked", "balance_changed"):
+        for how in ("remembered", "optimistic", "locked", "remembered_moved", "balance_changed"):
             batches.add_metric([how], counts[how])
         yield batches
 
