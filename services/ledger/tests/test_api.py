@@ -426,7 +426,8 @@ async def test_transfer_batches_are_counted_on_metrics_by_how_they_were_written(
     text = (await ledger.client.get("/metrics")).text
     line = r'^tickertap_ledger_transfer_batches_total\{how="(\w+)"\} (\S+)$'
     counted = {how: float(n) for how, n in re.findall(line, text, re.M)}
-    hows = {"remembered", "optimistic", "locked", "remembered_moved", "balance_changed"}
+    hows = {"remembered", "optimistic", "locked", "balance_changed"}
+    hows |= {"remembered_moved", "remembered_refused", "remembered_taken"}
     assert set(counted) == hows, text[-2000:]
     written = counted["remembered"] + counted["optimistic"] + counted["locked"]
     assert written >= 2  # one batch each, at least

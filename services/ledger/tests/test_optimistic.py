@@ -159,7 +159,7 @@ async def test_a_write_waiting_on_the_row_lock_rechecks_the_balance_it_finds_cha
     second to get it re-checks the balance on the row's newest version (Postgres'
     EvalPlanQual), finds the first one's change and posts again under locks."""
     first, second = ledgers
-    first.remembered = second.remembered = Remembered(0)  # every batch reads its context
+    first.remembered, second.remembered = Remembered(0), Remembered(0)  # every batch reads
     account = await funded(first, "100.00")
     watcher = await asyncpg.connect(stack.pg_admin_url)
 
@@ -297,7 +297,7 @@ async def test_a_refusal_on_remembered_balances_is_checked_on_read_ones(
     posted = await first.post(await withdrawal(first, account, "30.00"))
 
     assert isinstance(posted, Posted)  # not insufficient_funds on the remembered 0
-    assert grown(before, first) == {"optimistic": 1}
+    assert grown(before, first) == {"remembered_refused": 1, "optimistic": 1}
     assert await history(db, account) == [
         Decimal("100.00"),
         Decimal("0.00"),
@@ -325,9 +325,11 @@ async def test_a_retry_and_a_taken_transfer_id_on_remembered_balances_are_read(
     again = await first.post(once)  # the same key and body: the original, not a second
     assert (again.replayed, again.transfer.id) == (True, posted.transfer.id)
     taken = await withdrawal(first, account, "5.00")  # a new key, a taken transfer id
-    taken = request(dataclasses.replace(taken.cmd, transfer_id=posted.transfer.id), "test:taken")
+    taken_id = dataclasses.replace(taken.cmd, transfer_id=posted.transfer.id)
+    taken = request(taken_id, f"test:{uuid.uuid4()}")
     with pytest.raises(d.TransferExists):
         await first.post(taken)
-    assert grown(before, first) == {"optimistic": 2}  # each tried on memory, then read
+    # each tried on memory, refused whole by the unique keys, then read
+    assert grown(before, first) == {"remembered_taken": 2, "optimistic": 2}
     assert await history(db, account) == [Decimal("100.00"), Decimal("90.00")]
     assert await events_of(db, [posted.transfer.id]) == 1

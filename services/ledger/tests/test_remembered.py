@@ -4,7 +4,7 @@ batches use it against Postgres is in test_optimistic.py."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from tickertap.ledger import domain as d
@@ -26,10 +26,21 @@ def between(a: d.Account, b: d.Account, reverses: uuid.UUID | None = None) -> Tr
     return TransferRequest(d.PostTransfer(uuid.uuid4(), legs, reverses=reverses), None, b"")
 
 
-def read(remembered: Remembered, *balances: tuple[d.Account, str]) -> None:
+def read(
+    remembered: Remembered, *balances: tuple[d.Account, str], skew: timedelta = timedelta(0)
+) -> datetime:
+    """A read of these balances on a database whose clock is `skew` ahead; its time."""
+    asked_at = datetime.now(UTC)
     accounts = {a.id: a for a, _ in balances}
     amounts = {a.id: Decimal(b) for a, b in balances}
-    remembered.read(BatchContext({}, set(), set(), accounts, amounts, datetime.now(UTC)))
+    remembered.read(BatchContext({}, set(), set(), accounts, amounts, asked_at + skew), asked_at)
+    return asked_at + skew
+
+
+def stamp(remembered: Remembered, request: TransferRequest) -> datetime:
+    ctx = remembered.context([request])
+    assert ctx is not None
+    return ctx.now
 
 
 def test_a_context_comes_from_memory_only_when_every_account_is_remembered() -> None:
@@ -46,36 +57,80 @@ def test_a_context_comes_from_memory_only_when_every_account_is_remembered() -> 
     assert remembered.context([between(a, b, reverses=uuid.uuid4())]) is None
 
 
-def test_a_moved_balance_is_forgotten_and_memory_steps_aside_longer_each_time() -> None:
-    a, b = account(), account()
+def test_a_batch_from_memory_is_stamped_on_the_databases_clock_after_its_accounts() -> None:
+    a, b, c = account(), account(), account()
     remembered = Remembered()
-    read(remembered, (a, "5.00"), (b, "0.00"))
+    read_at = read(remembered, (a, "5.00"), (b, "0.00"), skew=timedelta(hours=1))
+    ctx = remembered.context([between(a, b)])
+    assert ctx is not None
+    assert read_at < ctx.now < read_at + timedelta(seconds=5)  # the database's clock
+
+    later = read_at + timedelta(hours=1)  # a and b last written then, by this process
+    remembered.written(
+        _Plan({}, [], posted=[(0, transfer(a, b))]), {a.id: a, b.id: b}, later, remembered=False
+    )
+    assert stamp(remembered, between(a, b)) == later + timedelta(microseconds=1)
+    read(remembered, (c, "1.00"))  # no skew now: the clocks agree again
+    assert stamp(remembered, between(a, c)) == later + timedelta(microseconds=1)  # after a's
+    assert stamp(remembered, between(c, c)) < read_at
+
+
+def test_an_account_that_moved_is_read_for_longer_each_time_it_moves_again() -> None:
+    a, b, c = account(), account(), account()
+    remembered = Remembered()
+    read(remembered, (a, "5.00"), (b, "0.00"), (c, "0.00"))
     remembered.moved([a.id])
-    remembered.context([between(a, b)])  # the one batch it steps aside for
-    assert remembered.context([between(a, b)]) is None  # a is forgotten: read it
-    read(remembered, (a, "4.00"))
-    assert remembered.context([between(a, b)]) is not None
+    assert remembered.context([between(a, b)]) is None  # a is forgotten
+    assert remembered.context([between(b, c)]) is not None  # the others are not
+
+    read(remembered, (a, "4.00"))  # read back
+    assert remembered.context([between(a, b)]) is not None  # after the one batch on a
 
     stepped_aside = []
-    for _ in range(8):  # it keeps moving: 1, 2, 4... batches read theirs
+    for _ in range(7):  # it keeps moving: the next 2, 4... batches on it read
         remembered.moved([a.id])
         read(remembered, (a, "4.00"))
         n = 0
         while remembered.context([between(a, b)]) is None:
             n += 1
         stepped_aside.append(n)
-    assert stepped_aside == [2, 4, 8, 16, 32, 64, REMEMBERED_BACKOFF_MAX, REMEMBERED_BACKOFF_MAX]
+    assert stepped_aside == [2, 4, 8, 16, 32, REMEMBERED_BACKOFF_MAX, REMEMBERED_BACKOFF_MAX]
 
-    plan = _Plan({}, [])  # a batch written on remembered balances: back to 1
-    remembered.written(plan, {}, remembered=True)
-    remembered.moved([a.id])
+    read(remembered, (a, "4.00"))
+    while remembered.context([between(a, b)]) is None:
+        pass
+    posted = _Plan({}, [], posted=[(0, transfer(a, b))])
+    remembered.written(posted, {a.id: a, b.id: b}, datetime.now(UTC), remembered=True)
+    remembered.moved([a.id])  # held still once: back to one batch
     read(remembered, (a, "4.00"))
     assert remembered.context([between(a, b)]) is None
     assert remembered.context([between(a, b)]) is not None
 
 
-def test_nothing_is_remembered_at_size_zero() -> None:
-    a, b = account(), account()
-    remembered = Remembered(0)
+def test_the_longest_unused_are_forgotten_beyond_the_size_and_all_at_size_zero() -> None:
+    a, b, c = account(), account(), account()
+    remembered = Remembered(2)
     read(remembered, (a, "5.00"), (b, "0.00"))
+    read(remembered, (a, "5.00"))  # a used again
+    read(remembered, (c, "0.00"))  # b goes
+    assert remembered.context([between(a, c)]) is not None
     assert remembered.context([between(a, b)]) is None
+
+    nothing = Remembered(0)
+    read(nothing, (a, "5.00"), (b, "0.00"))
+    assert nothing.context([between(a, b)]) is None
+
+
+def transfer(a: d.Account, b: d.Account) -> d.Transfer:
+    """A posted transfer of 1.00 from a to b (balances 3.00 and 1.00 after)."""
+    return d.Transfer(
+        uuid.uuid4(),
+        d.TransferKind.TRANSFER,
+        (
+            d.Posting(uuid.uuid4(), a.id, "USD", Decimal("-1.00"), Decimal("3.00")),
+            d.Posting(uuid.uuid4(), b.id, "USD", Decimal("1.00"), Decimal("1.00")),
+        ),
+        {},
+        None,
+        None,
+    )

@@ -39,7 +39,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -81,6 +81,8 @@ REMEMBERED_MAX = 100_000  # accounts whose last known balance a process keeps
 # after a remembered balance is found moved, so many batches read theirs (doubling while
 # it keeps happening: replicas posting to the same accounts)
 REMEMBERED_BACKOFF_MAX = 64
+_STILL = (0, 0)  # an account not seen moving
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,25 +117,32 @@ class _Plan:
 
 class Remembered:
     """What this process last read or wrote of each account: the account (which never
-    changes) and its balance then, which may since have moved (another replica, the
-    batch endpoint's lane): the writing statement checks it. Where balances keep moving
-    under it, it steps aside for a while (`moved`)."""
+    changes), its balance then, which may since have moved (another replica, the batch
+    endpoint's lane: the writing statement checks it), and the time of that read or write.
+
+    A batch planned from memory is stamped on Postgres' clock as this process last saw it
+    (its own clock plus the difference found at the last read) and after the time
+    remembered of each of its accounts: one account's transfers keep in time the order
+    they have in its postings. An account whose balance moved under it is read for the
+    next batches (1, 2, 4... up to REMEMBERED_BACKOFF_MAX while it keeps moving: another
+    replica posting to it); the longest unused are forgotten beyond `size_max`."""
 
     def __init__(self, size_max: int = REMEMBERED_MAX) -> None:
         self._size_max = size_max
-        self._known: dict[uuid.UUID, tuple[d.Account, Decimal]] = {}
-        self._skip = 0  # batches to go before the next context from memory
-        self._backoff = 1
+        self._known: dict[uuid.UUID, tuple[d.Account, Decimal, datetime]] = {}
+        # account -> (read until the context asked for this many times, its backoff)
+        self._moving: dict[uuid.UUID, tuple[int, int]] = {}
+        self._asked = 0
+        self._offset = timedelta(0)  # Postgres' clock minus this process's, at the last read
 
     def context(self, requests: Sequence[TransferRequest]) -> repo.BatchContext | None:
         """A context for `requests` from memory: None unless every account is remembered
         and none reverses a transfer (whether one is reversed already is not kept)."""
-        if self._skip:
-            self._skip -= 1
-            return None
+        self._asked += 1
         known = self._known
         accounts: dict[uuid.UUID, d.Account] = {}
         balances: dict[uuid.UUID, Decimal] = {}
+        now = datetime.now(UTC) + self._offset
         for request in requests:
             if request.cmd.reverses is not None:
                 return None
@@ -141,38 +150,54 @@ class Remembered:
                 remembered = known.get(leg.account_id)
                 if remembered is None:
                     return None
-                accounts[leg.account_id], balances[leg.account_id] = remembered
-        return repo.BatchContext({}, set(), set(), accounts, balances, datetime.now(UTC))
+                account, balance, at = remembered
+                accounts[account.id], balances[account.id] = account, balance
+                if at >= now:
+                    now = at + _MICROSECOND
+        moving, asked = self._moving, self._asked
+        if moving and any(moving.get(a, _STILL)[0] >= asked for a in accounts):
+            return None
+        return repo.BatchContext({}, set(), set(), accounts, balances, now)
 
-    def read(self, ctx: repo.BatchContext) -> None:
-        self._put((ctx.accounts[i], balance) for i, balance in ctx.balances.items())
+    def read(self, ctx: repo.BatchContext, asked_at: datetime) -> None:
+        """What a batch read; `asked_at`: this process's clock as it sent the read."""
+        self._offset = ctx.now - asked_at
+        self._put(((ctx.accounts[i], b) for i, b in ctx.balances.items()), ctx.now)
 
     def written(
-        self, plan: _Plan, accounts: Mapping[uuid.UUID, d.Account], *, remembered: bool
+        self,
+        plan: _Plan,
+        accounts: Mapping[uuid.UUID, d.Account],
+        created_at: datetime,
+        *,
+        remembered: bool,
     ) -> None:
-        """The balances a committed batch left (each account's last posting's); it was
-        planned on a `context` from memory when `remembered`."""
-        if remembered:
-            self._backoff = 1
-        self._put(
-            (accounts[p.account_id], p.balance_after)
-            for _, transfer in plan.posted
-            for p in transfer.postings
-        )
+        """The balances a committed batch left (each account's last posting's) at
+        `created_at`; it was planned on a `context` from memory when `remembered` (its
+        accounts held still, then)."""
+        balances = {p.account_id: p.balance_after for _, t in plan.posted for p in t.postings}
+        if remembered and self._moving:
+            for account in balances:
+                self._moving.pop(account, None)
+        self._put(((accounts[a], b) for a, b in balances.items()), created_at)
 
     def moved(self, accounts: Iterable[uuid.UUID]) -> None:
         """Some of these accounts' balances were not the ones remembered."""
+        moving, known = self._moving, self._known
         for account in accounts:
-            self._known.pop(account, None)
-        self._skip = self._backoff
-        self._backoff = min(2 * self._backoff, REMEMBERED_BACKOFF_MAX)
+            known.pop(account, None)
+            backoff = min(2 * moving.get(account, _STILL)[1], REMEMBERED_BACKOFF_MAX) or 1
+            moving[account] = (self._asked + backoff, backoff)
+        if len(moving) > self._size_max:
+            moving.clear()
 
-    def _put(self, items: Iterable[tuple[d.Account, Decimal]]) -> None:
+    def _put(self, items: Iterable[tuple[d.Account, Decimal]], at: datetime) -> None:
         known = self._known
         for account, balance in items:
-            known[account.id] = (account, balance)
-        if len(known) > self._size_max:  # 0: remember nothing
-            known.clear()  # read again as batches come
+            known.pop(account.id, None)  # to the end: the most recently used
+            known[account.id] = (account, balance, at)
+        while len(known) > self._size_max:  # 0: remember nothing
+            del known[next(iter(known))]
 
 
 class Batcher:
@@ -264,8 +289,10 @@ class Ledger:
         self._posting: Counter[uuid.UUID] = Counter()  # accounts of the batches in flight
         # batches written by one statement on remembered balances ("remembered") or on
         # balances read just before ("optimistic"), or under locks ("locked"); remembered
-        # attempts that found a balance moved ("remembered_moved", then read) and
-        # optimistic ones that found a balance changed ("balance_changed", then locked)
+        # attempts then read because a balance moved ("remembered_moved"), a request was
+        # refused ("remembered_refused") or a key or transfer id was taken
+        # ("remembered_taken"), and optimistic ones that found a balance changed
+        # ("balance_changed", then locked)
         self.batch_counts: Counter[str] = Counter()
         self.remembered = Remembered(remembered_max)
         self._outbox = outbox
@@ -406,10 +433,11 @@ class Ledger:
         return outcomes
 
     async def _post_batch_once(self, requests: list[TransferRequest]) -> list[Outcome]:
-        """One attempt at a batch: by one statement on balances read just before
-        (`_post_optimistically`), or, when another batch of this process is posting to
-        one of its accounts, a balance changed in between or the batch is large, in a
-        transaction that locks the accounts first (`_post_locked`)."""
+        """One attempt at a batch: by one statement on remembered balances or, when that
+        proves nothing, on balances read just before (`_post_optimistically`), or, when
+        another batch of this process is posting to one of its accounts, a balance
+        changed in between or the batch is large, in a transaction that locks the
+        accounts first (`_post_locked`)."""
         accounts = {leg.account_id for r in requests for leg in r.cmd.legs}
         busy = self._posting
         optimistic = (
@@ -454,13 +482,16 @@ class Ledger:
         try:
             async with driver_statements(self.poster) as pg:
                 if remembered is None:
+                    asked_at = datetime.now(UTC)
                     ctx = await self._context(pg, requests, lock=False)
-                    self.remembered.read(ctx)
+                    self.remembered.read(ctx, asked_at)
                 else:
                     ctx = remembered
                 plan = await self._plan(requests, ctx)
                 if remembered is not None and any(o is not None for o in plan.outcomes):
-                    return None  # refused on balances that may have moved since: read them
+                    # refused on balances that may have grown since: read them
+                    self.batch_counts["remembered_refused"] += 1
+                    return None
                 if plan.new:
                     events = self._events(plan, ctx)
                     writing = plan.new
@@ -477,7 +508,9 @@ class Ledger:
                             ] += 1
                             return None
                         if remembered is not None and state == UNIQUE_VIOLATION:
-                            return None  # a key or transfer id taken: read which
+                            # a key or transfer id taken (nothing was written): read which
+                            self.batch_counts["remembered_taken"] += 1
+                            return None
                         outcome = statement_outcome(exc)
                         if outcome is exc:
                             raise
@@ -486,7 +519,7 @@ class Ledger:
             if not writing or not await self._stored(writing):
                 raise
             log.warning("the connection was lost as a batch was written; it was written")
-        self.remembered.written(plan, ctx.accounts, remembered=remembered is not None)
+        self.remembered.written(plan, ctx.accounts, ctx.now, remembered=remembered is not None)
         self.batch_counts["optimistic" if remembered is None else "remembered"] += 1
         return await self._outcomes(requests, plan, ctx.now)
 
@@ -521,7 +554,7 @@ class Ledger:
                     await inserting
                 await insert_events_driver(tx.pg, self._outbox, events, notify=True)
             await tx.commit()
-        self.remembered.written(plan, ctx.accounts, remembered=False)
+        self.remembered.written(plan, ctx.accounts, ctx.now, remembered=False)
         self.batch_counts["locked"] += 1
         return await self._outcomes(requests, plan, ctx.now)
 

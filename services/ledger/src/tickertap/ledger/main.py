@@ -49,6 +49,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             runtime.codec,
             batch_max=settings.transfer_batch_max,
             batch_workers=settings.transfer_batch_workers,
+            remembered_max=settings.transfer_remembered_max,
             queue_max=settings.transfer_queue_max,
             trading=settings.trade_policy(),
             poster=poster,
@@ -94,6 +95,17 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     return app
 
 
+HOWS = (
+    "remembered",
+    "optimistic",
+    "locked",
+    "remembered_moved",
+    "remembered_refused",
+    "remembered_taken",
+    "balance_changed",
+)
+
+
 class BatchCollector(Collector):
     """The ledger's transfer batches on /metrics, by how they were written."""
 
@@ -107,13 +119,14 @@ class BatchCollector(Collector):
             " this process last read or wrote), 'optimistic' (one statement on balances read"
             " just before), 'locked' (in a transaction that locks the accounts: another"
             " batch was posting to one of them, a balance changed after the read, or a"
-            " large batch); remembered attempts that found a balance moved"
-            " ('remembered_moved', then read) and optimistic ones that found a balance"
-            " changed ('balance_changed', then locked).",
+            " large batch); and attempts on remembered balances then read because a balance"
+            " had moved ('remembered_moved'), a request was refused ('remembered_refused')"
+            " or a key or transfer id was taken ('remembered_taken'), and optimistic ones"
+            " that found a balance changed ('balance_changed', then locked).",
             labels=["how"],
         )
         counts = self._ledger.batch_counts
-        for how in ("remembered", "optimistic", "locked", "remembered_moved", "balance_changed"):
+        for how in HOWS:
             batches.add_metric([how], counts[how])
         yield batches
 

@@ -33,6 +33,9 @@ class LedgerSettings(ServiceSettings):
     # a batch is posted by one statement on balances read just before (two round trips),
     # and under row locks only when a balance changed in between; false: always locked
     transfer_optimistic: bool = True
+    # accounts whose balance each process remembers from its last read or write: a batch
+    # on remembered balances skips the read (one round trip); 0: every batch reads
+    transfer_remembered_max: int = Field(default=100_000, ge=0)
 
     # reconciliation (reconcile.py): the periodic job's interval (0: off); transfers younger
     # than the window must have their outbox event (the relay purges sent rows after 7 days)
