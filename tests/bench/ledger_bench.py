@@ -262,19 +262,26 @@ def transfer_batches(url: str) -> dict[str, float]:
     }
 
 
-def with_batches(load: Callable[[], loadgen.LoadResult], url: str) -> loadgen.LoadResult:
+def with_batches(load: Callable[[], loadgen.LoadResult], urls: Sequence[str]) -> loadgen.LoadResult:
     """`load()` with its transfers per batch (every request it completed, warm-up included,
-    over the batches written meanwhile) and the percentage of them written on remembered
-    balances."""
-    before = transfer_batches(url)
+    over the batches the ledgers at `urls` wrote meanwhile), the percentage of batches
+    written on remembered balances, and the attempts on remembered balances that wrote
+    nothing (then read) per 100 batches."""
+    before = [transfer_batches(url) for url in urls]
     result = load()
-    after = transfer_batches(url)
-    written = {how: after.get(how, 0.0) - before.get(how, 0.0) for how in after}
-    # attempts that found a balance moved are then counted as read or locked
-    batches = sum(n for how, n in written.items() if how in ("remembered", "optimistic", "locked"))
+    after = [transfer_batches(url) for url in urls]
+    written: dict[str, float] = {}
+    for old, new in zip(before, after, strict=True):
+        for how, n in new.items():
+            written[how] = written.get(how, 0.0) + n - old.get(how, 0.0)
+    batches = sum(written.get(how, 0.0) for how in ("remembered", "optimistic", "locked"))
+    missed = sum(written.get(f"remembered_{why}", 0.0) for why in ("moved", "refused", "taken"))
+    if not batches:
+        return result
     figures = {
-        "per_batch": result.client_requests / batches if batches else math.nan,
-        "remembered_pct": 100.0 * written.get("remembered", 0.0) / batches if batches else math.nan,
+        "per_batch": result.client_requests / batches,
+        "remembered_pct": 100.0 * written.get("remembered", 0.0) / batches,
+        "missed_pct": 100.0 * missed / batches,
     }
     return dataclasses.replace(result, extra={**result.extra, **figures})
 
@@ -491,7 +498,7 @@ def measure_transfers(
                         label=label,
                     )
                 ),
-                url,
+                [url],
             ),
             [ledger_pid],
             stack,
@@ -499,7 +506,10 @@ def measure_transfers(
         rows.setdefault(label, []).append(result)
     harness.settle(spec.quiet_wait_s, "two replicas")
     both = with_cpu(
-        lambda: loadgen.run_async(spread_over([url, replica], accounts, ops, tag, args)),
+        lambda: with_batches(
+            lambda: loadgen.run_async(spread_over([url, replica], accounts, ops, tag, args)),
+            [url, replica],
+        ),
         [ledger_pid, replica_pid],
         stack,
     )
@@ -553,6 +563,7 @@ def report(
                 "server_us_per_ok",
                 "per_batch",
                 "remembered_pct",
+                "missed_pct",
             ],
         )
     )

@@ -10,6 +10,8 @@ from decimal import Decimal
 from tickertap.ledger import domain as d
 from tickertap.ledger.handlers import (
     REMEMBERED_BACKOFF_MAX,
+    REMEMBERED_PROBE_EVERY,
+    REMEMBERED_WINDOW,
     Remembered,
     TransferRequest,
     _Plan,
@@ -134,3 +136,23 @@ def transfer(a: d.Account, b: d.Account) -> d.Transfer:
         None,
         None,
     )
+
+
+def test_where_writes_from_memory_mostly_miss_memory_is_tried_only_now_and_then() -> None:
+    a, b = account(), account()
+    remembered = Remembered()
+    read(remembered, (a, "5.00"), (b, "0.00"))
+    tried = 0
+    for _ in range(20 * REMEMBERED_PROBE_EVERY):  # every try misses (another replica)
+        if remembered.context([between(a, b)]) is not None:
+            tried += 1
+            remembered.missed()
+    # about 22 misses bring the share that held under a half; then one try in 32
+    assert 22 + 19 <= tried <= 23 + 20
+
+    posted = _Plan({}, [], posted=[(0, transfer(a, b))])
+    while remembered.context([between(a, b)]) is None:  # the next probe holds: ...
+        pass
+    for _ in range(REMEMBERED_WINDOW):
+        remembered.written(posted, {a.id: a, b.id: b}, datetime.now(UTC), remembered=True)
+    assert remembered.context([between(a, b)]) is not None  # ... memory is back

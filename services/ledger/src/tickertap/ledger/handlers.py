@@ -81,6 +81,13 @@ REMEMBERED_MAX = 100_000  # accounts whose last known balance a process keeps
 # after a remembered balance is found moved, so many batches read theirs (doubling while
 # it keeps happening: replicas posting to the same accounts)
 REMEMBERED_BACKOFF_MAX = 64
+# while fewer than this share of recent writes on remembered balances held (a moving
+# average over about REMEMBERED_WINDOW of them), only every REMEMBERED_PROBE_EVERY-th
+# batch tries memory: where replicas share most accounts, a write that finds a balance
+# moved costs Postgres a whole statement for nothing
+REMEMBERED_HELD_MIN = 0.5
+REMEMBERED_WINDOW = 32
+REMEMBERED_PROBE_EVERY = 32
 _STILL = (0, 0)  # an account not seen moving
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -125,7 +132,8 @@ class Remembered:
     remembered of each of its accounts: one account's transfers keep in time the order
     they have in its postings. An account whose balance moved under it is read for the
     next batches (1, 2, 4... up to REMEMBERED_BACKOFF_MAX while it keeps moving: another
-    replica posting to it); the longest unused are forgotten beyond `size_max`."""
+    replica posting to it); where most writes from memory miss (`missed`), memory is
+    tried only now and then; the longest unused are forgotten beyond `size_max`."""
 
     def __init__(self, size_max: int = REMEMBERED_MAX) -> None:
         self._size_max = size_max
@@ -133,12 +141,15 @@ class Remembered:
         # account -> (read until the context asked for this many times, its backoff)
         self._moving: dict[uuid.UUID, tuple[int, int]] = {}
         self._asked = 0
+        self._held = 1.0  # the moving share of writes from memory that held
         self._offset = timedelta(0)  # Postgres' clock minus this process's, at the last read
 
     def context(self, requests: Sequence[TransferRequest]) -> repo.BatchContext | None:
         """A context for `requests` from memory: None unless every account is remembered
         and none reverses a transfer (whether one is reversed already is not kept)."""
         self._asked += 1
+        if self._held < REMEMBERED_HELD_MIN and self._asked % REMEMBERED_PROBE_EVERY:
+            return None
         known = self._known
         accounts: dict[uuid.UUID, d.Account] = {}
         balances: dict[uuid.UUID, Decimal] = {}
@@ -176,10 +187,16 @@ class Remembered:
         `created_at`; it was planned on a `context` from memory when `remembered` (its
         accounts held still, then)."""
         balances = {p.account_id: p.balance_after for _, t in plan.posted for p in t.postings}
-        if remembered and self._moving:
-            for account in balances:
+        if remembered:
+            self._held += (1.0 - self._held) / REMEMBERED_WINDOW
+            for account in balances if self._moving else ():
                 self._moving.pop(account, None)
         self._put(((accounts[a], b) for a, b in balances.items()), created_at)
+
+    def missed(self) -> None:
+        """A write planned on a context from memory wrote nothing (a balance had moved, or
+        a key or transfer id was taken)."""
+        self._held -= self._held / REMEMBERED_WINDOW
 
     def moved(self, accounts: Iterable[uuid.UUID]) -> None:
         """Some of these accounts' balances were not the ones remembered."""
@@ -503,6 +520,8 @@ class Ledger:
                         state = sqlstate(exc)
                         if state == repo.BALANCE_CHANGED:
                             self.remembered.moved(ctx.accounts)
+                            if remembered is not None:
+                                self.remembered.missed()
                             self.batch_counts[
                                 "balance_changed" if remembered is None else "remembered_moved"
                             ] += 1
@@ -510,6 +529,7 @@ class Ledger:
                         if remembered is not None and state == UNIQUE_VIOLATION:
                             # a key or transfer id taken (nothing was written): read which
                             self.batch_counts["remembered_taken"] += 1
+                            self.remembered.missed()
                             return None
                         outcome = statement_outcome(exc)
                         if outcome is exc:
