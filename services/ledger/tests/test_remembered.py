@@ -11,7 +11,6 @@ from tickertap.ledger import domain as d
 from tickertap.ledger.handlers import (
     REMEMBERED_BACKOFF_MAX,
     REMEMBERED_PROBE_EVERY,
-    REMEMBERED_WINDOW,
     Remembered,
     TransferRequest,
     _Plan,
@@ -151,8 +150,11 @@ def test_where_writes_from_memory_mostly_miss_memory_is_tried_only_now_and_then(
     assert 22 + 19 <= tried <= 23 + 20
 
     posted = _Plan({}, [], posted=[(0, transfer(a, b))])
-    while remembered.context([between(a, b)]) is None:  # the next probe holds: ...
+    while remembered.context([between(a, b)]) is None:
         pass
-    for _ in range(REMEMBERED_WINDOW):
+    remembered.written(posted, {a.id: a, b.id: b}, datetime.now(UTC), remembered=True)
+    for _ in range(3 * REMEMBERED_PROBE_EVERY):  # it held: memory on every batch again
+        assert remembered.context([between(a, b)]) is not None
         remembered.written(posted, {a.id: a, b.id: b}, datetime.now(UTC), remembered=True)
-    assert remembered.context([between(a, b)]) is not None  # ... memory is back
+    remembered.missed()  # one miss: the share that held is above a half by now
+    assert remembered.context([between(a, b)]) is not None

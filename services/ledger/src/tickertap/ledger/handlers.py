@@ -83,8 +83,8 @@ REMEMBERED_MAX = 100_000  # accounts whose last known balance a process keeps
 REMEMBERED_BACKOFF_MAX = 64
 # while fewer than this share of recent writes on remembered balances held (a moving
 # average over about REMEMBERED_WINDOW of them), only every REMEMBERED_PROBE_EVERY-th
-# batch tries memory: where replicas share most accounts, a write that finds a balance
-# moved costs Postgres a whole statement for nothing
+# batch tries memory, and the next ones while theirs hold: where replicas share most
+# accounts, a write that finds a balance moved costs Postgres a whole statement for nothing
 REMEMBERED_HELD_MIN = 0.5
 REMEMBERED_WINDOW = 32
 REMEMBERED_PROBE_EVERY = 32
@@ -133,7 +133,8 @@ class Remembered:
     they have in its postings. An account whose balance moved under it is read for the
     next batches (1, 2, 4... up to REMEMBERED_BACKOFF_MAX while it keeps moving: another
     replica posting to it); where most writes from memory miss (`missed`), memory is
-    tried only now and then; the longest unused are forgotten beyond `size_max`."""
+    tried only now and then, and again on every batch once one holds; the longest unused
+    are forgotten beyond `size_max`."""
 
     def __init__(self, size_max: int = REMEMBERED_MAX) -> None:
         self._size_max = size_max
@@ -142,13 +143,18 @@ class Remembered:
         self._moving: dict[uuid.UUID, tuple[int, int]] = {}
         self._asked = 0
         self._held = 1.0  # the moving share of writes from memory that held
+        self._holding = True  # the last write from memory held
         self._offset = timedelta(0)  # Postgres' clock minus this process's, at the last read
 
     def context(self, requests: Sequence[TransferRequest]) -> repo.BatchContext | None:
         """A context for `requests` from memory: None unless every account is remembered
         and none reverses a transfer (whether one is reversed already is not kept)."""
         self._asked += 1
-        if self._held < REMEMBERED_HELD_MIN and self._asked % REMEMBERED_PROBE_EVERY:
+        if (
+            not self._holding
+            and self._held < REMEMBERED_HELD_MIN
+            and self._asked % REMEMBERED_PROBE_EVERY
+        ):
             return None
         known = self._known
         accounts: dict[uuid.UUID, d.Account] = {}
@@ -189,6 +195,7 @@ class Remembered:
         balances = {p.account_id: p.balance_after for _, t in plan.posted for p in t.postings}
         if remembered:
             self._held += (1.0 - self._held) / REMEMBERED_WINDOW
+            self._holding = True
             for account in balances if self._moving else ():
                 self._moving.pop(account, None)
         self._put(((accounts[a], b) for a, b in balances.items()), created_at)
@@ -197,6 +204,7 @@ class Remembered:
         """A write planned on a context from memory wrote nothing (a balance had moved, or
         a key or transfer id was taken)."""
         self._held -= self._held / REMEMBERED_WINDOW
+        self._holding = False
 
     def moved(self, accounts: Iterable[uuid.UUID]) -> None:
         """Some of these accounts' balances were not the ones remembered."""
