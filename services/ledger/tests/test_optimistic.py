@@ -282,6 +282,16 @@ async def test_a_remembered_balance_that_moved_fails_the_write_whole_then_it_is_
     await first.post(await withdrawal(first, account, "1.00"))
     assert grown(before, first) == {"optimistic": 1, "remembered": 1}
     assert await stored_balance(db, account) == Decimal("18.00")
+    # stamped on Postgres' clock or on the ledger's view of it: in posting order either way
+    stamps = await db.fetch(
+        "SELECT t.created_at FROM ledger.postings p JOIN ledger.transfers t"
+        " ON t.id = p.transfer_id WHERE p.account_id = $1 ORDER BY p.id",
+        account,
+    )
+    created = [r["created_at"] for r in stamps]
+    assert len(created) == 5
+    assert created == sorted(created)
+    assert len(set(created)) == len(created)
 
 
 async def test_a_refusal_on_remembered_balances_is_checked_on_read_ones(

@@ -31,11 +31,11 @@ def read(
     remembered: Remembered, *balances: tuple[d.Account, str], skew: timedelta = timedelta(0)
 ) -> datetime:
     """A read of these balances on a database whose clock is `skew` ahead; its time."""
-    asked_at = datetime.now(UTC)
+    at = datetime.now(UTC)
     accounts = {a.id: a for a, _ in balances}
     amounts = {a.id: Decimal(b) for a, b in balances}
-    remembered.read(BatchContext({}, set(), set(), accounts, amounts, asked_at + skew), asked_at)
-    return asked_at + skew
+    ctx = remembered.read(BatchContext({}, set(), set(), accounts, amounts, at + skew), at)
+    return ctx.now
 
 
 def stamp(remembered: Remembered, request: TransferRequest) -> datetime:
@@ -62,18 +62,18 @@ def test_a_batch_from_memory_is_stamped_on_the_databases_clock_after_its_account
     a, b, c = account(), account(), account()
     remembered = Remembered()
     read_at = read(remembered, (a, "5.00"), (b, "0.00"), skew=timedelta(hours=1))
-    ctx = remembered.context([between(a, b)])
-    assert ctx is not None
-    assert read_at < ctx.now < read_at + timedelta(seconds=5)  # the database's clock
+    assert read_at < stamp(remembered, between(a, b)) < read_at + timedelta(seconds=5)
 
     later = read_at + timedelta(hours=1)  # a and b last written then, by this process
-    remembered.written(
-        _Plan({}, [], posted=[(0, transfer(a, b))]), {a.id: a, b.id: b}, later, remembered=False
-    )
+    posted = _Plan({}, [], posted=[(0, transfer(a, b))])
+    remembered.written(posted, {a.id: a, b.id: b}, later, remembered=False)
     assert stamp(remembered, between(a, b)) == later + timedelta(microseconds=1)
     read(remembered, (c, "1.00"))  # no skew now: the clocks agree again
     assert stamp(remembered, between(a, c)) == later + timedelta(microseconds=1)  # after a's
     assert stamp(remembered, between(c, c)) < read_at
+    # a read is stamped after what is remembered of its accounts too
+    assert read(remembered, (a, "4.00"), (c, "1.00")) == later + timedelta(microseconds=1)
+    assert read(remembered, (c, "1.00"), skew=timedelta(hours=3)) > later
 
 
 def test_an_account_that_moved_is_read_for_longer_each_time_it_moves_again() -> None:

@@ -22,7 +22,7 @@ same checking statement, one round trip. What that plan cannot prove is then rea
 all: a refusal (insufficient funds on a balance that may have grown since), a reversal
 (whether it is taken), and a write the statement refused (a balance moved, or the key or
 transfer id exists: unique, so nothing was written); the batch then takes the two round
-trips above. Its transfers' `created_at` is then this process's clock, not Postgres'.
+trips above. Its transfers' `created_at` is Postgres' clock as the process last saw it.
 
 A trade becomes one transfer through the same group commit; its price is the one
 given or the latest one `record_price` kept from marketdata.prices.v1.
@@ -38,7 +38,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -128,9 +128,10 @@ class Remembered:
     endpoint's lane: the writing statement checks it), and the time of that read or write.
 
     A batch planned from memory is stamped on Postgres' clock as this process last saw it
-    (its own clock plus the difference found at the last read) and after the time
-    remembered of each of its accounts: one account's transfers keep in time the order
-    they have in its postings. An account whose balance moved under it is read for the
+    (its own clock plus the difference found at the last read, measured as the reply
+    came: never ahead of Postgres'), and every batch after the time remembered of each of
+    its accounts: one account's transfers from this process keep in time the order they
+    have in its postings. An account whose balance moved under it is read for the
     next batches (1, 2, 4... up to REMEMBERED_BACKOFF_MAX while it keeps moving: another
     replica posting to it); where most writes from memory miss (`missed`), memory is
     tried only now and then, and again on every batch once one holds; the longest unused
@@ -176,10 +177,16 @@ class Remembered:
             return None
         return repo.BatchContext({}, set(), set(), accounts, balances, now)
 
-    def read(self, ctx: repo.BatchContext, asked_at: datetime) -> None:
-        """What a batch read; `asked_at`: this process's clock as it sent the read."""
-        self._offset = ctx.now - asked_at
+    def read(self, ctx: repo.BatchContext, received_at: datetime) -> repo.BatchContext:
+        """What a batch read (`received_at`: this process's clock as the reply came); the
+        context with its time moved after the latest remembered of its accounts."""
+        self._offset = ctx.now - received_at
+        known = self._known
+        latest = max((known[a][2] for a in ctx.accounts if a in known), default=ctx.now)
+        if latest >= ctx.now:
+            ctx = replace(ctx, now=latest + _MICROSECOND)
         self._put(((ctx.accounts[i], b) for i, b in ctx.balances.items()), ctx.now)
+        return ctx
 
     def written(
         self,
@@ -507,9 +514,8 @@ class Ledger:
         try:
             async with driver_statements(self.poster) as pg:
                 if remembered is None:
-                    asked_at = datetime.now(UTC)
                     ctx = await self._context(pg, requests, lock=False)
-                    self.remembered.read(ctx, asked_at)
+                    ctx = self.remembered.read(ctx, datetime.now(UTC))
                 else:
                     ctx = remembered
                 plan = await self._plan(requests, ctx)
@@ -566,6 +572,7 @@ class Ledger:
         events (encoded while Postgres runs the insert), COMMIT."""
         async with DriverTransaction(self.writer, setup=repo.POSTING_SETUP) as tx:
             ctx = await self._context(tx.pg, requests, lock=True)
+            ctx = self.remembered.read(ctx, datetime.now(UTC))
             plan = await self._plan(requests, ctx)
             if plan.new:
                 inserting = asyncio.create_task(
