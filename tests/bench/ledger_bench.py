@@ -265,8 +265,8 @@ def transfer_batches(url: str) -> dict[str, float]:
 def with_batches(load: Callable[[], loadgen.LoadResult], urls: Sequence[str]) -> loadgen.LoadResult:
     """`load()` with its transfers per batch (every request it completed, warm-up included,
     over the batches the ledgers at `urls` wrote meanwhile), the percentage of batches
-    written on remembered balances, and the attempts on remembered balances that wrote
-    nothing (then read) per 100 batches."""
+    written on remembered balances, and the statements sent on remembered balances that
+    wrote nothing (a balance had moved, or a key or transfer id was taken) per 100 batches."""
     before = [transfer_batches(url) for url in urls]
     result = load()
     after = [transfer_batches(url) for url in urls]
@@ -275,7 +275,7 @@ def with_batches(load: Callable[[], loadgen.LoadResult], urls: Sequence[str]) ->
         for how, n in new.items():
             written[how] = written.get(how, 0.0) + n - old.get(how, 0.0)
     batches = sum(written.get(how, 0.0) for how in ("remembered", "optimistic", "locked"))
-    missed = sum(written.get(f"remembered_{why}", 0.0) for why in ("moved", "refused", "taken"))
+    missed = sum(written.get(f"remembered_{why}", 0.0) for why in ("moved", "taken"))
     if not batches:
         return result
     figures = {

@@ -28,13 +28,17 @@ def between(a: d.Account, b: d.Account, reverses: uuid.UUID | None = None) -> Tr
 
 
 def read(
-    remembered: Remembered, *balances: tuple[d.Account, str], skew: timedelta = timedelta(0)
+    remembered: Remembered,
+    *balances: tuple[d.Account, str],
+    skew: timedelta = timedelta(0),
+    clock: bool = True,
 ) -> datetime:
-    """A read of these balances on a database whose clock is `skew` ahead; its time."""
-    at = datetime.now(UTC)
+    """A read of these balances on a database whose clock is `skew` ahead (`clock`: an
+    optimistic read's, not a locked transaction's); its time."""
     accounts = {a.id: a for a, _ in balances}
     amounts = {a.id: Decimal(b) for a, b in balances}
-    ctx = remembered.read(BatchContext({}, set(), set(), accounts, amounts, at + skew), at)
+    now = datetime.now(UTC) + skew
+    ctx = remembered.read(BatchContext({}, set(), set(), accounts, amounts, now), clock=clock)
     return ctx.now
 
 
@@ -74,6 +78,10 @@ def test_a_batch_from_memory_is_stamped_on_the_databases_clock_after_its_account
     # a read is stamped after what is remembered of its accounts too
     assert read(remembered, (a, "4.00"), (c, "1.00")) == later + timedelta(microseconds=1)
     assert read(remembered, (c, "1.00"), skew=timedelta(hours=3)) > later
+    e = account()  # a locked read's time is its accounts', not the clock of memory's
+    locked_at = read(remembered, (e, "1.00"), skew=timedelta(hours=9), clock=False)
+    assert stamp(remembered, between(e, e)) == locked_at + timedelta(microseconds=1)
+    assert stamp(remembered, between(c, c)) < read_at + timedelta(hours=3)
 
 
 def test_an_account_that_moved_is_read_for_longer_each_time_it_moves_again() -> None:
@@ -148,6 +156,15 @@ def test_where_writes_from_memory_mostly_miss_memory_is_tried_only_now_and_then(
             remembered.missed()
     # about 22 misses bring the share that held under a half; then one try in 32
     assert 22 + 19 <= tried <= 23 + 20
+
+    c = account()  # a probe due on a batch that cannot use memory waits for one that can
+    while remembered.context([between(a, b)]) is None:
+        pass
+    remembered.missed()
+    for _ in range(REMEMBERED_PROBE_EVERY):
+        assert remembered.context([between(a, c)]) is None  # c is not remembered
+    assert remembered.context([between(a, b)]) is not None
+    remembered.missed()
 
     posted = _Plan({}, [], posted=[(0, transfer(a, b))])
     while remembered.context([between(a, b)]) is None:

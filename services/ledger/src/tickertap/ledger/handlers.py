@@ -18,11 +18,12 @@ deadlock.
 Most batches skip the read: the process remembers each account it has read or written
 (`Remembered`: accounts never change but for their balance) and its balance then, and a
 batch whose accounts are all remembered is planned on those balances and written by the
-same checking statement, one round trip. What that plan cannot prove is then read after
-all: a refusal (insufficient funds on a balance that may have grown since), a reversal
-(whether it is taken), and a write the statement refused (a balance moved, or the key or
-transfer id exists: unique, so nothing was written); the batch then takes the two round
-trips above. Its transfers' `created_at` is Postgres' clock as the process last saw it.
+same checking statement, one round trip; its transfers' `created_at` is Postgres' clock
+as the process last saw it. What that plan cannot prove is then read after all: a
+refusal (insufficient funds on a balance that may have grown since), a reversal (whether
+it is taken), and a write the statement refused (a balance moved, or the key or transfer
+id exists: unique, so nothing was written); the batch then takes the two round trips
+above. Every batch is stamped after the last time the process knows of its accounts.
 
 A trade becomes one transfer through the same group commit; its price is the one
 given or the latest one `record_price` kept from marketdata.prices.v1.
@@ -128,14 +129,16 @@ class Remembered:
     endpoint's lane: the writing statement checks it), and the time of that read or write.
 
     A batch planned from memory is stamped on Postgres' clock as this process last saw it
-    (its own clock plus the difference found at the last read, measured as the reply
-    came: never ahead of Postgres'), and every batch after the time remembered of each of
-    its accounts: one account's transfers from this process keep in time the order they
-    have in its postings. An account whose balance moved under it is read for the
-    next batches (1, 2, 4... up to REMEMBERED_BACKOFF_MAX while it keeps moving: another
-    replica posting to it); where most writes from memory miss (`missed`), memory is
-    tried only now and then, and again on every batch once one holds; the longest unused
-    are forgotten beyond `size_max`."""
+    (the last optimistic read's `now()`, plus the time this process's monotonic clock has
+    counted since its reply came: never ahead of Postgres'), and every batch after the time
+    remembered of each of its accounts: one account's transfers from this process keep in
+    time the order they have in its postings. The accounts of a batch whose balance moved
+    under it (which one, the statement does not say) are read for the next batches (1, 2,
+    4... up to REMEMBERED_BACKOFF_MAX while they keep moving: another replica posting to
+    them); where most writes from memory wrote nothing (`missed`), only every
+    REMEMBERED_PROBE_EVERY-th batch tries memory (the next one that can, when that one
+    cannot), and every batch again once a write from it holds; the longest unused are
+    forgotten beyond `size_max`."""
 
     def __init__(self, size_max: int = REMEMBERED_MAX) -> None:
         self._size_max = size_max
@@ -145,22 +148,28 @@ class Remembered:
         self._asked = 0
         self._held = 1.0  # the moving share of writes from memory that held
         self._holding = True  # the last write from memory held
-        self._offset = timedelta(0)  # Postgres' clock minus this process's, at the last read
+        self._probing = False  # a probe is due while memory is held back
+        # Postgres' `now()` at the last optimistic read, and time.monotonic() at its reply
+        self._clock: tuple[datetime, float] | None = None
 
     def context(self, requests: Sequence[TransferRequest]) -> repo.BatchContext | None:
-        """A context for `requests` from memory: None unless every account is remembered
-        and none reverses a transfer (whether one is reversed already is not kept)."""
+        """A context for `requests` from memory: None unless every account is remembered,
+        none reverses a transfer (whether one is reversed already is not kept), none is
+        being read after it moved, and memory is not held back (see the class)."""
         self._asked += 1
-        if (
-            not self._holding
-            and self._held < REMEMBERED_HELD_MIN
-            and self._asked % REMEMBERED_PROBE_EVERY
-        ):
-            return None
+        if not self._holding and self._held < REMEMBERED_HELD_MIN:
+            if not self._asked % REMEMBERED_PROBE_EVERY:
+                self._probing = True
+            if not self._probing:
+                return None
         known = self._known
         accounts: dict[uuid.UUID, d.Account] = {}
         balances: dict[uuid.UUID, Decimal] = {}
-        now = datetime.now(UTC) + self._offset
+        clock = self._clock
+        if clock is None:
+            now = datetime.now(UTC)
+        else:
+            now = clock[0] + timedelta(seconds=time.monotonic() - clock[1])
         for request in requests:
             if request.cmd.reverses is not None:
                 return None
@@ -175,12 +184,16 @@ class Remembered:
         moving, asked = self._moving, self._asked
         if moving and any(moving.get(a, _STILL)[0] >= asked for a in accounts):
             return None
+        self._probing = False
         return repo.BatchContext({}, set(), set(), accounts, balances, now)
 
-    def read(self, ctx: repo.BatchContext, received_at: datetime) -> repo.BatchContext:
-        """What a batch read (`received_at`: this process's clock as the reply came); the
-        context with its time moved after the latest remembered of its accounts."""
-        self._offset = ctx.now - received_at
+    def read(self, ctx: repo.BatchContext, *, clock: bool) -> repo.BatchContext:
+        """What a batch read, just now; the context with its time moved after the latest
+        remembered of its accounts. `clock`: the read's `now()` is the statement's, so it
+        sets the clock of batches from memory (not a locked transaction's, which may have
+        waited for its locks since)."""
+        if clock:
+            self._clock = (ctx.now, time.monotonic())
         known = self._known
         latest = max((known[a][2] for a in ctx.accounts if a in known), default=ctx.now)
         if latest >= ctx.now:
@@ -515,7 +528,7 @@ class Ledger:
             async with driver_statements(self.poster) as pg:
                 if remembered is None:
                     ctx = await self._context(pg, requests, lock=False)
-                    ctx = self.remembered.read(ctx, datetime.now(UTC))
+                    ctx = self.remembered.read(ctx, clock=True)
                 else:
                     ctx = remembered
                 plan = await self._plan(requests, ctx)
@@ -572,7 +585,7 @@ class Ledger:
         events (encoded while Postgres runs the insert), COMMIT."""
         async with DriverTransaction(self.writer, setup=repo.POSTING_SETUP) as tx:
             ctx = await self._context(tx.pg, requests, lock=True)
-            ctx = self.remembered.read(ctx, datetime.now(UTC))
+            ctx = self.remembered.read(ctx, clock=False)
             plan = await self._plan(requests, ctx)
             if plan.new:
                 inserting = asyncio.create_task(

@@ -425,7 +425,8 @@ class BatchContext:
     reversed: set[uuid.UUID]  # transfers already reversed
     accounts: dict[uuid.UUID, d.Account]  # locked FOR UPDATE (if asked), in the global order
     balances: dict[uuid.UUID, Decimal]  # of those accounts, as read
-    now: datetime  # the reading transaction's `now()`: its transfers' created_at
+    now: datetime  # its transfers' created_at: the reading transaction's `now()`, or later
+    # (after what the process knows of the accounts), or from memory (handlers.Remembered)
 
 
 def _batch_context_sql(lock: bool) -> str:
