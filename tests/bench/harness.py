@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,22 @@ DISTURBED_RETRIES = 2
 
 sys.path.insert(0, str(BENCH_DIR))
 import loadgen  # noqa: E402 - a sibling script, found through the line above
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def metric_samples(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """The samples on a service's `/metrics` at `url` (its base address): (name, labels,
+    value) each, read with prometheus_client's parser."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310  # nosec B310  # the bench's own service on 127.0.0.1
+        text = response.read().decode()
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
 
 # -- CPU accounting -----------------------------------------------------------------------
 

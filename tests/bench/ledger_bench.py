@@ -252,13 +252,10 @@ def transfer_batches(url: str) -> dict[str, float]:
     """The transfer batches the ledger at `url` has written (its /metrics), by how: so a
     load's transfers per batch (the group commit's batch size, which its CPU per transfer
     follows) and the share written on remembered balances (one round trip)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310 - loopback
-        text = response.read().decode()
-    prefix = 'tickertap_ledger_transfer_batches_total{how="'
     return {
-        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(prefix)
+        labels["how"]: value
+        for name, labels, value in harness.metric_samples(url)
+        if name == "tickertap_ledger_transfer_batches_total"
     }
 
 

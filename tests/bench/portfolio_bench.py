@@ -55,7 +55,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -426,13 +425,7 @@ class Live:
 
 
 def live_state(url: str) -> Live:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:  # noqa: S310  # nosec B310  # the bench's own service on 127.0.0.1
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in LIVE_GAUGES:
-            values[name] = float(value)
+    values = {name: v for name, _, v in harness.metric_samples(url) if name in LIVE_GAUGES}
     return Live(
         values.get("tickertap_portfolio_live_leader", 0.0) >= 1.0,  # shards led
         int(values.get("tickertap_portfolio_live_dirty_portfolios", -1)),

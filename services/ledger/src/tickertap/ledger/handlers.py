@@ -493,9 +493,9 @@ class Ledger:
         busy.update(accounts)
         try:
             if optimistic:
-                remembered = self.remembered.context(requests)
-                if remembered is not None:
-                    outcomes = await self._post_optimistically(requests, remembered)
+                from_memory = self.remembered.context(requests)
+                if from_memory is not None:
+                    outcomes = await self._post_optimistically(requests, from_memory)
                     if outcomes is not None:
                         return outcomes
                 outcomes = await self._post_optimistically(requests)
@@ -509,13 +509,13 @@ class Ledger:
                     del busy[account]
 
     async def _post_optimistically(
-        self, requests: list[TransferRequest], remembered: repo.BatchContext | None = None
+        self, requests: list[TransferRequest], from_memory: repo.BatchContext | None = None
     ) -> list[Outcome] | None:
         """Two round trips, no explicit transaction: read the batch's context, then write
         it all (transfers, postings, balances, keys, events) in one statement that checks
         each balance is still the one read. None when one was not (nothing was written).
 
-        With a `remembered` context (`Remembered.context`), one round trip: the write
+        With a context `from_memory` (`Remembered.context`), one round trip: the write
         alone. None also when its plan refuses a request or the statement finds a key or
         transfer id taken: what is remembered does not prove those (nothing was written).
 
@@ -526,13 +526,13 @@ class Ledger:
         writing: list[repo.NewTransfer] = []
         try:
             async with driver_statements(self.poster) as pg:
-                if remembered is None:
+                if from_memory is None:
                     ctx = await self._context(pg, requests, lock=False)
                     ctx = self.remembered.read(ctx, clock=True)
                 else:
-                    ctx = remembered
+                    ctx = from_memory
                 plan = await self._plan(requests, ctx)
-                if remembered is not None and any(o is not None for o in plan.outcomes):
+                if from_memory is not None and any(o is not None for o in plan.outcomes):
                     # refused on balances that may have grown since: read them
                     self.batch_counts["remembered_refused"] += 1
                     return None
@@ -547,13 +547,13 @@ class Ledger:
                         state = sqlstate(exc)
                         if state == repo.BALANCE_CHANGED:
                             self.remembered.moved(ctx.accounts)
-                            if remembered is not None:
+                            if from_memory is not None:
                                 self.remembered.missed()
                             self.batch_counts[
-                                "balance_changed" if remembered is None else "remembered_moved"
+                                "balance_changed" if from_memory is None else "remembered_moved"
                             ] += 1
                             return None
-                        if remembered is not None and state == UNIQUE_VIOLATION:
+                        if from_memory is not None and state == UNIQUE_VIOLATION:
                             # a key or transfer id taken (nothing was written): read which
                             self.batch_counts["remembered_taken"] += 1
                             self.remembered.missed()
@@ -566,8 +566,8 @@ class Ledger:
             if not writing or not await self._stored(writing):
                 raise
             log.warning("the connection was lost as a batch was written; it was written")
-        self.remembered.written(plan, ctx.accounts, ctx.now, remembered=remembered is not None)
-        self.batch_counts["optimistic" if remembered is None else "remembered"] += 1
+        self.remembered.written(plan, ctx.accounts, ctx.now, remembered=from_memory is not None)
+        self.batch_counts["optimistic" if from_memory is None else "remembered"] += 1
         return await self._outcomes(requests, plan, ctx.now)
 
     async def _stored(self, new: list[repo.NewTransfer]) -> bool:
