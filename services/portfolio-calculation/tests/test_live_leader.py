@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -13,13 +14,17 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
+from tickertap.messaging.kafka import key_partition
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
+from tickertap.portfolio.handlers import UPDATES_TOPIC
 from tickertap.portfolio.live import LivePublisher
 from tickertap.portfolio.live_process import ShardFigures
 from tickertap.portfolio.metrics import PortfolioMetrics
@@ -122,10 +127,14 @@ async def test_one_leader_publishes_every_portfolio_and_a_standby_takes_over(sta
 
 
 async def test_shards_lead_side_by_side_and_split_the_portfolios(stack, engine) -> None:
+    """Shard i of 2 publishes the portfolios on the partitions i modulo 2, and every update
+    lands on the partition its key hashes to (as any producer of the project puts it)."""
     lock_key = uuid.uuid4().int & 0x7FFF_FFFF
     async with engine.begin() as conn:
         await repo.see_all(conn)
         owners = set(await repo.owners(conn))
+    partitions = updates_partitions(stack)
+    reader = updates_reader(stack, partitions)
     shards = [publisher(stack, engine, lock_key, shard=i, shards=2) for i in range(2)]
     tasks = [asyncio.create_task(p.run()) for p, _ in shards]
     try:
@@ -134,10 +143,46 @@ async def test_shards_lead_side_by_side_and_split_the_portfolios(stack, engine) 
         books = [set(p.book.owners()) for p, _ in shards]
         assert not books[0] & books[1]
         assert books[0] | books[1] >= owners
-        assert all(o.int % 2 == i for i, book in enumerate(books) for o in book)
+        assert all(
+            key_partition(str(o).encode(), partitions) % 2 == i
+            for i, book in enumerate(books)
+            for o in book
+        )
+        published = "tickertap_portfolio_updates_published_total"
+        for (_, registry), book in zip(shards, books, strict=True):
+            await until(lambda r=registry, b=book: gauge(r, published) >= len(b), "published")
+        seen: set[uuid.UUID] = set()
+        deadline = time.monotonic() + WAIT_S
+        while not owners <= seen and time.monotonic() < deadline:
+            for message in await asyncio.to_thread(reader.consume, 500, 0.5):
+                if message.error():
+                    continue
+                key = message.key()
+                assert message.partition() == key_partition(key, partitions)
+                seen.add(uuid.UUID(key.decode()))
+        assert owners <= seen
     finally:
+        reader.close()
         for task in tasks:
             await stopped(task)
+
+
+def updates_partitions(stack) -> int:
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    return len(admin.list_topics(UPDATES_TOPIC, timeout=10).topics[UPDATES_TOPIC].partitions)
+
+
+def updates_reader(stack, partitions: int) -> Consumer:
+    """A reader of the updates topic from its end (no group)."""
+    reader = Consumer(
+        {"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}"}
+    )
+    ends = []
+    for p in range(partitions):
+        _, high = reader.get_watermark_offsets(TopicPartition(UPDATES_TOPIC, p), timeout=10)
+        ends.append(TopicPartition(UPDATES_TOPIC, p, high))
+    reader.assign(ends)
+    return reader
 
 
 def test_the_parent_sums_its_shards_figures() -> None:

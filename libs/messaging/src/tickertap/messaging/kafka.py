@@ -23,6 +23,8 @@ __all__ = [
     "close_producer",
     "consumer_config",
     "deliver",
+    "key_partition",
+    "murmur2",
     "needs_new_producer",
     "paced_fetches",
     "producer_config",
@@ -53,6 +55,35 @@ def producer_config(
     }
     config.update(overrides or {})
     return config
+
+
+_MURMUR2_SEED = 0x9747B28C
+_MURMUR2_M = 0x5BD1E995
+_U32 = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """The Java client's murmur2 of a key (`Utils.murmur2`), as an unsigned 32-bit int: what
+    librdkafka's `murmur2_random` partitioner hashes too."""
+    m = _MURMUR2_M
+    h = (_MURMUR2_SEED ^ len(data)) & _U32
+    whole = len(data) & ~3
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(data[i : i + 4], "little") * m) & _U32
+        k = ((k ^ (k >> 24)) * m) & _U32
+        h = ((h * m) & _U32) ^ k
+    rest = len(data) & 3
+    if rest:
+        h ^= int.from_bytes(data[whole:], "little")
+        h = (h * m) & _U32
+    h = ((h ^ (h >> 13)) * m) & _U32
+    return h ^ (h >> 15)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition `producer_config`'s producers (and the Java client's default
+    partitioner) put `key` on, of a topic with `partitions` partitions."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def consumer_config(

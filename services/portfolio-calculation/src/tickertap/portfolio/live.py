@@ -24,9 +24,14 @@ Updates are snapshots: each replaces the previous one of its portfolio; consumer
 deduplicate on `event_id` and can order by `as_of`.
 
 Shards: with `TICKERTAP_UPDATE_PUBLISHER_PROCESSES=N` (N > 0) each replica runs N child
-processes (live_process.py), shard i of N publishing the portfolios whose id is i modulo
-N, each shard with its own leader lock: on a machine with several cores the encoding then
-runs on several. Every replica must be given the same N.
+processes (live_process.py), each shard with its own leader lock: on a machine with several
+cores the encoding then runs on several. Shard i of N publishes the portfolios whose
+partition of portfolio.updates.v1 is i modulo N (the partition every producer of the
+project, and the Java client, puts the key on: `kafka.key_partition`). So each partition
+has one producer, and its batches are as large as they can be: the local broker's cost
+grows with the number of batches it keeps, not with the updates in them. Every replica
+must be given the same N. A leader that sees the topic's partition count change hands its
+leadership back and loads its (new) share afresh.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tickertap.messaging import headers as h
 from tickertap.messaging.codec import EncodeError
-from tickertap.messaging.kafka import producer_config
+from tickertap.messaging.kafka import key_partition, producer_config
 from tickertap.messaging.outbox import Encoder
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
@@ -72,6 +77,8 @@ PUBLISH_SLICE = 64  # updates built between two yields to the event loop
 RELOAD_AFTER_S = 0.01
 PRODUCE_RETRY_S = 0.05  # pause when librdkafka's local queue is full
 LIVENESS_CHECK_S = 2.0  # how often the leader's session is checked
+PARTITIONS_CHECK_S = 30.0  # how often the leader checks the topic's partition count
+METADATA_TIMEOUT_S = 10.0
 TRUSTED_PIDS_TTL_S = 60.0  # how long announcing sessions found to be the service's are kept
 STANDBY_POLL_S = 5.0  # how often a standby tries to become leader
 GAUGE_INTERVAL_S = 1.0  # how often the backlog gauges are set while portfolios wait
@@ -333,6 +340,8 @@ class LivePublisher:
         self._writer: UpdateWriter | None = None
         self._trusted_pids: set[int] = set()
         self._trusted_since = -math.inf
+        self._partitions = 0  # of the updates topic, as the leadership found it
+        self._partition_of: dict[uuid.UUID, int] = {}
         self.book = Book(self._interval_s)
 
     async def run(self) -> None:
@@ -383,31 +392,62 @@ class LivePublisher:
             self._changes.add(payload, pid)
             self._wake.set()
 
-        await driver.add_listener(repo.CHANGES_CHANNEL, announced)  # before the load
-        log.info("live updates: leading; loading every portfolio")
-        self.book = Book(self._interval_s)
-        self._changes = _Changes()
-        await self._reload(_Changes(everything=True))
-        # the book is most of the process's objects and lives as long as the leadership:
-        # out of the collector's sight, a full collection no longer stalls the updates
-        gc.collect()
-        gc.freeze()
-        self._metrics.live_dirty.set(len(self.book))
-        self._metrics.live_leader.set(1)  # leading, with every portfolio loaded
-        log.info("live updates: %d portfolios loaded", len(self.book))
         producer = Producer({**self._producer_config, "on_delivery": self._delivered})
         try:
+            self._partitions = await self._partition_count(producer)
+            self._partition_of = {}
+            if self._shard >= self._partitions:
+                log.warning(
+                    "live updates: shard %d of %d has no partition of %s's %d to publish",
+                    self._shard,
+                    self._shards,
+                    UPDATES_TOPIC,
+                    self._partitions,
+                )
+            await driver.add_listener(repo.CHANGES_CHANNEL, announced)  # before the load
+            log.info("live updates: leading; loading every portfolio")
+            self.book = Book(self._interval_s)
+            self._changes = _Changes()
+            await self._reload(_Changes(everything=True))
+            # the book is most of the process's objects and lives as long as the leadership:
+            # out of the collector's sight, a full collection no longer stalls the updates
+            gc.collect()
+            gc.freeze()
+            self._metrics.live_dirty.set(len(self.book))
+            self._metrics.live_leader.set(1)  # leading, with every portfolio loaded
+            log.info("live updates: %d portfolios loaded", len(self.book))
             await self._loop(driver, producer)
         finally:
             await asyncio.to_thread(producer.flush, 5.0)
 
+    @staticmethod
+    async def _partition_count(producer: Producer) -> int:
+        metadata = await asyncio.to_thread(producer.list_topics, UPDATES_TOPIC, METADATA_TIMEOUT_S)
+        topic = metadata.topics.get(UPDATES_TOPIC)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise RuntimeError(f"{UPDATES_TOPIC} is not on the broker: {topic and topic.error}")
+        return len(topic.partitions)
+
     async def _loop(self, driver: Any, producer: Producer) -> None:
-        checked_at = gauged_at = time.monotonic()
+        """Publishes until the session is lost (raises) or the topic's partition count
+        changes (returns: the shards' shares change with it)."""
+        checked_at = gauged_at = partitions_at = time.monotonic()
         while True:
             now = time.monotonic()
             if now - checked_at >= LIVENESS_CHECK_S:
                 await driver.fetchval("SELECT 1")  # a lost session ends the leadership
                 checked_at = now
+            if now - partitions_at >= PARTITIONS_CHECK_S:
+                partitions = await self._partition_count(producer)
+                if partitions != self._partitions:
+                    log.info(
+                        "live updates: %s has %d partitions (was %d); loading afresh",
+                        UPDATES_TOPIC,
+                        partitions,
+                        self._partitions,
+                    )
+                    return
+                partitions_at = now
             self._wake.clear()  # before the changes are read: a later one wakes the wait
             if self._changes:
                 await self._reload(self._changes.take())
@@ -441,8 +481,16 @@ class LivePublisher:
                 await conn.rollback()
         return pids & self._trusted_pids
 
+    def _partition(self, owner: uuid.UUID) -> int:
+        """The portfolio's partition of the updates topic (by its key, the id's text)."""
+        partition = self._partition_of.get(owner)
+        if partition is None:
+            partition = key_partition(str(owner).encode(), self._partitions)
+            self._partition_of[owner] = partition
+        return partition
+
     def _mine(self, owner: uuid.UUID) -> bool:
-        return owner.int % self._shards == self._shard
+        return self._partition(owner) % self._shards == self._shard
 
     async def _reload(self, changes: _Changes) -> None:
         """Put the prices `changes` carries into the book, then read what it names from the
@@ -504,13 +552,14 @@ class LivePublisher:
                     if encoded is None:
                         continue
                     key, value = str(owner).encode(), encoded
+                partition = self._partition_of[owner]  # every owner in the book has one
                 headers: list[tuple[str, str | bytes | None]] = [
                     (h.EVENT_ID, event_id),
                     (h.SCHEMA, UPDATES_TOPIC),
                 ]
                 while True:
                     try:
-                        producer.produce(UPDATES_TOPIC, value, key, headers=headers)
+                        producer.produce(UPDATES_TOPIC, value, key, partition, headers=headers)
                         break
                     except BufferError:  # librdkafka's queue is full: let it drain
                         producer.poll(0)
