@@ -107,7 +107,11 @@ SERVICE_START_ATTEMPTS = 3
 HTTP_PORT_OFFSET = 45  # odd and unused by the stack (services 1-4, Vault 20, PG 32, Kafka 92)
 SERVICE_RETRY_PAUSE_S = 2.0
 RESET_ATTEMPTS = 5
-PRODUCER_OVERRIDES = {"linger.ms": 5}
+# the feed's producer lingers as the project's feed simulator's does (feed_cli.py): a price
+# produced alone with the default 5 ms is a record batch of its own, and the local broker's
+# fetches rescan every batch a partition keeps (its cost grows with their count, not their
+# size). A price's time in the linger still counts: its send time is taken at produce().
+PRODUCER_OVERRIDES = {"linger.ms": 20}
 PRODUCE_FLUSH_TIMEOUT_S = 120.0
 PRODUCER_WARMUP_S = 1.0
 TIMELINE_SLOT_S = 0.5
