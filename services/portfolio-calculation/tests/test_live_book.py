@@ -105,6 +105,33 @@ def test_marking_again_while_waiting_keeps_its_place() -> None:
     assert book.take_due(10.0, 10) == []
 
 
+def test_a_changed_portfolio_keeps_one_place_and_its_holdings_follow_the_change() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    book = book_of((a, [holding("AAA")]), (b, [holding("AAA")]))
+    book.put(row(a), [holding("BBB")], {"USD": D("5.00")}, 0.1)  # waiting: the same place
+    assert book.waiting == 2
+    assert book.take_due(0.0, 10) == [a, b]
+    assert book.waiting == 0
+    assert book.symbols() == {"AAA", "BBB"}
+    assert book.set_prices({"AAA": stored("AAA", "101", 1)}, 1.0) == 1  # b only: a sold it
+    assert book.set_prices({"BBB": stored("BBB", "50", 2)}, 1.0) == 1  # a
+    assert book.take_due(2.0, 10) == [b, a]
+    assert book.snapshot(a, "USD", d.Scales()).fifo.cash["USD"] == D("5.00")
+
+
+def test_a_portfolio_dropped_while_waiting_and_put_back_waits_once() -> None:
+    a = uuid.uuid4()
+    book = book_of((a, [holding("AAA")]))
+    book.drop(a)
+    assert (book.waiting, book.backlog(1.0).dirty) == (0, 0)
+    assert book.set_prices({"AAA": stored("AAA", "101", 1)}, 0.5) == 0  # no holder now
+    book.put(row(a), [holding("AAA")], {"USD": D("1.00")}, 1.0)
+    assert book.waiting == 1
+    assert book.backlog(1.5).oldest_s == 0.5
+    assert book.take_due(1.0, 10) == [a]  # once: the dropped entry's place is void
+    assert book.take_due(9.0, 10) == []
+
+
 # -- prices in change announcements (repo.announcements, live._Changes) ---------------------
 
 

@@ -46,7 +46,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -93,13 +93,18 @@ PRODUCER_OVERRIDES = {
 }
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Entry:
+    """A portfolio in the book; the same object for as long as the portfolio is in it (its
+    holders' sets and the due heap refer to it, so the busy paths hash no ids)."""
+
     row: repo.PortfolioRow
     figures: list[d.PositionFigures]
     cash: dict[str, Decimal]
     published_at: float = -math.inf  # monotonic seconds
     parts: Parts | None = None  # what its updates share, encoded on first use
+    since: float | None = None  # waiting for an update since (monotonic seconds), or not
+    ticket: int = -1  # its place in the due heap while it waits
 
 
 @dataclass(slots=True)
@@ -119,11 +124,11 @@ class Book:
 
     interval_s: float
     _entries: dict[uuid.UUID, _Entry] = field(default_factory=dict)
-    _holders: dict[str, set[uuid.UUID]] = field(default_factory=dict)  # a non-zero quantity
+    _holders: dict[str, set[_Entry]] = field(default_factory=dict)  # a non-zero quantity
     _listed: dict[str, int] = field(default_factory=dict)  # portfolios with a position
     _prices: dict[str, repo.StoredPrice] = field(default_factory=dict)
-    _dirty: dict[uuid.UUID, tuple[float, int]] = field(default_factory=dict)  # since, ticket
-    _due: list[tuple[float, int, uuid.UUID]] = field(default_factory=list)  # a heap
+    _waiting: int = 0  # entries with `since` set
+    _due: list[tuple[float, int, _Entry]] = field(default_factory=list)  # a heap
     _tickets: itertools.count[int] = field(default_factory=itertools.count)
 
     def __len__(self) -> int:
@@ -144,23 +149,26 @@ class Book:
         now: float,
     ) -> None:
         """A portfolio's current state (new or changed); it is due for an update."""
-        owner = row.owner_id
-        old = self._entries.get(owner)
-        if old is not None:
-            self._unhold(owner, old.figures)
-        self._entries[owner] = _Entry(row, figures, cash, old.published_at if old else -math.inf)
+        entry = self._entries.get(row.owner_id)
+        if entry is None:
+            entry = self._entries[row.owner_id] = _Entry(row, figures, cash)
+        else:
+            self._unhold(entry)
+            entry.row, entry.figures, entry.cash, entry.parts = row, figures, cash, None
         for f in figures:
             self._listed[f.symbol] = self._listed.get(f.symbol, 0) + 1
             if f.quantity:
-                self._holders.setdefault(f.symbol, set()).add(owner)
-        self.mark(owner, now)
+                self._holders.setdefault(f.symbol, set()).add(entry)
+        self._mark(entry, now)
 
     def drop(self, owner: uuid.UUID) -> None:
         """A portfolio that is no longer in the database (a rebuild removed it)."""
         entry = self._entries.pop(owner, None)
         if entry is not None:
-            self._unhold(owner, entry.figures)
-        self._dirty.pop(owner, None)
+            self._unhold(entry)
+            if entry.since is not None:
+                entry.since = None
+                self._waiting -= 1
 
     def set_prices(
         self, prices: Mapping[str, repo.StoredPrice], now: float, *, announced: bool = False
@@ -170,7 +178,6 @@ class Book:
         come after a read of the database that saw a later one: a price the book's is newer
         than (`StoredPrice.newer_than`, the database's order) is left out."""
         marked = 0
-        waiting = self._dirty
         for symbol, price in prices.items():
             old = self._prices.get(symbol)
             if old == price:
@@ -178,19 +185,23 @@ class Book:
             if announced and old is not None and old.newer_than(price):
                 continue
             self._prices[symbol] = price
-            for owner in self._holders.get(symbol, ()):
-                if owner not in waiting:  # most are, under a busy feed: skip the call
-                    marked += self.mark(owner, now)
+            for entry in self._holders.get(symbol, ()):
+                if entry.since is None:  # most wait already, under a busy feed
+                    marked += self._mark(entry, now)
         return marked
 
     def mark(self, owner: uuid.UUID, now: float) -> int:
         """Make a portfolio due (1), unless it is already waiting (0)."""
         entry = self._entries.get(owner)
-        if entry is None or owner in self._dirty:
+        return 0 if entry is None else self._mark(entry, now)
+
+    def _mark(self, entry: _Entry, now: float) -> int:
+        if entry.since is not None:
             return 0
-        ticket = next(self._tickets)
-        self._dirty[owner] = (now, ticket)
-        heapq.heappush(self._due, (max(now, entry.published_at + self.interval_s), ticket, owner))
+        entry.since = now
+        entry.ticket = ticket = next(self._tickets)
+        self._waiting += 1
+        heapq.heappush(self._due, (max(now, entry.published_at + self.interval_s), ticket, entry))
         return 1
 
     def take_due(self, now: float, limit: int) -> list[uuid.UUID]:
@@ -199,33 +210,33 @@ class Book:
         taken: list[uuid.UUID] = []
         due = self._due
         while due and len(taken) < limit and due[0][0] <= now:
-            _, ticket, owner = heapq.heappop(due)
-            waiting = self._dirty.get(owner)
-            if waiting is None or waiting[1] != ticket:
-                continue  # dropped, or marked again since this entry was pushed
-            del self._dirty[owner]
-            self._entries[owner].published_at = now
-            taken.append(owner)
+            _, ticket, entry = heapq.heappop(due)
+            if entry.since is None or entry.ticket != ticket:
+                continue  # dropped, or published since this place was taken
+            entry.since = None
+            entry.published_at = now
+            taken.append(entry.row.owner_id)
+        self._waiting -= len(taken)
         return taken
 
     def next_due_in(self, now: float) -> float | None:
         """Seconds until the next portfolio is due (0 when one is); None when none waits."""
-        while self._due:
-            at, ticket, owner = self._due[0]
-            waiting = self._dirty.get(owner)
-            if waiting is not None and waiting[1] == ticket:
+        due = self._due
+        while due:
+            at, ticket, entry = due[0]
+            if entry.since is not None and entry.ticket == ticket:
                 return max(0.0, at - now)
-            heapq.heappop(self._due)
+            heapq.heappop(due)
         return None
 
     @property
     def waiting(self) -> int:
         """How many portfolios changed since their last update."""
-        return len(self._dirty)
+        return self._waiting
 
     def backlog(self, now: float) -> Backlog:
-        oldest = min((since for since, _ in self._dirty.values()), default=now)
-        return Backlog(len(self._dirty), now - oldest)
+        waits = [e.since for e in self._entries.values() if e.since is not None]
+        return Backlog(len(waits), now - min(waits, default=now))
 
     def snapshot(self, owner: uuid.UUID, base_currency: str, scales: d.Scales) -> Snapshot:
         """The portfolio valued at the latest prices under both methods."""
@@ -255,8 +266,8 @@ class Book:
             parts = entry.parts = writer.parts(entry.row, entry.figures, entry.cash)
         return parts.key, writer.encode(entry.row, parts, self._prices, event_id, occurred_at_us)
 
-    def _unhold(self, owner: uuid.UUID, figures: Iterable[d.PositionFigures]) -> None:
-        for f in figures:
+    def _unhold(self, entry: _Entry) -> None:
+        for f in entry.figures:
             listed = self._listed[f.symbol] - 1
             if listed:
                 self._listed[f.symbol] = listed
@@ -264,7 +275,7 @@ class Book:
                 del self._listed[f.symbol]
             holders = self._holders.get(f.symbol)
             if holders is not None:
-                holders.discard(owner)
+                holders.discard(entry)
                 if not holders:
                     del self._holders[f.symbol]
 
@@ -341,7 +352,7 @@ class LivePublisher:
         self._trusted_pids: set[int] = set()
         self._trusted_since = -math.inf
         self._partitions = 0  # of the updates topic, as the leadership found it
-        self._partition_of: dict[uuid.UUID, int] = {}
+        self._partition_of: dict[bytes, int] = {}  # by key
         self.book = Book(self._interval_s)
 
     async def run(self) -> None:
@@ -481,16 +492,15 @@ class LivePublisher:
                 await conn.rollback()
         return pids & self._trusted_pids
 
-    def _partition(self, owner: uuid.UUID) -> int:
-        """The portfolio's partition of the updates topic (by its key, the id's text)."""
-        partition = self._partition_of.get(owner)
+    def _partition(self, key: bytes) -> int:
+        """A portfolio's partition of the updates topic, by its key (the id's text)."""
+        partition = self._partition_of.get(key)
         if partition is None:
-            partition = key_partition(str(owner).encode(), self._partitions)
-            self._partition_of[owner] = partition
+            partition = self._partition_of[key] = key_partition(key, self._partitions)
         return partition
 
     def _mine(self, owner: uuid.UUID) -> bool:
-        return self._partition(owner) % self._shards == self._shard
+        return self._partition(str(owner).encode()) % self._shards == self._shard
 
     async def _reload(self, changes: _Changes) -> None:
         """Put the prices `changes` carries into the book, then read what it names from the
@@ -552,7 +562,7 @@ class LivePublisher:
                     if encoded is None:
                         continue
                     key, value = str(owner).encode(), encoded
-                partition = self._partition_of[owner]  # every owner in the book has one
+                partition = self._partition(key)
                 headers: list[tuple[str, str | bytes | None]] = [
                     (h.EVENT_ID, event_id),
                     (h.SCHEMA, UPDATES_TOPIC),

@@ -104,6 +104,17 @@ def unscaled_bytes(unscaled: int) -> bytes:
     return _SMALL_LONGS[size] + unscaled.to_bytes(size, "big", signed=True)
 
 
+_SOME_SIZED = [_SOME + _SMALL_LONGS[size] for size in range(_SIZE_CHECKED + 1)]
+
+
+def some_unscaled_bytes(unscaled: int) -> bytes:
+    """Branch 1 of an optional decimal(38, 18), given as its unscaled value."""
+    size = (abs(unscaled).bit_length() + 8) >> 3
+    if size >= _SIZE_CHECKED and not -_UNSCALED_LIMIT < unscaled < _UNSCALED_LIMIT:
+        raise WireError(f"{unscaled}e-{SCALE} does not fit a decimal({PRECISION}, {SCALE})")
+    return _SOME_SIZED[size] + unscaled.to_bytes(size, "big", signed=True)
+
+
 def decimal_bytes(v: Decimal) -> bytes:
     return unscaled_bytes(scaled(v))
 
@@ -143,6 +154,44 @@ class _Position:
     head: bytes  # symbol, quantity, cost_basis, average_cost
     middle: bytes  # realized_pnl, currency, cost_basis_average
     realized_average: bytes  # realized_pnl_average
+    unpriced: bytes  # the whole position while its symbol has no price
+
+    @classmethod
+    def of(
+        cls,
+        f: d.PositionFigures,
+        places: int,
+        in_base: bool,
+        cost_fifo: Decimal,
+        cost_average: Decimal,
+        average: Decimal,
+    ) -> _Position:
+        head = (
+            string_bytes(f.symbol)
+            + decimal_bytes(f.quantity)
+            + decimal_bytes(cost_fifo)
+            + decimal_bytes(average)
+        )
+        middle = (
+            decimal_bytes(f.realized_fifo)
+            + _SOME
+            + string_bytes(f.currency)
+            + _SOME
+            + decimal_bytes(cost_average)
+        )
+        realized_average = _SOME + decimal_bytes(f.realized_average)
+        return cls(
+            f.symbol,
+            scaled(f.quantity),
+            places,
+            in_base,
+            scaled(cost_fifo),
+            scaled(cost_average),
+            head,
+            middle,
+            realized_average,
+            head + _NO_PRICE + middle + _NULL + realized_average + _NO_SOURCE,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +210,7 @@ class Parts:
     realized_average: bytes  # totals.realized_pnl_average
     # the transfers' input partitions: (topic, partition) -> (offset, its source_offsets item)
     sources: Mapping[tuple[str, int], tuple[int, bytes]]
+    source_items: bytes  # those as the source_offsets array (an update at no price's)
     as_of: tuple[int, bytes] | None  # the last transfer's time, micros and encoded
 
 
@@ -209,29 +259,13 @@ class UpdateWriter:
                     d.round_to(cost_fifo / f.quantity, d.UNIT_COST_PLACES) if f.quantity else d.ZERO
                 )
                 positions.append(
-                    _Position(
-                        f.symbol,
-                        scaled(f.quantity),
-                        places,
-                        f.currency == base,
-                        scaled(cost_fifo),
-                        scaled(cost_average),
-                        string_bytes(f.symbol)
-                        + decimal_bytes(f.quantity)
-                        + decimal_bytes(cost_fifo)
-                        + decimal_bytes(average),
-                        decimal_bytes(f.realized_fifo)
-                        + _SOME
-                        + string_bytes(f.currency)
-                        + _SOME
-                        + decimal_bytes(cost_average),
-                        _SOME + decimal_bytes(f.realized_average),
-                    )
+                    _Position.of(f, places, f.currency == base, cost_fifo, cost_average, average)
                 )
         in_base = [f for f in figures if f.currency == base]
         cash_value = scaled(cash.get(base, d.ZERO))
         owner = str(row.owner_id)
         latest = row.last_transfer_at
+        sources = {(x.topic, x.partition): (x.offset, _source_item(x)) for x in row.sources}
         return Parts(
             owner.encode(),
             string_bytes(owner) + string_bytes(owner) + string_bytes(base),
@@ -243,7 +277,8 @@ class UpdateWriter:
             unscaled_bytes(cash_value),
             _SOME + unscaled_bytes(sum(p.cost_average for p in positions if p.in_base)),
             _SOME + unscaled_bytes(sum(scaled(f.realized_average) for f in in_base)),
-            {(x.topic, x.partition): (x.offset, _source_item(x)) for x in row.sources},
+            sources,
+            _array([item for _, (_, item) in sorted(sources.items())]),
             None if latest is None else (micros(latest), long_bytes(micros(latest))),
         )
 
@@ -257,76 +292,77 @@ class UpdateWriter:
     ) -> bytes:
         """The framed update of a portfolio whose `parts` are current, at `prices` (those
         of its symbols that have one)."""
-        sources = dict(parts.sources)
+        if occurred_at_us != self._occurred_at[0]:
+            self._occurred_at = (occurred_at_us, long_bytes(occurred_at_us))
+        count = len(parts.positions)
+        # the update's bytes in order, joined once; as_of (index 4) is known at the end
+        out = [self._header, string_bytes(event_id), self._occurred_at[1], parts.ids, b""]
+        add = out.append
+        if count:
+            add(long_bytes(count))
+        sources = parts.sources
+        changed: dict[tuple[str, int], tuple[int, bytes]] | None = None  # a copy, if any
         as_of = parts.as_of
         market = unrealized = unrealized_average = day_change = 0
-        positions = []
+        quotes = self._quotes
         for p in parts.positions:
             stored = prices.get(p.symbol)
             if stored is None:
-                positions.append(p.head + _NO_PRICE + p.middle + _NULL)
-                positions.append(p.realized_average + _NO_SOURCE)
+                add(p.unpriced)
                 if p.in_base:
                     market += p.cost_fifo
                 continue
-            q = self._quote(stored)
+            q = quotes.get(p.symbol)
+            if q is None or q.stored is not stored:
+                q = self._quote(stored)
             if as_of is None or q.exchange_us > as_of[0]:
                 as_of = (q.exchange_us, q.exchange)
             known = sources.get(q.source)
             if known is None or known[0] < q.source_offset[0]:
-                sources[q.source] = q.source_offset
+                if changed is None:
+                    sources = changed = dict(sources)
+                changed[q.source] = q.source_offset
             value = round_product(p.quantity * q.price, p.places)
             gain = value - p.cost_fifo
             gain_average = value - p.cost_average
-            change = None
-            if q.previous_close is not None:
+            add(p.head)
+            add(q.head)
+            add(some_unscaled_bytes(value))
+            add(some_unscaled_bytes(gain))
+            add(p.middle)
+            add(some_unscaled_bytes(gain_average))
+            add(p.realized_average)
+            add(q.tail)
+            if q.previous_close is None:
+                add(_NULL)
+                change = 0
+            else:
                 change = value - round_product(p.quantity * q.previous_close, p.places)
-            positions.append(
-                p.head
-                + q.head
-                + _SOME
-                + unscaled_bytes(value)
-                + _SOME
-                + unscaled_bytes(gain)
-                + p.middle
-                + _SOME
-                + unscaled_bytes(gain_average)
-                + p.realized_average
-                + q.tail
-                + (_NULL if change is None else _SOME + unscaled_bytes(change))
-            )
+                add(some_unscaled_bytes(change))
             if p.in_base:
                 market += value
                 unrealized += gain
                 unrealized_average += gain_average
-                if change is not None:
-                    day_change += change
-        if as_of is None:
-            as_of = (0, long_bytes(micros(row.updated_at)))
-        if occurred_at_us != self._occurred_at[0]:
-            self._occurred_at = (occurred_at_us, long_bytes(occurred_at_us))
-        return b"".join(
-            [
-                self._header,
-                string_bytes(event_id),
-                self._occurred_at[1],
-                parts.ids,
-                as_of[1],
-                _array_joined(len(parts.positions), b"".join(positions)),
-                parts.cash,
-                unscaled_bytes(market),
-                parts.cost_fifo,
-                unscaled_bytes(unrealized),
-                parts.realized,
-                parts.cash_value_bytes,
-                unscaled_bytes(market + parts.cash_value),
-                parts.cost_average_total,
-                _SOME + unscaled_bytes(unrealized_average),
-                parts.realized_average,
-                _SOME + unscaled_bytes(day_change),
-                _array([item for _, (_, item) in sorted(sources.items())]),
-            ]
+                day_change += change
+        out[4] = (as_of or (0, long_bytes(micros(row.updated_at))))[1]
+        out += (
+            _END,
+            parts.cash,
+            unscaled_bytes(market),
+            parts.cost_fifo,
+            unscaled_bytes(unrealized),
+            parts.realized,
+            parts.cash_value_bytes,
+            unscaled_bytes(market + parts.cash_value),
+            parts.cost_average_total,
+            some_unscaled_bytes(unrealized_average),
+            parts.realized_average,
+            some_unscaled_bytes(day_change),
+            parts.source_items
+            if changed is None
+            else _array([item for _, (_, item) in sorted(changed.items())]),
         )
+        return b"".join(out)
 
     def _quote(self, stored: repo.StoredPrice) -> _Quote:
         symbol = stored.quote.symbol
