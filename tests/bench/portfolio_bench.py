@@ -762,18 +762,29 @@ def delivery_ms(messages: list[tuple[float, float, bytes]], feed: Feed) -> list[
     ]
 
 
-def print_timeline(matched: Matched, feed: Feed) -> None:
+def print_timeline(
+    matched: Matched, feed: Feed, messages: list[tuple[float, float, bytes]]
+) -> None:
     """The cause latency of the updates received in each half second of the feed (and of
-    its drain): where in a run its tail comes from."""
+    its drain), and their delivery (produce timestamp to receipt): where in a run its tail
+    comes from."""
+
+    def slot_of(received_ms: float) -> int:
+        return int((received_ms * 1000 - feed.started_us) // (TIMELINE_SLOT_S * 1e6))
+
     slots: dict[int, list[float]] = {}
     for received_ms, latency_ms in matched.timed:
-        slot = int((received_ms * 1000 - feed.started_us) // (TIMELINE_SLOT_S * 1e6))
-        slots.setdefault(slot, []).append(latency_ms)
+        slots.setdefault(slot_of(received_ms), []).append(latency_ms)
+    deliveries: dict[int, list[float]] = {}
+    for received_ms, produced_ms, _ in messages:
+        deliveries.setdefault(slot_of(received_ms), []).append(received_ms - produced_ms)
     for slot, latencies in sorted(slots.items()):
         p50, p99 = mdb.percentile(latencies, 50), mdb.percentile(latencies, 99)
+        delivered = deliveries.get(slot, [0.0])
+        d50, d99 = mdb.percentile(delivered, 50), mdb.percentile(delivered, 99)
         print(
             f"    {slot * TIMELINE_SLOT_S:5.1f} s  {len(latencies):6,} updates"
-            f"  p50 {p50:5.0f} ms  p99 {p99:5.0f} ms"
+            f"  p50 {p50:5.0f} ms  p99 {p99:5.0f} ms  delivery p50 {d50:4.0f} p99 {d99:4.0f} ms"
         )
 
 
@@ -842,7 +853,7 @@ def run_once(
     received = match_updates(messages, feed)
     if args.timeline:
         print(f"  run #{run}: cause latency by the time each update was received")
-        print_timeline(received, feed)
+        print_timeline(received, feed, messages)
     # counted by produce timestamp: the start's updates may be received after the feed began
     produced = match_updates(messages, feed, at=1)
     during = [s for s in sampler.samples if s.at_s <= feed_end_s]
