@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -115,6 +116,7 @@ PRODUCER_OVERRIDES = {"linger.ms": 20}
 PRODUCE_FLUSH_TIMEOUT_S = 120.0
 PRODUCER_WARMUP_S = 1.0
 TIMELINE_SLOT_S = 0.5
+GC_PAUSE_SHOWN_MS = 5.0
 READ_BATCH_MAX = 5000
 READ_POLL_S = 0.05  # one wait for an update (take_batch returns as soon as one is there)
 # the reader asks at most every 50 ms: fetching again at each answer cost the broker 14% of
@@ -762,6 +764,33 @@ def delivery_ms(messages: list[tuple[float, float, bytes]], feed: Feed) -> list[
     ]
 
 
+class GcPauses:
+    """This script's own garbage collections (start, ms since the epoch; duration, ms;
+    generation), while recording: a collection holds every thread of the script, the
+    update reader's receipts too."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []
+        self._started = 0.0
+        self._recording = False
+
+    def start(self) -> None:
+        self._recording = True
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        if self._recording:
+            gc.callbacks.remove(self._callback)
+            self._recording = False
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.time_ns() / 1e6
+        elif self._recording:
+            now = time.time_ns() / 1e6
+            self.pauses.append((self._started, now - self._started, info["generation"]))
+
+
 def print_timeline(
     matched: Matched, feed: Feed, messages: list[tuple[float, float, bytes]]
 ) -> None:
@@ -826,6 +855,12 @@ def run_once(
         bench_cpu0 = time.process_time()  # this script (producer, reader, sampler) alone
         sampler.start()
         offset_base = time.time_ns() // 1000  # unique per run: never matches an old price
+        # what this script holds already (modules, the stack's clients, the seed's and earlier
+        # runs' figures) out of the collector's sight: each full collection walked all of it,
+        # ~100-150 ms every ~3 s during the feed, holding the reader's receipts meanwhile
+        gc.freeze()
+        gc_pauses = GcPauses()
+        gc_pauses.start()
         feed_prices(stack.bootstrap, symbols, args.rate, args.duration_s, offset_base, feed)
         cpu = shares.stop()
         cpu["bench%"] = 100.0 * (time.process_time() - bench_cpu0) / max(feed_s_of(feed), 1e-6)
@@ -847,6 +882,8 @@ def run_once(
         reader.stop_event.set()
         sampler.join(READER_JOIN_TIMEOUT_S)
         reader.join(READER_JOIN_TIMEOUT_S)
+        gc_pauses.stop()
+        gc.unfreeze()
         rss_end = tree_rss_bytes(proc.pid)
     assert feed.errors == 0, f"{feed.errors} prices were not delivered"
     messages = reader.messages
@@ -854,6 +891,10 @@ def run_once(
     if args.timeline:
         print(f"  run #{run}: cause latency by the time each update was received")
         print_timeline(received, feed, messages)
+        for at_ms, took_ms, generation in gc_pauses.pauses:
+            if took_ms >= GC_PAUSE_SHOWN_MS:
+                at_s = (at_ms * 1000 - feed.started_us) / 1e6
+                print(f"    {at_s:5.1f} s  this script's gc (gen {generation}) {took_ms:.0f} ms")
     # counted by produce timestamp: the start's updates may be received after the feed began
     produced = match_updates(messages, feed, at=1)
     during = [s for s in sampler.samples if s.at_s <= feed_end_s]
