@@ -6,10 +6,17 @@ import json
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 
+from confluent_kafka import KafkaError, KafkaException
+from prometheus_client import CollectorRegistry
+
+from tickertap.messaging import AvroCodec, find_schemas_dir, load_schemas
 from tickertap.portfolio import domain as d
 from tickertap.portfolio import repository as repo
-from tickertap.portfolio.live import Book, _Changes
+from tickertap.portfolio.handlers import UPDATES_TOPIC
+from tickertap.portfolio.live import Book, LivePublisher, _Changes
+from tickertap.portfolio.metrics import PortfolioMetrics
 
 AT = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 INTERVAL_S = 0.25
@@ -130,6 +137,46 @@ def test_a_portfolio_dropped_while_waiting_and_put_back_waits_once() -> None:
     assert book.backlog(1.5).oldest_s == 0.5
     assert book.take_due(1.0, 10) == [a]  # once: the dropped entry's place is void
     assert book.take_due(9.0, 10) == []
+
+
+class _Metadata:
+    """What `Producer.list_topics` returns, for the partition count check."""
+
+    def __init__(self, partitions: int | None) -> None:
+        topic = None
+        if partitions is not None:
+            topic = SimpleNamespace(error=None, partitions=dict.fromkeys(range(partitions)))
+        self.topics = {} if topic is None else {UPDATES_TOPIC: topic}
+
+
+class _Producer:
+    def __init__(self, *answers: int | Exception | None) -> None:
+        self.answers = list(answers)
+
+    def list_topics(self, _topic: str, _timeout: float) -> _Metadata:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return _Metadata(answer)
+
+
+async def test_only_a_partition_count_seen_to_change_ends_a_leadership() -> None:
+    """A failed look (the broker away, the topic missing) tells nothing: the leader goes on."""
+    live = LivePublisher(
+        None,  # type: ignore[arg-type]  # no database: only the check is called
+        AvroCodec(load_schemas(find_schemas_dir())),
+        bootstrap_servers="127.0.0.1:1",
+        interval_ms=250,
+        poll_interval_ms=50,
+        batch_max=100,
+        base_currency="USD",
+        scales=d.Scales(),
+        metrics=PortfolioMetrics(CollectorRegistry()),
+    )
+    live._partitions = 6
+    producer = _Producer(6, KafkaException(KafkaError(KafkaError._TRANSPORT)), None, 8)
+    changed = [await live._partitions_changed(producer) for _ in range(4)]  # type: ignore[arg-type]
+    assert changed == [False, False, False, True]
 
 
 # -- prices in change announcements (repo.announcements, live._Changes) ---------------------

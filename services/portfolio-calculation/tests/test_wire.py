@@ -137,6 +137,21 @@ def test_a_value_the_schema_cannot_carry_is_refused(value: Decimal) -> None:
         wire.decimal_bytes(value)
 
 
+@pytest.mark.parametrize("unscaled", [0, 1, -1, 127, 128, -128, -129, 10**38 - 1, -(10**38) + 1])
+def test_optional_decimals_are_branch_one_and_the_decimal(unscaled: int) -> None:
+    assert wire.some_unscaled_bytes(unscaled) == b"\x02" + wire.unscaled_bytes(unscaled)
+    out = io.BytesIO()
+    schema = {"type": "bytes", "logicalType": "decimal", "precision": 38, "scale": 18}
+    fastavro.schemaless_writer(out, ["null", schema], Decimal(f"{unscaled}e-18"))
+    assert wire.some_unscaled_bytes(unscaled) == out.getvalue()
+
+
+@pytest.mark.parametrize("unscaled", [10**38, -(10**38), 2**200])
+def test_an_optional_decimal_beyond_38_digits_is_refused(unscaled: int) -> None:
+    with pytest.raises(wire.WireError):
+        wire.some_unscaled_bytes(unscaled)
+
+
 @pytest.mark.parametrize("n", [0, 1, -1, 63, -64, 64, 2**31, -(2**63), 2**63 - 1])
 def test_longs_are_zigzag_varints(n: int) -> None:
     out = io.BytesIO()

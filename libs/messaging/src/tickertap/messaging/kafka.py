@@ -83,6 +83,8 @@ def murmur2(data: bytes) -> int:
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition `producer_config`'s producers (and the Java client's default
     partitioner) put `key` on, of a topic with `partitions` partitions."""
+    if partitions < 1:
+        raise ValueError(f"a topic has at least one partition, not {partitions}")
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 

@@ -30,8 +30,10 @@ partition of portfolio.updates.v1 is i modulo N (the partition every producer of
 project, and the Java client, puts the key on: `kafka.key_partition`). So each partition
 has one producer, and its batches are as large as they can be: the local broker's cost
 grows with the number of batches it keeps, not with the updates in them. Every replica
-must be given the same N. A leader that sees the topic's partition count change hands its
-leadership back and loads its (new) share afresh.
+must be given the same N, and N should divide the topic's partition count (6 by default:
+shards beyond it have nothing to publish). A leader that sees the partition count change
+(checked every 30 s) loads its new share afresh; until every shard has, a portfolio can be
+published by two shards or by none, so consumers order a portfolio's updates by `as_of`.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -78,7 +80,8 @@ RELOAD_AFTER_S = 0.01
 PRODUCE_RETRY_S = 0.05  # pause when librdkafka's local queue is full
 LIVENESS_CHECK_S = 2.0  # how often the leader's session is checked
 PARTITIONS_CHECK_S = 30.0  # how often the leader checks the topic's partition count
-METADATA_TIMEOUT_S = 10.0
+PARTITIONS_CHECK_TIMEOUT_S = 2.0  # publishing waits for it
+METADATA_TIMEOUT_S = 10.0  # at the start of a leadership
 TRUSTED_PIDS_TTL_S = 60.0  # how long announcing sessions found to be the service's are kept
 STANDBY_POLL_S = 5.0  # how often a standby tries to become leader
 GAUGE_INTERVAL_S = 1.0  # how often the backlog gauges are set while portfolios wait
@@ -212,7 +215,7 @@ class Book:
         while due and len(taken) < limit and due[0][0] <= now:
             _, ticket, entry = heapq.heappop(due)
             if entry.since is None or entry.ticket != ticket:
-                continue  # dropped, or published since this place was taken
+                continue  # dropped since it took this place
             entry.since = None
             entry.published_at = now
             taken.append(entry.row.owner_id)
@@ -235,6 +238,8 @@ class Book:
         return self._waiting
 
     def backlog(self, now: float) -> Backlog:
+        if not self._waiting:
+            return Backlog(0, 0.0)
         waits = [e.since for e in self._entries.values() if e.since is not None]
         return Backlog(len(waits), now - min(waits, default=now))
 
@@ -432,12 +437,34 @@ class LivePublisher:
             await asyncio.to_thread(producer.flush, 5.0)
 
     @staticmethod
-    async def _partition_count(producer: Producer) -> int:
-        metadata = await asyncio.to_thread(producer.list_topics, UPDATES_TOPIC, METADATA_TIMEOUT_S)
+    async def _partition_count(producer: Producer, timeout_s: float = METADATA_TIMEOUT_S) -> int:
+        """The updates topic's partition count (KafkaException, or RuntimeError when the
+        broker has no such topic)."""
+        metadata = await asyncio.to_thread(producer.list_topics, UPDATES_TOPIC, timeout_s)
         topic = metadata.topics.get(UPDATES_TOPIC)
         if topic is None or topic.error is not None or not topic.partitions:
-            raise RuntimeError(f"{UPDATES_TOPIC} is not on the broker: {topic and topic.error}")
+            why = "missing" if topic is None else topic.error
+            raise RuntimeError(f"{UPDATES_TOPIC} is not on the broker: {why}")
         return len(topic.partitions)
+
+    async def _partitions_changed(self, producer: Producer) -> bool:
+        """Whether the updates topic's partition count differs from the leadership's. A
+        failed look is logged and tells nothing: the producer rides out a broker's absence,
+        the leadership need not end for it."""
+        try:
+            partitions = await self._partition_count(producer, PARTITIONS_CHECK_TIMEOUT_S)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("live updates: the partition count could not be checked: %s", exc)
+            return False
+        if partitions == self._partitions:
+            return False
+        log.info(
+            "live updates: %s has %d partitions (was %d); loading afresh",
+            UPDATES_TOPIC,
+            partitions,
+            self._partitions,
+        )
+        return True
 
     async def _loop(self, driver: Any, producer: Producer) -> None:
         """Publishes until the session is lost (raises) or the topic's partition count
@@ -449,14 +476,7 @@ class LivePublisher:
                 await driver.fetchval("SELECT 1")  # a lost session ends the leadership
                 checked_at = now
             if now - partitions_at >= PARTITIONS_CHECK_S:
-                partitions = await self._partition_count(producer)
-                if partitions != self._partitions:
-                    log.info(
-                        "live updates: %s has %d partitions (was %d); loading afresh",
-                        UPDATES_TOPIC,
-                        partitions,
-                        self._partitions,
-                    )
+                if await self._partitions_changed(producer):
                     return
                 partitions_at = now
             self._wake.clear()  # before the changes are read: a later one wakes the wait
@@ -493,14 +513,16 @@ class LivePublisher:
         return pids & self._trusted_pids
 
     def _partition(self, key: bytes) -> int:
-        """A portfolio's partition of the updates topic, by its key (the id's text)."""
+        """A published portfolio's partition of the updates topic, by its key (the id's
+        text), kept for its next updates."""
         partition = self._partition_of.get(key)
         if partition is None:
             partition = self._partition_of[key] = key_partition(key, self._partitions)
         return partition
 
     def _mine(self, owner: uuid.UUID) -> bool:
-        return self._partition(str(owner).encode()) % self._shards == self._shard
+        partition = key_partition(str(owner).encode(), self._partitions)
+        return partition % self._shards == self._shard
 
     async def _reload(self, changes: _Changes) -> None:
         """Put the prices `changes` carries into the book, then read what it names from the

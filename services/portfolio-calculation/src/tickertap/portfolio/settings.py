@@ -52,7 +52,8 @@ class PortfolioSettings(ServiceSettings):
     update_poll_interval_ms: int = Field(default=50, ge=5, le=60_000)
     update_batch_max: int = Field(default=2000, ge=1, le=100_000)
     # 0: the live publisher runs in the service's process; N: in N child processes, each
-    # publishing one shard of the portfolios (the same N on every replica)
+    # publishing the portfolios of the updates topic's partitions i modulo N (the same N on
+    # every replica; N should divide the partition count)
     update_publisher_processes: int = Field(default=0, ge=0, le=16)
 
     # daily valuations: every interval (0: never) today's valuation of every portfolio is

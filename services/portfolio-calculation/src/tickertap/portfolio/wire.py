@@ -210,7 +210,7 @@ class Parts:
     realized_average: bytes  # totals.realized_pnl_average
     # the transfers' input partitions: (topic, partition) -> (offset, its source_offsets item)
     sources: Mapping[tuple[str, int], tuple[int, bytes]]
-    source_items: bytes  # those as the source_offsets array (an update at no price's)
+    source_items: bytes  # those as the source_offsets array (while no price's is newer)
     as_of: tuple[int, bytes] | None  # the last transfer's time, micros and encoded
 
 
