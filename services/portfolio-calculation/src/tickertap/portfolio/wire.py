@@ -104,15 +104,9 @@ def unscaled_bytes(unscaled: int) -> bytes:
     return _SMALL_LONGS[size] + unscaled.to_bytes(size, "big", signed=True)
 
 
-_SOME_SIZED = [_SOME + _SMALL_LONGS[size] for size in range(_SIZE_CHECKED + 1)]
-
-
 def some_unscaled_bytes(unscaled: int) -> bytes:
     """Branch 1 of an optional decimal(38, 18), given as its unscaled value."""
-    size = (abs(unscaled).bit_length() + 8) >> 3
-    if size >= _SIZE_CHECKED and not -_UNSCALED_LIMIT < unscaled < _UNSCALED_LIMIT:
-        raise WireError(f"{unscaled}e-{SCALE} does not fit a decimal({PRECISION}, {SCALE})")
-    return _SOME_SIZED[size] + unscaled.to_bytes(size, "big", signed=True)
+    return _SOME + unscaled_bytes(unscaled)
 
 
 def decimal_bytes(v: Decimal) -> bytes:
@@ -365,10 +359,9 @@ class UpdateWriter:
         return b"".join(out)
 
     def _quote(self, stored: repo.StoredPrice) -> _Quote:
+        """A price's encoded parts, made once per price and kept by symbol (`encode` looks
+        there first)."""
         symbol = stored.quote.symbol
-        cached = self._quotes.get(symbol)
-        if cached is not None and cached.stored is stored:
-            return cached
         q = stored.quote
         close = q.previous_close
         made = _Quote(
